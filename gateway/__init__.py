@@ -1,0 +1,3 @@
+"""Inference serving gateway for image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Model servers behind one small interface: embedded ONNX Runtime, Triton, TF Serving."""

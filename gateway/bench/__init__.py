@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation tools (`gateway bench ...`)."""

@@ -1,0 +1,136 @@
+"""`gateway serve | pki | models`: the command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.routing.repository import RepositoryError, load_repository
+from gateway.security import pki
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.ingress.http_server import bind_socket, build_server
+    from gateway.ingress.rest import create_app
+    from gateway.service import GatewayService
+
+    settings = load_settings(
+        args.config,
+        overrides={
+            "server": {"host": args.host, "http_port": args.http_port},
+            "tls": {"pki_dir": args.pki_dir, "enabled": False if args.insecure_no_tls else None},
+            "models": {"repo": args.model_repo},
+        },
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = GatewayService(settings)
+    service.load()
+    app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
+    sock = bind_socket(settings.server.host, settings.server.http_port)
+    host, port = sock.getsockname()[:2]
+    _print_banner(settings, host, port)
+    try:
+        build_server(app, settings).run(sockets=[sock])
+    finally:
+        service.close()
+    return 0
+
+
+def _print_banner(settings: Settings, host: str, port: int) -> None:
+    url_host = f"[{host}]" if ":" in host else host
+    scheme = "https" if settings.tls.enabled else "http"
+    print(f"gateway: serving {scheme}://{url_host}:{port}", flush=True)
+    if settings.tls.enabled:
+        d = settings.tls.pki_dir
+        print(
+            f"  try: curl --cacert {settings.tls.ca_path} --cert {d}/clients/app.pem --key {d}/clients/app.key \\\n"
+            "         -H 'Content-Type: image/png' --data-binary @tests/data/photos/digit_7.png \\\n"
+            f"         {scheme}://{url_host}:{port}/api/v1/models/mnist/classify",
+            flush=True,
+        )
+    else:
+        print("  WARNING: mTLS is disabled; every caller is treated as the local operator", flush=True)
+
+
+def _pki_init(args: argparse.Namespace) -> int:
+    paths = pki.init_pki(args.dir, force=args.force)
+    print(
+        f"created CA {paths.ca_cert}, server certificate {paths.server_cert}, "
+        f"client identities {paths.client_cert('app')} and {paths.client_cert('operator')}"
+    )
+    return 0
+
+
+def _pki_issue(args: argparse.Namespace) -> int:
+    cert, key = pki.issue_client(pki.PkiPaths(args.dir), args.name, args.role, days=args.days)
+    print(f"issued {cert} and {key} (role {args.role})")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    specs = load_repository(args.model_repo)
+    for spec in specs.values():
+        print(
+            json.dumps(
+                {
+                    "name": spec.name,
+                    "versions": sorted(spec.versions, key=int),
+                    "input": list(spec.input.dims),
+                    "labels": list(spec.labels),
+                }
+            )
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Inference serving gateway for image classifiers")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the models over mTLS REST")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--model-repo", type=Path)
+    serve.add_argument("--host")
+    serve.add_argument("--http-port", type=int, help="0 picks a free port (printed on start)")
+    serve.add_argument("--pki-dir", type=Path)
+    serve.add_argument(
+        "--insecure-no-tls", action="store_true", help="local development only: plain HTTP, no client certificates"
+    )
+    serve.set_defaults(handler=_serve)
+
+    pki_parser = commands.add_parser("pki", help="development PKI")
+    pki_commands = pki_parser.add_subparsers(dest="pki_command", required=True)
+    init = pki_commands.add_parser("init", help="create a CA, a server certificate, app and operator clients")
+    init.add_argument("--dir", type=Path, default=Path("pki"))
+    init.add_argument("--force", action="store_true", help="replace an existing PKI")
+    init.set_defaults(handler=_pki_init)
+    issue = pki_commands.add_parser("issue", help="issue a client certificate")
+    issue.add_argument("--dir", type=Path, default=Path("pki"))
+    issue.add_argument("--name", required=True)
+    issue.add_argument("--role", required=True, choices=pki.ROLES)
+    issue.add_argument("--days", type=int, default=365)
+    issue.set_defaults(handler=_pki_issue)
+
+    models = commands.add_parser("models", help="inspect the model repository")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    listing = models_commands.add_parser("list", help="list models and loadable versions")
+    listing.add_argument("--model-repo", type=Path, default=Path("model_repo"))
+    listing.set_defaults(handler=_models_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, RepositoryError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Gateway settings: defaults, then a TOML file, then GATEWAY_* environment, then CLI flags.
+
+Everything is validated once at start-up; an error names the offending key
+(``server.http_port``) and says what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; the message names the key."""
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    http_port: int = 8443
+
+    def validate(self) -> None:
+        _check_port("server.http_port", self.http_port)
+        if not self.host:
+            raise ConfigError("server.host must not be empty")
+
+
+@dataclass
+class TlsSettings:
+    """mTLS is on unless ``enabled`` is explicitly false (local development only)."""
+
+    enabled: bool = True
+    pki_dir: Path = Path("pki")
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    @property
+    def cert_path(self) -> Path:
+        return self.cert or self.pki_dir / "server.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key or self.pki_dir / "server.key"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.ca or self.pki_dir / "ca.pem"
+
+    def validate(self) -> None:
+        if not self.enabled:
+            return
+        for key, path in (("tls.cert", self.cert_path), ("tls.key", self.key_path), ("tls.ca", self.ca_path)):
+            if not path.is_file():
+                raise ConfigError(
+                    f"{key}: {path} does not exist (run `gateway pki init --dir {self.pki_dir}` "
+                    "or point tls.cert/tls.key/tls.ca at your own files)"
+                )
+
+
+@dataclass
+class ModelSettings:
+    repo: Path = Path("model_repo")
+
+    def validate(self) -> None:
+        if not self.repo.is_dir():
+            raise ConfigError(f"models.repo: {self.repo} is not a directory")
+
+
+@dataclass
+class LimitSettings:
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    def validate(self) -> None:
+        _check_positive("limits.max_body_bytes", self.max_body_bytes)
+        _check_positive("limits.max_image_pixels", self.max_image_pixels)
+
+
+@dataclass
+class RuntimeSettings:
+    onnx_threads: int = 0
+    """ONNX Runtime intra-op threads; 0 means one per CPU core (ORT's own default is 1 here)."""
+    preprocess_workers: int = 0
+    """Threads that decode and preprocess photos off the event loop; 0 means one per core."""
+
+    def validate(self) -> None:
+        for key in ("onnx_threads", "preprocess_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"runtime.{key} must be >= 0, got {getattr(self, key)}")
+
+    @property
+    def effective_onnx_threads(self) -> int:
+        return self.onnx_threads or os.cpu_count() or 1
+
+    @property
+    def effective_preprocess_workers(self) -> int:
+        return self.preprocess_workers or os.cpu_count() or 1
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    def validate(self) -> Settings:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        return self
+
+
+def _check_port(key: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{key} must be a port number 0-65535, got {value}")
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _coerce(key: str, annotation: str, value: Any) -> Any:
+    """Convert a TOML or environment value to the field's declared type, or say why not."""
+    from_env = isinstance(value, str)
+    if annotation == "bool":
+        if isinstance(value, bool):
+            return value
+        if from_env and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation.startswith("Path"):
+        if isinstance(value, (str, Path)) and str(value):
+            return Path(value)
+        raise ConfigError(f"{key} must be a path, got {value!r}")
+    if annotation == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise AssertionError(f"no coercion for {annotation}")
+
+
+def _apply(settings: Settings, values: Mapping[str, Mapping[str, Any]], origin: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(settings)}
+    for section_name, section_values in values.items():
+        if section_name not in sections:
+            raise ConfigError(f"{origin}: unknown section {section_name!r} (known: {', '.join(sections)})")
+        if not isinstance(section_values, Mapping):
+            raise ConfigError(f"{origin}: {section_name} must be a table")
+        section = getattr(settings, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        for key, value in section_values.items():
+            full_key = f"{section_name}.{key}"
+            if key not in fields:
+                raise ConfigError(f"{origin}: unknown key {full_key!r} (known: {', '.join(fields)})")
+            setattr(section, key, _coerce(full_key, str(fields[key].type), value))
+
+
+def _environment_values(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """GATEWAY_SERVER_HTTP_PORT=8443 -> {"server": {"http_port": "8443"}}."""
+    values: dict[str, dict[str, str]] = {}
+    section_names = [f.name for f in dataclasses.fields(Settings)]
+    for name, value in environ.items():
+        if not name.startswith("GATEWAY_"):
+            continue
+        rest = name.removeprefix("GATEWAY_").lower()
+        section = next((s for s in section_names if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        values.setdefault(section, {})[rest.removeprefix(section + "_")] = value
+    return values
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build validated settings from defaults, the file, the environment, then explicit overrides."""
+    settings = Settings()
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as handle:
+                file_values = tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {config_file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        _apply(settings, file_values, str(config_file))
+    _apply(settings, _environment_values(os.environ if environ is None else environ), "environment")
+    if overrides:
+        _apply(
+            settings,
+            {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in overrides.items()},
+            "command line",
+        )
+    return settings.validate()

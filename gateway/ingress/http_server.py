@@ -1,0 +1,60 @@
+"""Run the REST app on uvicorn with mTLS, exposing the verified peer certificate to the app.
+
+uvicorn verifies client certificates but does not put them in the ASGI scope; the
+protocol subclass below adds ``scope["extensions"]["tls"]["peercert"]`` (the dict from
+``ssl.SSLSocket.getpeercert()``) to every request on the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.config import Settings
+from gateway.security.tls import server_context
+
+
+class PeerCertHttpToolsProtocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._peercert = transport.get_extra_info("peercert")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {"tls": {"peercert": self._peercert}}
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen before serving, so the real port is known even when ``port`` is 0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
+    ssl_factory: Callable[..., ssl.SSLContext] | None = None
+    if settings.tls.enabled:
+        tls = settings.tls
+
+        def ssl_factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+            return server_context(tls.cert_path, tls.key_path, tls.ca_path)
+
+    config = uvicorn.Config(
+        app,
+        http=PeerCertHttpToolsProtocol,
+        ssl_context_factory=ssl_factory,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return uvicorn.Server(config)

@@ -1,0 +1,199 @@
+"""The REST surface (FastAPI): the gateway's own photo API and health endpoints."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import logging
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.core.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from gateway.core.types import ClassifyRequest, Identity, new_request_id
+from gateway.preprocess.image import ACCEPTED_FORMATS
+from gateway.security.identity import DEV_IDENTITY, identity_from_peercert
+from gateway.service import GatewayService
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[type[GatewayError], int] = {
+    InvalidInput: 400,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    NotFound: 404,
+    Overloaded: 429,
+    DeadlineExceeded: 504,
+    Unavailable: 503,
+    GatewayError: 500,
+}
+"""The one place gateway errors become HTTP status codes, looked up along the class hierarchy."""
+
+RAW_IMAGE_TYPES = frozenset(ACCEPTED_FORMATS.values())
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def http_status_for(error: GatewayError) -> int:
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def error_response(status: int, code: str, message: str, request_id: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}, "request_id": request_id},
+        status_code=status,
+        headers={REQUEST_ID_HEADER: request_id, **(headers or {})},
+    )
+
+
+def _request_id(request: Request) -> str:
+    if not hasattr(request.state, "request_id"):
+        request.state.request_id = new_request_id()
+    return request.state.request_id
+
+
+def _identity(request: Request, mtls: bool) -> Identity:
+    if not mtls:
+        return DEV_IDENTITY
+    peercert = request.scope.get("extensions", {}).get("tls", {}).get("peercert")
+    if not peercert:
+        raise Unauthenticated("no verified client certificate on this connection")
+    return identity_from_peercert(peercert)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; refuse early from Content-Length, or as soon as the stream passes it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        request.state.body_unread = True
+        raise PayloadTooLarge(f"the body is {int(declared):,} bytes; the limit is {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            request.state.body_unread = True
+            raise PayloadTooLarge(f"the body exceeds the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _image_from_multipart(body: bytes, content_type: str) -> bytes:
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart() or not message.get_boundary():
+        raise InvalidInput("the multipart body cannot be parsed (is the boundary parameter missing?)")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "image":
+            return part.get_payload(decode=True) or b""
+    raise InvalidInput("the multipart body has no field named 'image'")
+
+
+def _photo_bytes(content_type: str, body: bytes) -> bytes:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in RAW_IMAGE_TYPES:
+        return body
+    if media_type == "multipart/form-data":
+        return _image_from_multipart(body, content_type)
+    raise UnsupportedMediaType(
+        f"Content-Type {media_type or '(none)'} is not accepted; send the photo as the raw body with "
+        f"Content-Type {', '.join(sorted(RAW_IMAGE_TYPES))}, or as multipart/form-data field 'image'"
+    )
+
+
+def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+    """Build the REST application around an already-loaded service."""
+    app = FastAPI(title="Image classifier gateway", version="1")
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, Overloaded):
+            headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+        if getattr(request.state, "body_unread", False):
+            headers["connection"] = "close"  # do not drain a body we refused: drop the connection
+        return error_response(http_status_for(exc), exc.code, exc.message, _request_id(request), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error_response(400, InvalidInput.code, details, _request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: NotFound.code, 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), _request_id(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = _request_id(request)
+        log.exception("unexpected error in request %s", request_id)
+        return error_response(500, GatewayError.code, f"internal error; quote request id {request_id}", request_id)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "live"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = service.ready
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "models": service.model_names()},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/api/v1/models")
+    async def list_models(request: Request) -> dict:
+        _identity(request, mtls)
+        return {"models": service.describe_models()}
+
+    @app.get("/api/v1/models/{model}")
+    async def describe_model(request: Request, model: str) -> dict:
+        _identity(request, mtls)
+        return service.describe_model(model)
+
+    @app.post("/api/v1/models/{model}/classify")
+    async def classify(
+        request: Request,
+        model: str,
+        version: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$", description="model version")] = None,
+    ) -> JSONResponse:
+        request_id = _request_id(request)
+        identity = _identity(request, mtls)
+        service.require_model(model)
+        body = await _read_body(request, max_body_bytes)
+        photo = _photo_bytes(request.headers.get("content-type", ""), body)
+        prediction = await service.classify(
+            ClassifyRequest(model=model, image=photo, identity=identity, version=version, request_id=request_id)
+        )
+        return JSONResponse(
+            {
+                "model": prediction.model,
+                "version": prediction.version,
+                "label": prediction.label,
+                "probabilities": prediction.probabilities,
+                "request_id": prediction.request_id,
+                "latency_ms": round(prediction.latency_ms, 3),
+            },
+            headers={REQUEST_ID_HEADER: request_id},
+        )
+
+    return app

@@ -1,0 +1,115 @@
+"""Turn a photo of a handwritten digit into an MNIST-style 28 x 28 input.
+
+MNIST digits are white ink on black, size-normalised to fit a 20 x 20 box (keeping the
+aspect ratio) and placed in a 28 x 28 field so that their centre of mass is at the
+centre. A phone photo is dark ink on light, unevenly lit paper, any size. The steps
+below undo that difference: grey, flatten the lighting, invert when the paper is light,
+crop to the ink, fit into 20 x 20, centre by mass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from gateway.core.errors import InvalidInput
+
+FIELD = 28
+BOX = 20
+WORK_SIDE = 256
+"""Photos are reduced to at most this side before analysis: plenty for a single digit."""
+GRID = 8
+"""The lighting is estimated on a GRID x GRID grid of tiles."""
+
+
+def _to_work_array(image: Image.Image) -> np.ndarray:
+    grey = image.convert("L")
+    if max(grey.size) > WORK_SIDE:
+        grey.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+    return np.asarray(grey, dtype=np.float32) / 255.0
+
+
+def _ink_is_dark(pixels: np.ndarray) -> bool:
+    """Paper dominates the border of a photo: a light border means dark ink."""
+    band = max(1, min(pixels.shape) // 10)
+    border = np.concatenate(
+        [pixels[:band].ravel(), pixels[-band:].ravel(), pixels[:, :band].ravel(), pixels[:, -band:].ravel()]
+    )
+    return float(np.median(border)) > 0.5
+
+
+def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
+    """Subtract a smooth estimate of the paper's brightness (per-tile median, interpolated)."""
+    height, width = ink.shape
+    if min(height, width) < GRID * 4:
+        return np.clip(ink - float(np.median(ink)), 0.0, None)
+    tiles = np.array_split(ink, GRID, axis=0)
+    medians = np.array([[np.median(t) for t in np.array_split(row, GRID, axis=1)] for row in tiles], np.float32)
+    background = Image.fromarray(medians).resize((width, height), Image.Resampling.BILINEAR)
+    return np.clip(ink - np.asarray(background), 0.0, None)
+
+
+def _otsu_threshold(values: np.ndarray) -> float:
+    histogram, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    weights = histogram.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    total = weights.sum()
+    cumulative = np.cumsum(weights)
+    cumulative_mean = np.cumsum(weights * centres)
+    below, above = cumulative, total - cumulative
+    valid = (below > 0) & (above > 0)
+    mean_below = np.divide(cumulative_mean, below, out=np.zeros_like(cumulative_mean), where=valid)
+    mean_above = np.divide(
+        cumulative_mean[-1] - cumulative_mean, above, out=np.zeros_like(cumulative_mean), where=valid
+    )
+    between = np.where(valid, below * above * (mean_below - mean_above) ** 2, 0.0)
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _ink_bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
+    """Rows and columns where ink is present, ignoring isolated specks of noise."""
+    mask = ink > 0
+    rows = np.flatnonzero(mask.sum(axis=1) >= max(1, mask.shape[1] // 200))
+    cols = np.flatnonzero(mask.sum(axis=0) >= max(1, mask.shape[0] // 200))
+    if rows.size == 0 or cols.size == 0:
+        raise InvalidInput("no digit found in the photo: it looks blank (no ink stands out from the paper)")
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    field = np.zeros((FIELD, FIELD), np.float32)
+    height, width = digit.shape
+    total = float(digit.sum())
+    rows, cols = np.indices(digit.shape)
+    centre_row = float((rows * digit).sum() / total) if total else height / 2
+    centre_col = float((cols * digit).sum() / total) if total else width / 2
+    top = int(round(FIELD / 2 - centre_row))
+    left = int(round(FIELD / 2 - centre_col))
+    top = min(max(top, 0), FIELD - height)
+    left = min(max(left, 0), FIELD - width)
+    field[top : top + height, left : left + width] = digit
+    return field
+
+
+def prepare_digit(image: Image.Image) -> np.ndarray:
+    """Return a float32 [1, 28, 28] array in [0, 1], white ink on black, MNIST-style."""
+    pixels = _to_work_array(image)
+    ink = 1.0 - pixels if _ink_is_dark(pixels) else pixels
+    ink = _flatten_lighting(ink)
+    peak = float(np.percentile(ink, 99.5))
+    if peak < 0.08:
+        raise InvalidInput("no digit found in the photo: the contrast between ink and paper is too low")
+    ink = np.clip(ink / peak, 0.0, 1.0)
+    threshold = _otsu_threshold(ink)
+    ink = np.where(ink >= threshold * 0.5, ink, 0.0).astype(np.float32)
+    top, bottom, left, right = _ink_bounding_box(ink)
+    crop = ink[top:bottom, left:right]
+    height, width = crop.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+    digit = np.clip(digit, 0.0, None)
+    digit_peak = float(digit.max())
+    if digit_peak > 0:
+        digit = np.clip(digit / digit_peak, 0.0, 1.0)
+    return _centre_by_mass(digit)[np.newaxis]

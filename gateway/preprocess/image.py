@@ -1,0 +1,66 @@
+"""Safe photo decoding: format allow-list, pixel limit before decoding, EXIF orientation.
+
+The pixel count is checked from the header, before any pixel is decoded, so a tiny
+file declaring 50,000 x 50,000 pixels costs nothing. Large JPEGs are decoded in draft
+mode (DCT scaling), so a 12-megapixel photo that becomes 28 x 28 is never decoded at
+full size.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from gateway.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+ACCEPTED_DESCRIPTION = "JPEG, PNG or WebP"
+
+
+def _detect_other_format(data: bytes) -> str | None:
+    """Name the format of an image Pillow knows but the gateway does not accept."""
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            return other.format
+    except Exception:  # anything Pillow cannot identify at all
+        return None
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> Image.Image:
+    """Decode ``data`` into an upright image in ``mode`` whose short side is at least ``min_side``
+    where the source allows (JPEG draft scaling only ever shrinks by powers of two).
+
+    Raises InvalidInput, UnsupportedMediaType or PayloadTooLarge with a message a person can act on.
+    """
+    if not data:
+        raise InvalidInput(f"the request has no image: send the photo bytes ({ACCEPTED_DESCRIPTION})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+    except UnidentifiedImageError:
+        other = _detect_other_format(data)
+        if other:
+            raise UnsupportedMediaType(f"the image is {other}; the gateway accepts {ACCEPTED_DESCRIPTION}") from None
+        raise InvalidInput(f"the body is not a {ACCEPTED_DESCRIPTION} image (its header is not recognised)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"the image declares too many pixels: {exc}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"the image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}. "
+            "Downscale it before sending (the model needs far fewer)"
+        )
+    if image.format == "JPEG":
+        scale = max(1, min(width, height) // max(min_side, 1))
+        image.draft(mode if mode in ("L", "RGB") else None, (width // scale, height // scale))
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return image.convert(mode)
+    except Exception as exc:  # any failure decoding untrusted bytes is the input's fault, not ours
+        raise InvalidInput(f"the {image.format} data is truncated or corrupt: {exc}") from None

@@ -1,0 +1,52 @@
+"""Pick the preparation a model's config asks for and apply it to one photo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from gateway.core.types import PreparedInput
+from gateway.preprocess.digits import prepare_digit
+from gateway.preprocess.image import decode_image
+from gateway.routing.repository import ModelSpec, RepositoryError
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How to decode a photo for one kind of model and turn it into one input row."""
+
+    mode: str
+    """Pillow mode the photo is decoded into."""
+    min_side: int
+    """Smallest short side worth decoding; JPEGs are draft-decoded down towards it."""
+    prepare: Callable[[Image.Image], np.ndarray]
+
+
+PREPARATIONS: dict[str, Preparation] = {
+    "mnist_digit": Preparation(mode="L", min_side=256, prepare=prepare_digit),
+}
+
+
+def preparation_for(spec: ModelSpec) -> Preparation:
+    try:
+        return PREPARATIONS[spec.preprocessing]
+    except KeyError:
+        raise RepositoryError(
+            f"{spec.directory}/config.pbtxt: unknown preprocessing {spec.preprocessing!r} "
+            f"(known: {', '.join(PREPARATIONS)})"
+        ) from None
+
+
+def prepare_photo(data: bytes, spec: ModelSpec, *, max_pixels: int) -> PreparedInput:
+    """Decode and preprocess one photo into exactly the model's input shape."""
+    preparation = preparation_for(spec)
+    image = decode_image(data, max_pixels=max_pixels, min_side=preparation.min_side, mode=preparation.mode)
+    tensor = preparation.prepare(image)
+    if tensor.shape != spec.input.dims:
+        raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")
+    return PreparedInput(
+        tensor=tensor.astype(spec.input.dtype, copy=False), source_width=image.width, source_height=image.height
+    )

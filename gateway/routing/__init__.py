@@ -1,0 +1,1 @@
+"""Model repository, versions, and (later) rollout policy."""

@@ -1,0 +1,1 @@
+"""mTLS contexts, peer identity, authorization, and the development PKI."""

@@ -1,0 +1,38 @@
+"""Turn the peer certificate of a TLS connection into an Identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core.errors import PermissionDenied
+from gateway.core.types import Identity
+from gateway.security.pki import CLIENT_URI_PREFIX, ROLE_URI_PREFIX, ROLES
+
+PeerCert = dict[str, Any]
+"""What ``ssl.SSLSocket.getpeercert()`` returns for a verified peer."""
+
+DEV_IDENTITY = Identity(name="local-dev", role="operator")
+"""The identity every request gets when mTLS is explicitly disabled for local development."""
+
+
+def _common_name(peercert: PeerCert) -> str | None:
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+def identity_from_peercert(peercert: PeerCert) -> Identity:
+    """Read the gateway role and client name from the certificate's SAN URIs."""
+    uris = [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
+    roles = [uri.removeprefix(ROLE_URI_PREFIX) for uri in uris if uri.startswith(ROLE_URI_PREFIX)]
+    names = [uri.removeprefix(CLIENT_URI_PREFIX) for uri in uris if uri.startswith(CLIENT_URI_PREFIX)]
+    known_roles = [role for role in roles if role in ROLES]
+    if len(known_roles) != 1:
+        raise PermissionDenied(
+            "the client certificate must carry exactly one gateway role as a SAN URI "
+            f"({', '.join(ROLE_URI_PREFIX + r for r in ROLES)}); found {roles or 'none'}"
+        )
+    name = names[0] if names else _common_name(peercert) or "unknown"
+    return Identity(name=name, role=known_roles[0])

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
+    config = write(tmp_path, '[server]\nhttp_port = 9000\nhost = "0.0.0.0"\n[tls]\nenabled = false\n')
+    settings = load_settings(
+        config,
+        overrides={"server": {"host": "127.0.0.2", "http_port": None}},
+        environ={"GATEWAY_SERVER_HTTP_PORT": "9100", "GATEWAY_LIMITS_MAX_BODY_BYTES": "1234"},
+    )
+    assert settings.server.http_port == 9100
+    assert settings.server.host == "127.0.0.2"
+    assert settings.limits.max_body_bytes == 1234
+    assert settings.tls.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("[server]\nhtp_port = 1\n", {}, "unknown key 'server.htp_port'"),
+        ("[sever]\n", {}, "unknown section 'sever'"),
+        ("[server]\nhttp_port = 'x'\n", {}, "server.http_port must be an integer"),
+        ("[server]\nhttp_port = 70000\n", {}, "server.http_port must be a port number"),
+        ("[limits]\nmax_body_bytes = 0\n", {}, "limits.max_body_bytes must be > 0"),
+        ("[tls]\nenabled = 'maybe'\n", {}, "tls.enabled must be true or false"),
+        ("", {"GATEWAY_RUNTIME_ONNX_THREADS": "two"}, "runtime.onnx_threads must be an integer"),
+        ("[models]\nrepo = 'does/not/exist'\n", {}, "models.repo"),
+        ("[server\n", {}, "is not valid TOML"),
+    ],
+)
+def test_invalid_settings_name_the_key(tmp_path: Path, text: str, environ: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_settings(write(tmp_path, text), environ={"GATEWAY_TLS_ENABLED": "false", **environ})
+
+
+def test_missing_certificates_say_how_to_create_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tls.cert: .* does not exist .*gateway pki init"):
+        load_settings(write(tmp_path, f"[tls]\npki_dir = '{tmp_path / 'nowhere'}'\n"), environ={})
