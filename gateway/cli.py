@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from gateway.bench import accuracy
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.routing.repository import RepositoryError, load_repository
 from gateway.security import pki
@@ -33,10 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
     sock = bind_socket(settings.server.host, settings.server.http_port)
     host, port = sock.getsockname()[:2]
     _print_banner(settings, host, port)
-    try:
-        build_server(app, settings).run(sockets=[sock])
-    finally:
-        service.close()
+    build_server(app, settings).run(sockets=[sock])
     return 0
 
 
@@ -120,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models_commands.add_parser("list", help="list models and loadable versions")
     listing.add_argument("--model-repo", type=Path, default=Path("model_repo"))
     listing.set_defaults(handler=_models_list)
+
+    bench = commands.add_parser("bench", help="benchmarks and evaluations")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    accuracy.add_parser(bench_commands)
     return parser
 
 

@@ -104,12 +104,22 @@ class RuntimeSettings:
 
 
 @dataclass
+class BatchingSettings:
+    enabled: bool = True
+    """False runs every request alone (batch size 1), whatever config.pbtxt says: for comparisons."""
+
+    def validate(self) -> None:
+        return
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
 
     def validate(self) -> Settings:
         for section in dataclasses.fields(self):

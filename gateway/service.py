@@ -1,4 +1,4 @@
-"""The one pipeline behind every ingress: find the model, preprocess, run, postprocess."""
+"""The one pipeline behind every ingress: find the model, preprocess, batch, run, postprocess."""
 
 from __future__ import annotations
 
@@ -8,34 +8,49 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
 from gateway.backends.base import Backend
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
+from gateway.batching.batcher import DynamicBatcher
+from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
-from gateway.core.errors import NotFound
+from gateway.core.errors import DeadlineExceeded, NotFound
 from gateway.core.types import ClassifyRequest, Prediction
+from gateway.monitoring.metrics import GatewayMetrics
 from gateway.preprocess.pipeline import preparation_for, prepare_photo
-from gateway.routing.repository import ModelSpec, load_repository
+from gateway.routing.repository import ModelSpec, RepositoryError, load_repository
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class ModelVersion:
+    version: str
+    backend: Backend
+    batcher: DynamicBatcher
+
+
+@dataclass
 class LoadedModel:
     spec: ModelSpec
-    backends: dict[str, Backend]
-    """Version -> backend running it."""
+    versions: dict[str, ModelVersion]
 
 
 def _describe(model: LoadedModel) -> dict:
     spec = model.spec
+    policy = next(iter(model.versions.values())).batcher.policy
     return {
         "name": spec.name,
         "platform": spec.platform,
-        "versions": sorted(model.backends, key=int),
+        "versions": sorted(model.versions, key=int),
         "default_version": spec.latest_version,
         "max_batch_size": spec.max_batch_size,
+        "batching": {
+            "max_batch_size": policy.max_batch_size,
+            "max_queue_delay_microseconds": round(policy.max_queue_delay_s * 1e6),
+            "max_queue_size": policy.max_queue_size,
+            "instances": policy.instances,
+            "priority_levels": policy.priority_levels,
+        },
         "preprocessing": spec.preprocessing,
         "inputs": [{"name": spec.input.name, "datatype": spec.input.dtype, "shape": [-1, *spec.input.dims]}],
         "outputs": [{"name": spec.output.name, "datatype": spec.output.dtype, "shape": [-1, *spec.output.dims]}],
@@ -46,26 +61,50 @@ def _describe(model: LoadedModel) -> dict:
 class GatewayService:
     """Owns the loaded models and answers ClassifyRequests; knows nothing of HTTP or gRPC."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
         self._settings = settings
+        self.metrics = metrics or GatewayMetrics()
         self._models: dict[str, LoadedModel] = {}
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
         )
 
+    def _policy(self, spec: ModelSpec) -> BatchingPolicy:
+        try:
+            policy = BatchingPolicy.from_model_config(spec.config)
+        except ValueError as exc:
+            raise RepositoryError(f"{spec.directory}/config.pbtxt: {exc}") from None
+        return policy if self._settings.batching.enabled else BatchingPolicy.unbatched(policy)
+
+    def _load_version(self, spec: ModelSpec, version: str, policy: BatchingPolicy) -> ModelVersion:
+        backend = OnnxRuntimeBackend(
+            spec.versions[version], spec.input, spec.output, threads=self._settings.runtime.effective_onnx_threads
+        )
+        batcher = DynamicBatcher(
+            backend.infer,
+            policy,
+            spec.input.dims,
+            spec.input.dtype,
+            on_batch=lambda stats: self.metrics.observe_batch(spec.name, version, stats),
+            on_queue_depth=self.metrics.queue_depth.labels(spec.name, version).set,
+        )
+        return ModelVersion(version, backend, batcher)
+
     def load(self) -> None:
         """Load every model in the repository; any inconsistency stops start-up with its reason."""
-        specs = load_repository(self._settings.models.repo)
-        for spec in specs.values():
+        for spec in load_repository(self._settings.models.repo).values():
             preparation_for(spec)
-            backends: dict[str, Backend] = {
-                version: OnnxRuntimeBackend(
-                    path, spec.input, spec.output, threads=self._settings.runtime.effective_onnx_threads
-                )
-                for version, path in spec.versions.items()
-            }
-            self._models[spec.name] = LoadedModel(spec, backends)
-            log.info("loaded model %s versions %s", spec.name, ", ".join(sorted(backends, key=int)))
+            policy = self._policy(spec)
+            versions = {v: self._load_version(spec, v, policy) for v in spec.versions}
+            self._models[spec.name] = LoadedModel(spec, versions)
+            log.info(
+                "loaded model %s versions %s (max batch %d, delay %.0f us, %d instance(s))",
+                spec.name,
+                ", ".join(sorted(versions, key=int)),
+                policy.max_batch_size,
+                policy.max_queue_delay_s * 1e6,
+                policy.instances,
+            )
 
     @property
     def ready(self) -> bool:
@@ -84,42 +123,62 @@ class GatewayService:
         """Raise NotFound for an unknown model, so an edge can refuse before reading a body."""
         self._model(name)
 
+    def metric_labels(self, model: str, version: str | None) -> tuple[str, str]:
+        """Model and version as metric labels; names no caller can grow without bound."""
+        loaded = self._models.get(model)
+        if loaded is None:
+            return "_unknown", ""
+        chosen = version or loaded.spec.latest_version
+        return model, chosen if chosen in loaded.versions else ""
+
     def describe_models(self) -> list[dict]:
         return [_describe(self._models[name]) for name in self.model_names()]
 
     def describe_model(self, name: str) -> dict:
         return _describe(self._model(name))
 
-    def _backend(self, model: LoadedModel, version: str | None) -> tuple[str, Backend]:
+    def _version(self, model: LoadedModel, version: str | None) -> ModelVersion:
         chosen = version or model.spec.latest_version
         try:
-            return chosen, model.backends[chosen]
+            return model.versions[chosen]
         except KeyError:
             raise NotFound(
                 f"model {model.spec.name!r} has no loaded version {chosen!r}; "
-                f"loaded: {', '.join(sorted(model.backends, key=int))}"
+                f"loaded: {', '.join(sorted(model.versions, key=int))}"
             ) from None
+
+    def _remaining(self, request: ClassifyRequest) -> float | None:
+        if request.timeout_s is None:
+            return None
+        remaining = request.timeout_s - (time.perf_counter() - request.received_at)
+        if remaining <= 0:
+            raise DeadlineExceeded(f"the deadline of {request.timeout_s * 1000:.0f} ms passed before batching")
+        return remaining
 
     async def classify(self, request: ClassifyRequest) -> Prediction:
         model = self._model(request.model)
-        version, backend = self._backend(model, request.version)
+        version = self._version(model, request.version)
+        limit = self._settings.limits.max_image_pixels
         prepared = await asyncio.get_running_loop().run_in_executor(
-            self._preprocess_pool,
-            lambda: prepare_photo(request.image, model.spec, max_pixels=self._settings.limits.max_image_pixels),
+            self._preprocess_pool, lambda: prepare_photo(request.image, model.spec, max_pixels=limit)
         )
-        probabilities = (await backend.infer(prepared.tensor[np.newaxis]))[0]
-        best = int(np.argmax(probabilities))
+        probabilities = await version.batcher.submit(
+            prepared.tensor, priority=request.priority, timeout_s=self._remaining(request)
+        )
+        best = int(probabilities.argmax())
         return Prediction(
             request_id=request.request_id,
             model=model.spec.name,
-            version=version,
+            version=version.version,
             label=model.spec.labels[best],
             probabilities={label: float(p) for label, p in zip(model.spec.labels, probabilities, strict=True)},
             latency_ms=(time.perf_counter() - request.received_at) * 1000.0,
         )
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Answer everything queued, let running batches finish, then release the backends."""
         for model in self._models.values():
-            for backend in model.backends.values():
-                backend.close()
+            for version in model.versions.values():
+                await version.batcher.close()
+                version.backend.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)

@@ -33,6 +33,10 @@ class ClassifyRequest:
     image: bytes
     identity: Identity
     version: str | None = None
+    timeout_s: float | None = None
+    """The caller's deadline, relative to ``received_at``; None means the model's default."""
+    priority: int | None = None
+    """Batching priority level (1 is the highest); None means the model's default."""
     request_id: str = field(default_factory=new_request_id)
     received_at: float = field(default_factory=time.perf_counter)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.core.errors import (
@@ -25,6 +28,7 @@ from gateway.core.errors import (
     UnsupportedMediaType,
 )
 from gateway.core.types import ClassifyRequest, Identity, new_request_id
+from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.preprocess.image import ACCEPTED_FORMATS
 from gateway.security.identity import DEV_IDENTITY, identity_from_peercert
 from gateway.service import GatewayService
@@ -121,7 +125,13 @@ def _photo_bytes(content_type: str, body: bytes) -> bytes:
 
 def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> FastAPI:
     """Build the REST application around an already-loaded service."""
-    app = FastAPI(title="Image classifier gateway", version="1")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await service.aclose()
+
+    app = FastAPI(title="Image classifier gateway", version="1", lifespan=lifespan)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -160,6 +170,11 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
             status_code=200 if ready else 503,
         )
 
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        _identity(request, mtls)
+        return Response(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
     @app.get("/api/v1/models")
     async def list_models(request: Request) -> dict:
         _identity(request, mtls)
@@ -175,15 +190,38 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         request: Request,
         model: str,
         version: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$", description="model version")] = None,
+        timeout_ms: Annotated[
+            int | None, Header(alias="x-request-timeout-ms", ge=1, le=600_000, description="deadline for the answer")
+        ] = None,
+        priority: Annotated[
+            int | None, Header(alias="x-priority", ge=1, le=100, description="batching priority, 1 is the highest")
+        ] = None,
     ) -> JSONResponse:
         request_id = _request_id(request)
-        identity = _identity(request, mtls)
-        service.require_model(model)
-        body = await _read_body(request, max_body_bytes)
-        photo = _photo_bytes(request.headers.get("content-type", ""), body)
-        prediction = await service.classify(
-            ClassifyRequest(model=model, image=photo, identity=identity, version=version, request_id=request_id)
-        )
+        started = time.perf_counter()
+        try:
+            identity = _identity(request, mtls)
+            service.require_model(model)
+            body = await _read_body(request, max_body_bytes)
+            photo = _photo_bytes(request.headers.get("content-type", ""), body)
+            prediction = await service.classify(
+                ClassifyRequest(
+                    model=model,
+                    image=photo,
+                    identity=identity,
+                    version=version,
+                    timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
+                    priority=priority,
+                    request_id=request_id,
+                    received_at=started,
+                )
+            )
+        except GatewayError as exc:
+            elapsed = time.perf_counter() - started
+            labels = service.metric_labels(model, version)
+            service.metrics.observe_request("rest", *labels, str(http_status_for(exc)), elapsed)
+            raise
+        service.metrics.observe_request("rest", model, prediction.version, "200", time.perf_counter() - started)
         return JSONResponse(
             {
                 "model": prediction.model,

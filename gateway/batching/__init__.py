@@ -1,0 +1,1 @@
+"""The dynamic batcher: one per model version, configured from config.pbtxt."""

@@ -1,0 +1,80 @@
+"""`gateway bench accuracy`: how much of the model's accuracy survives photos.
+
+Three figures on the same held-out digits, side by side:
+- tensors: the 28 x 28 digits fed to the model directly (the training script's figure);
+- clean PNGs: each digit as a PNG through the gateway's decoding and preprocessing;
+- phone photos: each digit as dark ink on a larger, unevenly lit, noisy, tinted, JPEG-compressed
+  photo stored with a random EXIF orientation, through the same preprocessing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gateway.backends.onnxruntime import OnnxRuntimeBackend
+from gateway.bench.photos import digit_photo, digit_png
+from gateway.preprocess.pipeline import prepare_photo
+from gateway.routing.repository import load_repository
+
+DEFAULT_DIGITS = Path("tests/data/mnist_heldout_sample.npz")
+ORIENTATIONS = (1, 3, 6, 8)
+BATCH = 64
+
+
+def _accuracy(tensors: np.ndarray, labels: np.ndarray, infer: Callable[[np.ndarray], np.ndarray]) -> float:
+    predictions = np.concatenate([infer(tensors[i : i + BATCH]).argmax(axis=1) for i in range(0, len(tensors), BATCH)])
+    return float((predictions == labels).mean())
+
+
+def evaluate(
+    model_repo: Path, digits: np.ndarray, labels: np.ndarray, *, seed: int = 0, version: str | None = None
+) -> dict:
+    spec = load_repository(model_repo)["mnist"]
+    version = version or spec.latest_version
+    backend = OnnxRuntimeBackend(spec.versions[version], spec.input, spec.output, threads=2)
+    rng = np.random.default_rng(seed)
+
+    def through_gateway(photos: list[bytes]) -> np.ndarray:
+        return np.stack([prepare_photo(p, spec, max_pixels=40_000_000).tensor for p in photos])
+
+    started = time.perf_counter()
+    photos = [digit_photo(d, rng, orientation=int(rng.choice(ORIENTATIONS))) for d in digits]
+    results = {
+        "model": spec.name,
+        "version": version,
+        "digits": len(digits),
+        "seed": seed,
+        "tensors": _accuracy((digits.astype(np.float32) / 255.0)[:, np.newaxis], labels, backend.infer_sync),
+        "clean_png": _accuracy(through_gateway([digit_png(d) for d in digits]), labels, backend.infer_sync),
+        "phone_photos": _accuracy(through_gateway(photos), labels, backend.infer_sync),
+        "mean_photo_bytes": int(np.mean([len(p) for p in photos])),
+    }
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    backend.close()
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    with np.load(args.digits) as data:
+        digits, labels = data["x"], data["y"]
+    results = evaluate(args.model_repo, digits, labels, seed=args.seed, version=args.version)
+    print(f"{'input':<14}{'accuracy':>10}   ({results['digits']} held-out digits from {args.digits})")
+    for key in ("tensors", "clean_png", "phone_photos"):
+        print(f"{key:<14}{results[key]:>10.2%}")
+    print(json.dumps(results))
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("accuracy", help="accuracy on held-out digits: tensors, clean PNGs, phone photos")
+    parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
+    parser.add_argument("--digits", type=Path, default=DEFAULT_DIGITS, help="npz with x (uint8 N,28,28) and y")
+    parser.add_argument("--version")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=main)

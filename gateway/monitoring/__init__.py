@@ -1,0 +1,1 @@
+"""Prediction logging, training baselines and skew detection."""

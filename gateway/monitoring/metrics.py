@@ -1,0 +1,74 @@
+"""Prometheus metrics of one gateway process (text format on ``GET /metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.batching.batcher import BatchStats
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+__all__ = ["GatewayMetrics", "PROMETHEUS_CONTENT_TYPE"]
+
+
+class GatewayMetrics:
+    """Own registry per process (and per test), never the global one."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        version_labels = ("model", "version")
+        self.requests = Counter(
+            "gateway_requests", "Answered requests", ("protocol", "model", "version", "code"), registry=self.registry
+        )
+        self.request_latency = Histogram(
+            "gateway_request_latency_seconds",
+            "Time from receipt to answer",
+            ("protocol", "model"),
+            buckets=SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "gateway_batch_size",
+            "Requests per executed batch",
+            version_labels,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_delay = Histogram(
+            "gateway_queue_delay_seconds",
+            "Time a request waited in the batcher's queue",
+            version_labels,
+            buckets=SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.execution = Histogram(
+            "gateway_batch_execution_seconds",
+            "Time the backend took for one batch",
+            version_labels,
+            buckets=SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Requests waiting in the batcher's queue", version_labels, registry=self.registry
+        )
+        self.batch_failures = Counter(
+            "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
+        )
+
+    def observe_batch(self, model: str, version: str, stats: BatchStats) -> None:
+        self.batch_size.labels(model, version).observe(stats.size)
+        self.execution.labels(model, version).observe(stats.execution_s)
+        delays = self.queue_delay.labels(model, version)
+        for delay in stats.queue_delays_s:
+            delays.observe(delay)
+        if stats.failed:
+            self.batch_failures.labels(model, version).inc()
+
+    def observe_request(self, protocol: str, model: str, version: str, code: str, seconds: float) -> None:
+        self.requests.labels(protocol, model, version, code).inc()
+        self.request_latency.labels(protocol, model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
