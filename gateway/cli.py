@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.bench import accuracy
+from gateway.bench import accuracy, batching
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.routing.repository import RepositoryError, load_repository
 from gateway.security import pki
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks and evaluations")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     accuracy.add_parser(bench_commands)
+    batching.add_parser(bench_commands)
     return parser
 
 

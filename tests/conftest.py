@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from gateway.bench.server_process import GatewayProcess
+from gateway.bench.server_process import start_gateway as start_gateway_process
 from gateway.security.pki import PkiPaths, init_pki
 from gateway.security.tls import client_context
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = REPO_ROOT / "model_repo"
 SAMPLE = REPO_ROOT / "tests" / "data" / "mnist_heldout_sample.npz"
-BANNER = re.compile(r"gateway: serving (https?)://(\S+):(\d+)")
-START_TIMEOUT_S = 60
 BODY_LIMIT = 2 * 1024 * 1024
 
 
@@ -45,68 +40,41 @@ def heldout_sample() -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class RunningGateway:
-    """A `gateway serve` process on a free loopback port."""
+    """A `gateway serve` process on a free loopback port, with the PKI its clients use."""
 
-    process: subprocess.Popen
-    base_url: str
+    server: GatewayProcess
     pki: PkiPaths
-    output: list[str] = field(default_factory=list)
 
-    def client(self, identity: str | None = "app", pki: PkiPaths | None = None, **kwargs) -> httpx.Client:
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def output(self) -> list[str]:
+        return self.server.output
+
+    def client(self, identity: str | None = "app") -> httpx.Client:
         """An httpx client trusting the gateway's CA and presenting ``identity``'s certificate."""
-        own = self.pki
-        certs = pki or own
+        pki = self.pki
         if identity is None:
-            context = client_context(own.ca_cert)
+            context = client_context(pki.ca_cert)
         else:
-            context = client_context(own.ca_cert, certs.client_cert(identity), certs.client_key(identity))
-        return httpx.Client(base_url=self.base_url, verify=context, timeout=30, **kwargs)
+            context = client_context(pki.ca_cert, pki.client_cert(identity), pki.client_key(identity))
+        return httpx.Client(base_url=self.base_url, verify=context, timeout=30)
 
     def assert_alive(self) -> None:
-        assert self.process.poll() is None, "gateway died:\n" + "".join(self.output[-50:])
+        assert self.server.alive(), "gateway died:\n" + "".join(self.output[-50:])
 
     def peak_rss_kib(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+        return self.server.peak_rss_kib()
 
 
 def start_gateway(pki: PkiPaths, *args: str, env: dict | None = None) -> RunningGateway:
-    """Start `gateway serve` and return once it has printed the address it listens on."""
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--http-port", "0"]
-    process = subprocess.Popen(
-        [*command, "--pki-dir", str(pki.root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    killer = threading.Timer(START_TIMEOUT_S, process.kill)
-    killer.start()
-    output: list[str] = []
-    try:
-        for line in process.stdout:
-            output.append(line)
-            match = BANNER.search(line)
-            if match:
-                scheme, host, port = match.groups()
-                break
-        else:
-            raise RuntimeError("gateway exited before serving:\n" + "".join(output))
-    finally:
-        killer.cancel()
-    drain = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
-    drain.start()
-    return RunningGateway(process, f"{scheme}://{host}:{port}", pki=pki, output=output)
+    return RunningGateway(start_gateway_process(["--pki-dir", str(pki.root), *args], env=env, cwd=REPO_ROOT), pki)
 
 
 def stop_gateway(gateway: RunningGateway) -> None:
-    gateway.process.terminate()
-    try:
-        gateway.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        gateway.process.kill()
-        gateway.process.wait()
+    gateway.server.stop()
 
 
 @pytest.fixture(scope="session")

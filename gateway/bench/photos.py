@@ -29,17 +29,18 @@ def digit_png(digit: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def digit_photo(digit: np.ndarray, rng: np.random.Generator, *, orientation: int = 1, min_side: int = 300) -> bytes:
-    """A JPEG 'photo' of ``digit`` written in dark ink on lit paper, stored with EXIF ``orientation``."""
-    scale = rng.uniform(5.0, 9.0)
-    side = int(round(28 * scale))
+def digit_photo(
+    digit: np.ndarray, rng: np.random.Generator, *, orientation: int = 1, min_side: int = 300, fmt: str = "JPEG"
+) -> bytes:
+    """A 'photo' of ``digit`` in dark ink on lit paper (JPEG or PNG), stored with EXIF ``orientation``."""
+    side = int(round(min_side * rng.uniform(0.45, 0.75)))
     ink_alpha = np.asarray(
         Image.fromarray(np.asarray(digit, np.uint8), "L").resize((side, side), Image.Resampling.BICUBIC),
         dtype=np.float32,
     )
     ink_alpha = np.clip(ink_alpha / 255.0, 0.0, 1.0)
-    width = int(rng.integers(max(min_side, side + 20), max(min_side, side + 20) + 180))
-    height = int(rng.integers(max(min_side, side + 20), max(min_side, side + 20) + 180))
+    width = int(rng.integers(min_side, min_side * 3 // 2 + 1))
+    height = int(rng.integers(min_side, min_side * 3 // 2 + 1))
     paper = rng.uniform(0.72, 0.95)
     ink = rng.uniform(0.05, 0.3)
     gradient = rng.uniform(0.0, 0.25)
@@ -61,5 +62,8 @@ def digit_photo(digit: np.ndarray, rng: np.random.Generator, *, orientation: int
         photo = photo.transpose(STORED_TRANSPOSE[orientation])
         exif[EXIF_ORIENTATION_TAG] = orientation
     buffer = io.BytesIO()
-    photo.save(buffer, "JPEG", quality=int(rng.integers(70, 92)), exif=exif)
+    if fmt == "JPEG":
+        photo.save(buffer, "JPEG", quality=int(rng.integers(70, 92)), exif=exif)
+    else:
+        photo.save(buffer, fmt, exif=exif)
     return buffer.getvalue()

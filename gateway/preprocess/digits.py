@@ -16,8 +16,8 @@ from gateway.core.errors import InvalidInput
 
 FIELD = 28
 BOX = 20
-WORK_SIDE = 256
-"""Photos are reduced to at most this side before analysis: plenty for a single digit."""
+WORK_SIDE = 160
+"""Photos are reduced to at most this side before analysis: plenty for one digit that ends up 20 px tall."""
 GRID = 8
 """The lighting is estimated on a GRID x GRID grid of tiles."""
 
@@ -29,29 +29,38 @@ def _to_work_array(image: Image.Image) -> np.ndarray:
     return np.asarray(grey, dtype=np.float32) / 255.0
 
 
+def _quantile(values: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
+    """np.partition-based quantile: an order of magnitude cheaper than np.median/np.percentile here."""
+    k = min(values.shape[axis] - 1, int(q * (values.shape[axis] - 1)))
+    return np.take(np.partition(values, k, axis=axis), k, axis=axis)
+
+
 def _ink_is_dark(pixels: np.ndarray) -> bool:
     """Paper dominates the border of a photo: a light border means dark ink."""
     band = max(1, min(pixels.shape) // 10)
     border = np.concatenate(
         [pixels[:band].ravel(), pixels[-band:].ravel(), pixels[:, :band].ravel(), pixels[:, -band:].ravel()]
     )
-    return float(np.median(border)) > 0.5
+    return float(_quantile(border, 0.5)) > 0.5
 
 
 def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
     """Subtract a smooth estimate of the paper's brightness (per-tile median, interpolated)."""
     height, width = ink.shape
     if min(height, width) < GRID * 4:
-        return np.clip(ink - float(np.median(ink)), 0.0, None)
-    tiles = np.array_split(ink, GRID, axis=0)
-    medians = np.array([[np.median(t) for t in np.array_split(row, GRID, axis=1)] for row in tiles], np.float32)
+        return np.clip(ink - float(_quantile(ink.ravel(), 0.5)), 0.0, None)
+    tile_h, tile_w = height // GRID, width // GRID
+    tiles = ink[: tile_h * GRID, : tile_w * GRID].reshape(GRID, tile_h, GRID, tile_w).swapaxes(1, 2)
+    medians = _quantile(tiles.reshape(GRID, GRID, -1), 0.5).astype(np.float32)
     background = Image.fromarray(medians).resize((width, height), Image.Resampling.BILINEAR)
     return np.clip(ink - np.asarray(background), 0.0, None)
 
 
 def _otsu_threshold(values: np.ndarray) -> float:
-    histogram, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
-    weights = histogram.astype(np.float64)
+    bins = 64
+    weights = np.bincount(np.minimum((values.ravel() * bins).astype(np.intp), bins - 1), minlength=bins)
+    weights = weights.astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     total = weights.sum()
     cumulative = np.cumsum(weights)
@@ -96,7 +105,7 @@ def prepare_digit(image: Image.Image) -> np.ndarray:
     pixels = _to_work_array(image)
     ink = 1.0 - pixels if _ink_is_dark(pixels) else pixels
     ink = _flatten_lighting(ink)
-    peak = float(np.percentile(ink, 99.5))
+    peak = float(_quantile(ink.ravel(), 0.995))
     if peak < 0.08:
         raise InvalidInput("no digit found in the photo: the contrast between ink and paper is too low")
     ink = np.clip(ink / peak, 0.0, 1.0)

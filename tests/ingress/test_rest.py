@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +103,19 @@ def test_model_description_and_health(gateway: RunningGateway) -> None:
     assert mnist["inputs"] == [{"name": "image", "datatype": "float32", "shape": [-1, 1, 28, 28]}]
     assert mnist["labels"] == [str(d) for d in range(10)]
     assert ready.status_code == 200 and ready.json()["models"] == ["mnist"]
+
+
+def test_metrics_count_batches_and_answers_by_code(gateway: RunningGateway, good) -> None:
+    with gateway.client() as client:
+        classify_png(client, good[0])
+        client.post("/api/v1/models/no-such-model/classify", content=b"x", headers={"content-type": "image/png"})
+        text = client.get("/metrics").text
+    assert 'gateway_requests_total{code="200",model="mnist",protocol="rest",version="1"}' in text
+    assert 'gateway_requests_total{code="404",model="_unknown",protocol="rest",version=""}' in text
+    batches = float(re.search(r'^gateway_batch_size_count\{model="mnist",version="1"\} (\S+)$', text, re.M).group(1))
+    assert batches >= 1
+    assert 'gateway_queue_depth{model="mnist",version="1"}' in text
+    assert "gateway_batch_execution_seconds_bucket" in text and "gateway_queue_delay_seconds_bucket" in text
 
 
 def tls_refused(gateway: RunningGateway, context: ssl.SSLContext) -> None:

@@ -1,0 +1,66 @@
+"""Start and stop a real `gateway serve` process on a free loopback port (benchmarks and tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BANNER = re.compile(r"gateway: serving (https?)://(\S+):(\d+)")
+START_TIMEOUT_S = 60
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen
+    base_url: str
+    output: list[str] = field(default_factory=list)
+    """Everything the process printed so far (drained continuously so it never blocks)."""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def peak_rss_kib(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+    def stop(self, timeout_s: float = 20) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; returns the exit code."""
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def start_gateway(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> GatewayProcess:
+    """Run `gateway serve --host 127.0.0.1 --http-port 0 ARGS` and return once it printed its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--http-port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    killer = threading.Timer(START_TIMEOUT_S, process.kill)
+    killer.start()
+    output: list[str] = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            match = BANNER.search(line)
+            if match:
+                scheme, host, port = match.groups()
+                break
+        else:
+            raise RuntimeError("gateway exited before serving:\n" + "".join(output))
+    finally:
+        killer.cancel()
+    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
+    return GatewayProcess(process, f"{scheme}://{host}:{port}", output)
