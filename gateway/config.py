@@ -76,10 +76,13 @@ class ModelSettings:
 class LimitSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_pending_photos: int = 256
+    """Photos accepted but not yet preprocessed; beyond it, 429 at once (bounded memory under overload)."""
 
     def validate(self) -> None:
         _check_positive("limits.max_body_bytes", self.max_body_bytes)
         _check_positive("limits.max_image_pixels", self.max_image_pixels)
+        _check_positive("limits.max_pending_photos", self.max_pending_photos)
 
 
 @dataclass

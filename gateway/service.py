@@ -13,8 +13,8 @@ from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.batching.batcher import DynamicBatcher
 from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
-from gateway.core.errors import DeadlineExceeded, NotFound
-from gateway.core.types import ClassifyRequest, Prediction
+from gateway.core.errors import DeadlineExceeded, NotFound, Overloaded
+from gateway.core.types import ClassifyRequest, Prediction, PreparedInput
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.preprocess.pipeline import preparation_for, prepare_photo
 from gateway.routing.repository import ModelSpec, RepositoryError, load_repository
@@ -65,6 +65,7 @@ class GatewayService:
         self._settings = settings
         self.metrics = metrics or GatewayMetrics()
         self._models: dict[str, LoadedModel] = {}
+        self._pending_photos = 0
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
         )
@@ -155,13 +156,23 @@ class GatewayService:
             raise DeadlineExceeded(f"the deadline of {request.timeout_s * 1000:.0f} ms passed before batching")
         return remaining
 
+    async def _prepare(self, request: ClassifyRequest, spec: ModelSpec) -> PreparedInput:
+        """Decode and preprocess off the event loop, refusing at once when too many photos wait."""
+        limits = self._settings.limits
+        if self._pending_photos >= limits.max_pending_photos:
+            raise Overloaded(f"{self._pending_photos} photos are waiting to be decoded; retry shortly")
+        self._pending_photos += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._preprocess_pool, lambda: prepare_photo(request.image, spec, max_pixels=limits.max_image_pixels)
+            )
+        finally:
+            self._pending_photos -= 1
+
     async def classify(self, request: ClassifyRequest) -> Prediction:
         model = self._model(request.model)
         version = self._version(model, request.version)
-        limit = self._settings.limits.max_image_pixels
-        prepared = await asyncio.get_running_loop().run_in_executor(
-            self._preprocess_pool, lambda: prepare_photo(request.image, model.spec, max_pixels=limit)
-        )
+        prepared = await self._prepare(request, model.spec)
         probabilities = await version.batcher.submit(
             prepared.tensor, priority=request.priority, timeout_s=self._remaining(request)
         )
