@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +11,8 @@ from typing import Annotated
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.core.errors import (
@@ -50,6 +50,7 @@ HTTP_STATUS: dict[type[GatewayError], int] = {
 """The one place gateway errors become HTTP status codes, looked up along the class hierarchy."""
 
 RAW_IMAGE_TYPES = frozenset(ACCEPTED_FORMATS.values())
+MULTIPART = "multipart/form-data"
 REQUEST_ID_HEADER = "x-request-id"
 
 
@@ -99,24 +100,76 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _ImageField:
+    """python-multipart callbacks that keep the data of the form field named ``image``."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] | None = None
+        self._in_image = False
+        self._field = b""
+        self._value = b""
+        self._disposition = b""
+
+    def on_part_begin(self) -> None:
+        self._disposition = b""
+        self._in_image = False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self._field.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._field = self._value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        self._in_image = options.get(b"name") == b"image" and self.data is None
+        if self._in_image:
+            self.data = []
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_image:
+            self.data.append(data[start:end])
+
+    def callbacks(self) -> dict:
+        names = (
+            "on_part_begin",
+            "on_header_field",
+            "on_header_value",
+            "on_header_end",
+            "on_headers_finished",
+            "on_part_data",
+        )
+        return {name: getattr(self, name) for name in names}
+
+
 def _image_from_multipart(body: bytes, content_type: str) -> bytes:
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart() or not message.get_boundary():
-        raise InvalidInput("the multipart body cannot be parsed (is the boundary parameter missing?)")
-    for part in message.iter_parts():
-        if part.get_param("name", header="content-disposition") == "image":
-            return part.get_payload(decode=True) or b""
-    raise InvalidInput("the multipart body has no field named 'image'")
+    """The bytes of form field ``image``, parsed with python-multipart (fast on large bodies)."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidInput("the multipart body cannot be parsed: the Content-Type has no boundary parameter")
+    field = _ImageField()
+    parser = MultipartParser(boundary, field.callbacks())
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise InvalidInput(f"the multipart body cannot be parsed: {exc}") from None
+    if field.data is None:
+        raise InvalidInput("the multipart body has no field named 'image'")
+    return b"".join(field.data)
 
 
-def _photo_bytes(content_type: str, body: bytes) -> bytes:
+def _media_type(content_type: str) -> str:
+    """Refuse an unsupported Content-Type before reading the body."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type in RAW_IMAGE_TYPES:
-        return body
-    if media_type == "multipart/form-data":
-        return _image_from_multipart(body, content_type)
+    if media_type in RAW_IMAGE_TYPES or media_type == MULTIPART:
+        return media_type
     raise UnsupportedMediaType(
         f"Content-Type {media_type or '(none)'} is not accepted; send the photo as the raw body with "
         f"Content-Type {', '.join(sorted(RAW_IMAGE_TYPES))}, or as multipart/form-data field 'image'"
@@ -202,8 +255,10 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         try:
             identity = _identity(request, mtls)
             service.require_model(model)
+            content_type = request.headers.get("content-type", "")
+            media_type = _media_type(content_type)
             body = await _read_body(request, max_body_bytes)
-            photo = _photo_bytes(request.headers.get("content-type", ""), body)
+            photo = _image_from_multipart(body, content_type) if media_type == MULTIPART else body
             prediction = await service.classify(
                 ClassifyRequest(
                     model=model,

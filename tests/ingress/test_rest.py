@@ -196,6 +196,8 @@ def test_certificate_without_a_role_is_forbidden(gateway: RunningGateway, tmp_pa
             "invalid_input",
             "no field named 'image'",
         ),
+        (CLASSIFY, b"garbage", "multipart/form-data; boundary=x", 400, "invalid_input", "cannot be parsed"),
+        (CLASSIFY, b"--x--", "multipart/form-data", 400, "invalid_input", "no boundary parameter"),
         ("/api/v1/nothing", b"", "image/png", 404, "not_found", "Not Found"),
     ],
     ids=[
@@ -211,6 +213,8 @@ def test_certificate_without_a_role_is_forbidden(gateway: RunningGateway, tmp_pa
         "bad-version",
         "blank-photo",
         "multipart-without-image",
+        "multipart-garbage",
+        "multipart-no-boundary",
         "unknown-path",
     ],
 )
@@ -258,6 +262,16 @@ def test_declared_oversize_body_is_refused_before_it_is_sent(gateway: RunningGat
             b"Content-Length: 1073741824\r\n\r\n" + b"\xff" * 65536
         )
         assert read_status(sock) == 413
+    assert_still_serving(gateway, *good)
+
+
+def test_wrong_content_type_is_refused_before_the_body_is_sent(gateway: RunningGateway, good) -> None:
+    with raw_tls_socket(gateway) as sock:
+        sock.sendall(
+            b"POST " + CLASSIFY.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 1048576\r\n\r\n"
+        )
+        assert read_status(sock) == 415
     assert_still_serving(gateway, *good)
 
 
