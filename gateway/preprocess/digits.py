@@ -23,9 +23,11 @@ GRID = 8
 
 
 def _to_work_array(image: Image.Image) -> np.ndarray:
-    grey = image.convert("L")
-    if max(grey.size) > WORK_SIDE:
-        grey.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+    grey = image if image.mode == "L" else image.convert("L")
+    width, height = grey.size
+    scale = WORK_SIDE / max(width, height)
+    if scale < 1:
+        grey = grey.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
     return np.asarray(grey, dtype=np.float32) / 255.0
 
 

@@ -60,7 +60,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> I
         image.draft(mode if mode in ("L", "RGB") else None, (width // scale, height // scale))
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert(mode)
+        ImageOps.exif_transpose(image, in_place=True)
+        return image if image.mode == mode else image.convert(mode)
     except Exception as exc:  # any failure decoding untrusted bytes is the input's fault, not ours
         raise InvalidInput(f"the {image.format} data is truncated or corrupt: {exc}") from None
