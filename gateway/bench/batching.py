@@ -26,6 +26,7 @@ import numpy as np
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_photo
+from gateway.bench.profile import stage_shares, start_py_spy
 from gateway.bench.server_process import start_gateway
 from gateway.routing.repository import load_repository
 from gateway.security.pki import PkiPaths, init_pki
@@ -162,15 +163,23 @@ async def measure(
 
 
 def run_gateway(
-    pki: PkiPaths, model_repo: Path, batching: bool, workload: Callable[[str], Coroutine[None, None, RunResult]]
+    pki: PkiPaths,
+    model_repo: Path,
+    batching: bool,
+    workload: Callable[[str], Coroutine[None, None, RunResult]],
+    profile: tuple[Path, float] | None = None,
 ) -> RunResult:
+    """Run ``workload`` against a fresh gateway; with ``profile`` (output, seconds), py-spy samples it."""
     server = start_gateway(
         ["--pki-dir", str(pki.root), "--model-repo", str(model_repo)],
         env={"GATEWAY_BATCHING_ENABLED": "true" if batching else "false"},
     )
     try:
         cpu_before = server.cpu_seconds()
+        spy = start_py_spy(server.process.pid, profile[1], profile[0]) if profile else None
         result = asyncio.run(workload(server.base_url))
+        if spy is not None:
+            spy.wait()
         result.server_cpu_ms_per_request = 1000 * (server.cpu_seconds() - cpu_before) / max(result.answered, 1)
         return result
     finally:
@@ -220,6 +229,11 @@ def main(args: argparse.Namespace) -> int:
             return measure(url, pki, args.model, photos, args.clients, args.warmup, args.duration, rate=rate)
 
         paced_on = run_gateway(pki, args.model_repo, True, paced)
+        shares = {}
+        if args.profile:  # a separate run: sampling slows the gateway, so it never feeds the table
+            profile = (Path(tmp) / "profile.raw", args.warmup + args.duration)
+            run_gateway(pki, args.model_repo, True, loaded, profile)
+            shares = stage_shares(profile[0])
     threads = os.cpu_count() or 1
     ceiling = ceiling_rps(args.model_repo, args.model, max(1, round(on.mean_batch)), args.duration / 3, threads)
     bound_ms = max_delay_ms + 2 * on.mean_execution_ms + idle.p99_ms
@@ -234,6 +248,11 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"{name:<22}{result.rps:>9.0f}{result.p50_ms:>9.1f}{result.p99_ms:>9.1f}{result.mean_batch:>8.1f}"
             f"{result.mean_execution_ms:>9.2f}{result.server_cpu_ms_per_request:>12.2f}{result.errors:>8}"
+        )
+    if shares:
+        print(
+            "where the gateway's CPU goes (py-spy, batching on, loaded): "
+            + ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
         )
     ratio = on.rps / off.rps if off.rps else float("inf")
     print(
@@ -274,6 +293,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--photo-side", type=int, default=160, help="short side of the PNG photos sent")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--profile", action="store_true", help="sample the loaded gateway with py-spy")
     parser.add_argument(
         "--paced-fraction", type=float, default=0.7, help="open-loop run at this fraction of the measured throughput"
     )
