@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +54,8 @@ HTTP_STATUS: dict[type[GatewayError], int] = {
 RAW_IMAGE_TYPES = frozenset(ACCEPTED_FORMATS.values())
 MULTIPART = "multipart/form-data"
 REQUEST_ID_HEADER = "x-request-id"
+CLIENT_CLOSED_REQUEST = "499"
+T = TypeVar("T")
 
 
 def http_status_for(error: GatewayError) -> int:
@@ -165,6 +169,32 @@ def _image_from_multipart(body: bytes, content_type: str) -> bytes:
     return b"".join(field.data)
 
 
+class ClientDisconnected(Exception):
+    """The caller closed the connection before its answer was ready."""
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client goes away (call only after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``, cancelling it (and so dropping the request from its batch) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, GatewayError):
+        await task
+    raise ClientDisconnected
+
+
 def _media_type(content_type: str) -> str:
     """Refuse an unsupported Content-Type before reading the body."""
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -259,18 +289,21 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
             media_type = _media_type(content_type)
             body = await _read_body(request, max_body_bytes)
             photo = _image_from_multipart(body, content_type) if media_type == MULTIPART else body
-            prediction = await service.classify(
-                ClassifyRequest(
-                    model=model,
-                    image=photo,
-                    identity=identity,
-                    version=version,
-                    timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
-                    priority=priority,
-                    request_id=request_id,
-                    received_at=started,
-                )
+            classify_request = ClassifyRequest(
+                model=model,
+                image=photo,
+                identity=identity,
+                version=version,
+                timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
+                priority=priority,
+                request_id=request_id,
+                received_at=started,
             )
+            prediction = await _unless_client_leaves(request, service.classify(classify_request))
+        except ClientDisconnected:
+            labels = service.metric_labels(model, version)
+            service.metrics.observe_request("rest", *labels, CLIENT_CLOSED_REQUEST, time.perf_counter() - started)
+            return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
         except GatewayError as exc:
             elapsed = time.perf_counter() - started
             labels = service.metric_labels(model, version)
