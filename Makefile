@@ -7,10 +7,11 @@ PKI_DIR ?= pki
 
 .PHONY: install serve test lint format train bench-accuracy clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(wildcard protos/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m gateway.protos
 	touch $(STAMP)
 
 install: $(STAMP)

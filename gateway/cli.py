@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -15,34 +16,50 @@ from gateway.security import pki
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.ingress.http_server import bind_socket, build_server
-    from gateway.ingress.rest import create_app
-    from gateway.service import GatewayService
-
     settings = load_settings(
         args.config,
         overrides={
-            "server": {"host": args.host, "http_port": args.http_port},
+            "server": {"host": args.host, "http_port": args.http_port, "grpc_port": args.grpc_port},
             "tls": {"pki_dir": args.pki_dir, "enabled": False if args.insecure_no_tls else None},
             "models": {"repo": args.model_repo},
         },
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = GatewayService(settings)
-    service.load()
-    app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
-    sock = bind_socket(settings.server.host, settings.server.http_port)
-    host, port = sock.getsockname()[:2]
-    _print_banner(settings, host, port)
-    build_server(app, settings).run(sockets=[sock])
+    from gateway.ingress.http_server import event_loop_factory
+
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_run(settings))
     return 0
 
 
-def _print_banner(settings: Settings, host: str, port: int) -> None:
+async def _run(settings: Settings) -> None:
+    """Load the models, then serve REST and gRPC from one event loop until SIGTERM/SIGINT."""
+    from gateway.ingress.grpc_server import build_grpc_server
+    from gateway.ingress.http_server import bind_socket, build_server
+    from gateway.ingress.rest import create_app
+    from gateway.service import GatewayService
+
+    service = GatewayService(settings)
+    service.load()
+    grpc_server, grpc_port = await build_grpc_server(service, settings)
+    sock = bind_socket(settings.server.host, settings.server.http_port)
+    await grpc_server.start()
+    _print_banner(settings, sock.getsockname()[1], grpc_port)
+    app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
+    try:
+        await build_server(app, settings).serve(sockets=[sock])
+    finally:
+        await grpc_server.stop(grace=10)
+        await service.aclose()
+
+
+def _print_banner(settings: Settings, port: int, grpc_port: int) -> None:
+    host = settings.server.host
     url_host = f"[{host}]" if ":" in host else host
     scheme = "https" if settings.tls.enabled else "http"
     if not settings.tls.enabled:
         print("gateway: WARNING: mTLS is disabled; every caller is treated as the local operator", flush=True)
+    print(f"gateway: gRPC on {url_host}:{grpc_port} ({'mTLS' if settings.tls.enabled else 'plaintext'})", flush=True)
     print(f"gateway: serving {scheme}://{url_host}:{port}", flush=True)
     if settings.tls.enabled:
         d = settings.tls.pki_dir
@@ -94,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repo", type=Path)
     serve.add_argument("--host")
     serve.add_argument("--http-port", type=int, help="0 picks a free port (printed on start)")
+    serve.add_argument("--grpc-port", type=int, help="0 picks a free port (printed on start)")
     serve.add_argument("--pki-dir", type=Path)
     serve.add_argument(
         "--insecure-no-tls", action="store_true", help="local development only: plain HTTP, no client certificates"

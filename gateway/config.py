@@ -23,9 +23,11 @@ class ConfigError(ValueError):
 class ServerSettings:
     host: str = "127.0.0.1"
     http_port: int = 8443
+    grpc_port: int = 8444
 
     def validate(self) -> None:
         _check_port("server.http_port", self.http_port)
+        _check_port("server.grpc_port", self.grpc_port)
         if not self.host:
             raise ConfigError("server.host must not be empty")
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -52,6 +53,16 @@ class RunningGateway:
     @property
     def output(self) -> list[str]:
         return self.server.output
+
+    def grpc_channel(self, identity: str | None = "app", pki: PkiPaths | None = None) -> grpc.Channel:
+        """A gRPC channel trusting the gateway's CA, presenting ``identity`` from ``pki`` (default: ours)."""
+        certs = pki or self.pki
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.pki.ca_cert.read_bytes(),
+            private_key=certs.client_key(identity).read_bytes() if identity else None,
+            certificate_chain=certs.client_cert(identity).read_bytes() if identity else None,
+        )
+        return grpc.secure_channel(self.server.grpc_target, credentials)
 
     def client(self, identity: str | None = "app") -> httpx.Client:
         """An httpx client trusting the gateway's CA and presenting ``identity``'s certificate."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BANNER = re.compile(r"gateway: serving (https?)://(\S+):(\d+)")
+GRPC_BANNER = re.compile(r"gateway: gRPC on (\S+:\d+)")
 START_TIMEOUT_S = 60
 
 
@@ -18,6 +19,8 @@ START_TIMEOUT_S = 60
 class GatewayProcess:
     process: subprocess.Popen
     base_url: str
+    grpc_target: str
+    """host:port of the gRPC services."""
     output: list[str] = field(default_factory=list)
     """Everything the process printed so far (drained continuously so it never blocks)."""
 
@@ -44,9 +47,21 @@ class GatewayProcess:
 
 
 def start_gateway(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> GatewayProcess:
-    """Run `gateway serve --host 127.0.0.1 --http-port 0 ARGS` and return once it printed its address."""
+    """Run `gateway serve` on free loopback ports with ARGS and return once it printed its addresses."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--http-port", "0", *args],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -56,9 +71,13 @@ def start_gateway(args: list[str], *, env: dict[str, str] | None = None, cwd: Pa
     killer = threading.Timer(START_TIMEOUT_S, process.kill)
     killer.start()
     output: list[str] = []
+    grpc_target = ""
     try:
         for line in process.stdout:
             output.append(line)
+            grpc_match = GRPC_BANNER.search(line)
+            if grpc_match:
+                grpc_target = grpc_match.group(1)
             match = BANNER.search(line)
             if match:
                 scheme, host, port = match.groups()
@@ -68,4 +87,4 @@ def start_gateway(args: list[str], *, env: dict[str, str] | None = None, cwd: Pa
     finally:
         killer.cancel()
     threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-    return GatewayProcess(process, f"{scheme}://{host}:{port}", output)
+    return GatewayProcess(process, f"{scheme}://{host}:{port}", grpc_target, output)

@@ -58,3 +58,8 @@ def build_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
         timeout_graceful_shutdown=10,
     )
     return uvicorn.Server(config)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvicorn's choice of event loop (uvloop when installed); REST and gRPC share it."""
+    return uvicorn.Config(app=None).get_loop_factory()

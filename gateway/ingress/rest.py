@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Header, Query, Request
@@ -208,13 +207,7 @@ def _media_type(content_type: str) -> str:
 
 def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> FastAPI:
     """Build the REST application around an already-loaded service."""
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await service.aclose()
-
-    app = FastAPI(title="Image classifier gateway", version="1", lifespan=lifespan)
+    app = FastAPI(title="Image classifier gateway", version="1")
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

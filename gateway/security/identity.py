@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from gateway.core.errors import PermissionDenied
 from gateway.core.types import Identity
 from gateway.security.pki import CLIENT_URI_PREFIX, ROLE_URI_PREFIX, ROLES
@@ -36,3 +39,19 @@ def identity_from_peercert(peercert: PeerCert) -> Identity:
         )
     name = names[0] if names else _common_name(peercert) or "unknown"
     return Identity(name=name, role=known_roles[0])
+
+
+def identity_from_pem(pem: bytes) -> Identity:
+    """The same as identity_from_peercert, for a PEM certificate (what gRPC's auth context carries)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    peercert: PeerCert = {
+        "subject": ((("commonName", str(names[0].value)),),) if names else (),
+        "subjectAltName": tuple(("URI", uri) for uri in uris),
+    }
+    return identity_from_peercert(peercert)

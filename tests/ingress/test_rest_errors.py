@@ -46,9 +46,6 @@ class RaisingService:
     async def classify(self, request: ClassifyRequest):
         raise self.error
 
-    async def aclose(self) -> None:
-        return None
-
 
 def post(service: RaisingService, **headers: str):
     app = create_app(service, mtls=False, max_body_bytes=1024)

@@ -1,0 +1,185 @@
+"""The gRPC surface (grpc.aio): the gateway's own Classifier service, health checking, reflection.
+
+Same mTLS as REST (a client without a certificate from our CA is refused in the
+handshake); the peer certificate gives the Identity, the call's deadline becomes the
+request's timeout, and gateway errors map to gRPC status codes in one table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.config import Settings
+from gateway.core.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from gateway.core.types import ClassifyRequest, Identity, Prediction, new_request_id
+from gateway.security.identity import DEV_IDENTITY, identity_from_pem
+from gateway.service import GatewayService
+from gateway.v1 import classifier_pb2, classifier_pb2_grpc
+
+GRPC_STATUS: dict[type[GatewayError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    GatewayError: grpc.StatusCode.INTERNAL,
+}
+"""The one place gateway errors become gRPC status codes, looked up along the class hierarchy."""
+
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
+
+
+def grpc_status_for(error: GatewayError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in GRPC_STATUS:
+            return GRPC_STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _trailers(error: GatewayError) -> tuple[tuple[str, str], ...]:
+    trailers = [("gateway-error-code", error.code)]
+    if isinstance(error, Overloaded):
+        trailers.append(("grpc-retry-pushback-ms", str(int(error.retry_after_s * 1000))))
+    return tuple(trailers)
+
+
+def _response(prediction: Prediction) -> classifier_pb2.ClassifyResponse:
+    return classifier_pb2.ClassifyResponse(
+        request_id=prediction.request_id,
+        model=prediction.model,
+        version=prediction.version,
+        label=prediction.label,
+        probabilities=prediction.probabilities,
+        latency_ms=prediction.latency_ms,
+    )
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(self, service: GatewayService, *, mtls: bool) -> None:
+        self._service = service
+        self._mtls = mtls
+
+    def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
+        if not self._mtls:
+            return DEV_IDENTITY
+        pem = context.auth_context().get("x509_pem_cert")
+        if not pem:
+            raise Unauthenticated("no verified client certificate on this connection")
+        return identity_from_pem(pem[0])
+
+    async def _classify(
+        self, message: classifier_pb2.ClassifyRequest, identity: Identity, context: grpc.aio.ServicerContext
+    ) -> Prediction:
+        started = time.perf_counter()
+        remaining = context.time_remaining()
+        request = ClassifyRequest(
+            model=message.model,
+            image=message.image,
+            identity=identity,
+            version=message.version or None,
+            timeout_s=remaining,
+            priority=message.priority or None,
+            request_id=message.request_id or new_request_id(),
+            received_at=started,
+        )
+        try:
+            prediction = await self._service.classify(request)
+        except GatewayError as exc:
+            labels = self._service.metric_labels(message.model, message.version or None)
+            code = grpc_status_for(exc).name
+            self._service.metrics.observe_request("grpc", *labels, code, time.perf_counter() - started)
+            raise
+        self._service.metrics.observe_request(
+            "grpc", prediction.model, prediction.version, "OK", time.perf_counter() - started
+        )
+        return prediction
+
+    async def Classify(  # noqa: N802 - the name is the RPC's
+        self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ClassifyResponse:
+        try:
+            return _response(await self._classify(request, self._identity(context), context))
+        except GatewayError as exc:
+            await context.abort(grpc_status_for(exc), exc.message, trailing_metadata=_trailers(exc))
+
+    async def _stream_answer(
+        self, message: classifier_pb2.ClassifyRequest, identity: Identity, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ClassifyStreamResponse:
+        request_id = message.request_id or new_request_id()
+        message.request_id = request_id
+        try:
+            prediction = await self._classify(message, identity, context)
+        except GatewayError as exc:
+            error = classifier_pb2.Error(code=exc.code, message=exc.message, grpc_status=grpc_status_for(exc).value[0])
+            return classifier_pb2.ClassifyStreamResponse(request_id=request_id, error=error)
+        return classifier_pb2.ClassifyStreamResponse(request_id=request_id, prediction=_response(prediction))
+
+    async def ClassifyStream(  # noqa: N802 - the name is the RPC's
+        self, request_iterator: AsyncIterator[classifier_pb2.ClassifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[classifier_pb2.ClassifyStreamResponse]:
+        """Photos are classified concurrently as they arrive (so they batch); answers go out as they finish."""
+        try:
+            identity = self._identity(context)
+        except GatewayError as exc:
+            await context.abort(grpc_status_for(exc), exc.message, trailing_metadata=_trailers(exc))
+        answers: asyncio.Queue[classifier_pb2.ClassifyStreamResponse | None] = asyncio.Queue()
+
+        async def answer(message: classifier_pb2.ClassifyRequest) -> None:
+            answers.put_nowait(await self._stream_answer(message, identity, context))
+
+        async def read_all() -> None:
+            async with asyncio.TaskGroup() as group:
+                async for message in request_iterator:
+                    group.create_task(answer(message))
+
+        reader = asyncio.create_task(read_all())
+        reader.add_done_callback(lambda _: answers.put_nowait(None))
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+            await reader  # surface a failure of the request stream itself
+        finally:
+            reader.cancel()
+
+
+async def build_grpc_server(service: GatewayService, settings: Settings) -> tuple[grpc.aio.Server, int]:
+    """Create the server with every service registered and its port bound; returns (server, port)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.limits.max_body_bytes + 4096)])
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(service, mtls=settings.tls.enabled), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", CLASSIFIER_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (CLASSIFIER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{settings.server.host}:{settings.server.grpc_port}"
+    if settings.tls.enabled:
+        tls = settings.tls
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key_path.read_bytes(), tls.cert_path.read_bytes())],
+            root_certificates=tls.ca_path.read_bytes(),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    return server, port

@@ -1,0 +1,110 @@
+"""The gRPC surface end to end: the real gateway process, grpcio clients, real certificates."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gateway.bench.photos import digit_photo, digit_png
+from gateway.security.pki import PkiPaths
+from gateway.v1 import classifier_pb2, classifier_pb2_grpc
+from tests.badinputs import png_bomb, truncated_jpeg
+from tests.conftest import RunningGateway
+
+
+@pytest.fixture(scope="module")
+def stub(gateway: RunningGateway):
+    with gateway.grpc_channel() as channel:
+        yield classifier_pb2_grpc.ClassifierStub(channel)
+
+
+def test_classify_answers_like_rest(gateway: RunningGateway, stub, heldout_sample) -> None:
+    x, y = heldout_sample
+    photo = digit_png(x[123])
+    answer = stub.Classify(classifier_pb2.ClassifyRequest(model="mnist", image=photo, request_id="r-1"), timeout=30)
+    assert (answer.label, answer.model, answer.version, answer.request_id) == (str(y[123]), "mnist", "1", "r-1")
+    with gateway.client() as client:
+        rest = client.post("/api/v1/models/mnist/classify", content=photo, headers={"content-type": "image/png"})
+    assert rest.json()["label"] == answer.label
+    for label, probability in rest.json()["probabilities"].items():
+        assert answer.probabilities[label] == pytest.approx(probability, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "image", "version", "code", "message"),
+    [
+        ("cifar", b"x", "", grpc.StatusCode.NOT_FOUND, "unknown model 'cifar'"),
+        ("mnist", b"x", "9", grpc.StatusCode.NOT_FOUND, "no loaded version '9'"),
+        ("mnist", b"not an image", "", grpc.StatusCode.INVALID_ARGUMENT, "not a JPEG, PNG or WebP"),
+        ("mnist", truncated_jpeg(), "", grpc.StatusCode.INVALID_ARGUMENT, "truncated or corrupt"),
+        ("mnist", png_bomb(), "", grpc.StatusCode.INVALID_ARGUMENT, "pixels"),
+        ("mnist", b"", "", grpc.StatusCode.INVALID_ARGUMENT, "has no image"),
+    ],
+)
+def test_bad_requests_get_precise_status_codes(stub, model, image, version, code, message) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Classify(classifier_pb2.ClassifyRequest(model=model, image=image, version=version), timeout=30)
+    assert raised.value.code() == code
+    assert message in raised.value.details()
+    assert dict(raised.value.trailing_metadata())["gateway-error-code"]
+
+
+def test_a_deadline_too_short_is_deadline_exceeded(stub, heldout_sample) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Classify(
+            classifier_pb2.ClassifyRequest(model="mnist", image=digit_png(heldout_sample[0][1])), timeout=1e-4
+        )
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_stream_answers_every_photo_and_survives_a_bad_one(stub, heldout_sample) -> None:
+    x, y = heldout_sample
+    rng = np.random.default_rng(3)
+    indices = list(range(0, 300, 15))
+    requests = [
+        classifier_pb2.ClassifyRequest(model="mnist", image=digit_photo(x[i], rng), request_id=f"photo-{i}")
+        for i in indices
+    ]
+    requests.insert(5, classifier_pb2.ClassifyRequest(model="mnist", image=b"broken", request_id="bad"))
+    answers = {a.request_id: a for a in stub.ClassifyStream(iter(requests), timeout=60)}
+    assert set(answers) == {r.request_id for r in requests}
+    assert answers["bad"].WhichOneof("outcome") == "error"
+    assert answers["bad"].error.code == "invalid_input"
+    assert answers["bad"].error.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    correct = [answers[f"photo-{i}"].prediction.label == str(y[i]) for i in indices]
+    assert np.mean(correct) >= 0.9
+
+
+def test_health_and_reflection(gateway: RunningGateway) -> None:
+    with gateway.grpc_channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "gateway.v1.Classifier"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answer = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {service.name for service in answer.list_services_response.service}
+    assert {"gateway.v1.Classifier", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize("who", ["no certificate", "another CA"])
+def test_calls_without_a_certificate_from_our_ca_are_refused(
+    gateway: RunningGateway, foreign_pki: PkiPaths, who: str, heldout_sample
+) -> None:
+    channel = gateway.grpc_channel(None) if who == "no certificate" else gateway.grpc_channel("app", foreign_pki)
+    with channel, pytest.raises(grpc.RpcError) as raised:
+        classifier_pb2_grpc.ClassifierStub(channel).Classify(
+            classifier_pb2.ClassifyRequest(model="mnist", image=digit_png(heldout_sample[0][0])), timeout=10
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    gateway.assert_alive()
+
+
+def test_grpc_requests_are_counted(gateway: RunningGateway, stub, heldout_sample) -> None:
+    stub.Classify(classifier_pb2.ClassifyRequest(model="mnist", image=digit_png(heldout_sample[0][2])), timeout=30)
+    with gateway.client() as client:
+        text = client.get("/metrics").text
+    assert 'gateway_requests_total{code="OK",model="mnist",protocol="grpc",version="1"}' in text
