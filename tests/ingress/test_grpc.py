@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import grpc
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from gateway.bench.photos import digit_photo, digit_png
 from gateway.security.pki import PkiPaths
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.badinputs import png_bomb, truncated_jpeg
-from tests.conftest import RunningGateway
+from tests.conftest import REPO_ROOT, RunningGateway
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,15 @@ def test_grpc_requests_are_counted(gateway: RunningGateway, stub, heldout_sample
     with gateway.client() as client:
         text = client.get("/metrics").text
     assert 'gateway_requests_total{code="OK",model="mnist",protocol="grpc",version="1"}' in text
+
+
+def test_the_readme_example_works(gateway: RunningGateway) -> None:
+    example = REPO_ROOT / "docs" / "examples" / "classify_grpc.py"
+    photos = [str(REPO_ROOT / "docs" / "examples" / name) for name in ("seven.jpg", "three.png")]
+    common = ["--target", gateway.server.grpc_target, "--pki", str(gateway.pki.root)]
+    unary = subprocess.run([sys.executable, str(example), photos[0], *common], capture_output=True, text=True)
+    assert unary.returncode == 0, unary.stderr
+    assert unary.stdout.split()[1] == "7"
+    stream = subprocess.run([sys.executable, str(example), *photos, *common], capture_output=True, text=True)
+    assert stream.returncode == 0, stream.stderr
+    assert sorted(line.split()[1] for line in stream.stdout.splitlines()) == ["3", "7"]
