@@ -124,6 +124,16 @@ class GatewayService:
         """Raise NotFound for an unknown model, so an edge can refuse before reading a body."""
         self._model(name)
 
+    def spec(self, name: str) -> ModelSpec:
+        return self._model(name).spec
+
+    def loaded_versions(self, name: str) -> list[str]:
+        return sorted(self._model(name).versions, key=int)
+
+    def resolve_version(self, name: str, version: str | None) -> str:
+        """The version a request for ``version`` (None: the default) would run on, or NotFound."""
+        return self._version(self._model(name), version).version
+
     def metric_labels(self, model: str, version: str | None) -> tuple[str, str]:
         """Model and version as metric labels; names no caller can grow without bound."""
         loaded = self._models.get(model)
@@ -172,10 +182,8 @@ class GatewayService:
     async def classify(self, request: ClassifyRequest) -> Prediction:
         model = self._model(request.model)
         version = self._version(model, request.version)
-        prepared = await self._prepare(request, model.spec)
-        probabilities = await version.batcher.submit(
-            prepared.tensor, priority=request.priority, timeout_s=self._remaining(request)
-        )
+        row = request.tensor if request.tensor is not None else (await self._prepare(request, model.spec)).tensor
+        probabilities = await version.batcher.submit(row, priority=request.priority, timeout_s=self._remaining(request))
         best = int(probabilities.argmax())
         return Prediction(
             request_id=request.request_id,

@@ -27,11 +27,13 @@ class Identity:
 
 @dataclass
 class ClassifyRequest:
-    """A photo to classify, whatever protocol it arrived on."""
+    """One item to classify, whatever protocol it arrived on: a photo, or an already-preprocessed row."""
 
     model: str
     image: bytes
     identity: Identity
+    tensor: np.ndarray | None = None
+    """A preprocessed input row (KServe, TF Serving); when set, ``image`` is ignored."""
     version: str | None = None
     timeout_s: float | None = None
     """The caller's deadline, relative to ``received_at``; None means the model's default."""

@@ -1,4 +1,4 @@
-"""The gRPC surface (grpc.aio): the gateway's own Classifier service, health checking, reflection.
+"""The gRPC surface (grpc.aio): the gateway's own Classifier service, KServe v2, health checking, reflection.
 
 Same mTLS as REST (a client without a certificate from our CA is refused in the
 handshake); the peer certificate gives the Identity, the call's deadline becomes the
@@ -14,50 +14,19 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as kserve_pb2
+from tritonclient.grpc import service_pb2_grpc as kserve_pb2_grpc
 
 from gateway.config import Settings
-from gateway.core.errors import (
-    DeadlineExceeded,
-    GatewayError,
-    InvalidInput,
-    NotFound,
-    Overloaded,
-    PermissionDenied,
-    Unauthenticated,
-    Unavailable,
-)
+from gateway.core.errors import GatewayError
 from gateway.core.types import ClassifyRequest, Identity, Prediction, new_request_id
-from gateway.security.identity import DEV_IDENTITY, identity_from_pem
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
+from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.service import GatewayService
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 
-GRPC_STATUS: dict[type[GatewayError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    GatewayError: grpc.StatusCode.INTERNAL,
-}
-"""The one place gateway errors become gRPC status codes, looked up along the class hierarchy."""
-
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
-
-
-def grpc_status_for(error: GatewayError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        if cls in GRPC_STATUS:
-            return GRPC_STATUS[cls]
-    return grpc.StatusCode.INTERNAL
-
-
-def _trailers(error: GatewayError) -> tuple[tuple[str, str], ...]:
-    trailers = [("gateway-error-code", error.code)]
-    if isinstance(error, Overloaded):
-        trailers.append(("grpc-retry-pushback-ms", str(int(error.retry_after_s * 1000))))
-    return tuple(trailers)
+KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def _response(prediction: Prediction) -> classifier_pb2.ClassifyResponse:
@@ -77,12 +46,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self._mtls = mtls
 
     def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
-        if not self._mtls:
-            return DEV_IDENTITY
-        pem = context.auth_context().get("x509_pem_cert")
-        if not pem:
-            raise Unauthenticated("no verified client certificate on this connection")
-        return identity_from_pem(pem[0])
+        return caller_identity(context, self._mtls)
 
     async def _classify(
         self, message: classifier_pb2.ClassifyRequest, identity: Identity, context: grpc.aio.ServicerContext
@@ -117,7 +81,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         try:
             return _response(await self._classify(request, self._identity(context), context))
         except GatewayError as exc:
-            await context.abort(grpc_status_for(exc), exc.message, trailing_metadata=_trailers(exc))
+            await abort(context, exc)
 
     async def _stream_answer(
         self, message: classifier_pb2.ClassifyRequest, identity: Identity, context: grpc.aio.ServicerContext
@@ -138,7 +102,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         try:
             identity = self._identity(context)
         except GatewayError as exc:
-            await context.abort(grpc_status_for(exc), exc.message, trailing_metadata=_trailers(exc))
+            await abort(context, exc)
         answers: asyncio.Queue[classifier_pb2.ClassifyStreamResponse | None] = asyncio.Queue()
 
         async def answer(message: classifier_pb2.ClassifyRequest) -> None:
@@ -162,14 +126,16 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
 async def build_grpc_server(service: GatewayService, settings: Settings) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered and its port bound; returns (server, port)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.limits.max_body_bytes + 4096)])
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(service, mtls=settings.tls.enabled), server)
+    mtls = settings.tls.enabled
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(service, mtls=mtls), server)
+    kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service, mtls=mtls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", CLASSIFIER_SERVICE):
+    for name in ("", CLASSIFIER_SERVICE, KSERVE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        (CLASSIFIER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
+        (CLASSIFIER_SERVICE, KSERVE_SERVICE, health_service, reflection.SERVICE_NAME), server
     )
     address = f"{settings.server.host}:{settings.server.grpc_port}"
     if settings.tls.enabled:

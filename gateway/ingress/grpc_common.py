@@ -1,0 +1,60 @@
+"""What every gRPC service of the gateway shares: the error mapping and the caller's identity."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+from gateway.core.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from gateway.core.types import Identity
+from gateway.security.identity import DEV_IDENTITY, identity_from_pem
+
+GRPC_STATUS: dict[type[GatewayError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    GatewayError: grpc.StatusCode.INTERNAL,
+}
+"""The one place gateway errors become gRPC status codes, looked up along the class hierarchy."""
+
+
+def grpc_status_for(error: GatewayError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in GRPC_STATUS:
+            return GRPC_STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _trailers(error: GatewayError) -> tuple[tuple[str, str], ...]:
+    trailers = [("gateway-error-code", error.code)]
+    if isinstance(error, Overloaded):
+        trailers.append(("grpc-retry-pushback-ms", str(int(error.retry_after_s * 1000))))
+    return tuple(trailers)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> NoReturn:
+    await context.abort(grpc_status_for(error), error.message, trailing_metadata=_trailers(error))
+
+
+def caller_identity(context: grpc.aio.ServicerContext, mtls: bool) -> Identity:
+    """The Identity in the verified client certificate (the local operator when mTLS is off)."""
+    if not mtls:
+        return DEV_IDENTITY
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
+        raise Unauthenticated("no verified client certificate on this connection")
+    return identity_from_pem(pem[0])

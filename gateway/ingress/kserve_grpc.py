@@ -1,0 +1,170 @@
+"""KServe v2 / Open Inference Protocol over gRPC (``inference.GRPCInferenceService``).
+
+The servicer is generated from the stubs ``tritonclient.grpc`` ships, so Triton's own
+clients work unchanged. Inputs are already-preprocessed tensors: each row of a request
+goes through the same batcher as photos, so KServe traffic batches with everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+import gateway
+from gateway.core.errors import GatewayError, InvalidInput, NotFound
+from gateway.core.types import ClassifyRequest, Identity, new_request_id
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
+from gateway.preprocess.tensors import batch_from_raw, batch_from_values, kserve_datatype
+from gateway.routing.repository import ModelSpec
+from gateway.service import GatewayService
+
+SERVER_NAME = "image-gateway"
+EXTENSIONS = ("model_configuration", "binary_tensor_data")
+
+
+def input_batch(request: service_pb2.ModelInferRequest, spec: ModelSpec) -> np.ndarray:
+    """The request's one input as a validated [N, *dims] batch."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(
+            f"model {spec.name!r} takes exactly one input, {spec.input.name!r}; the request has {len(request.inputs)}"
+        )
+    tensor = request.inputs[0]
+    if tensor.name != spec.input.name:
+        raise InvalidInput(f"unknown input {tensor.name!r}; model {spec.name!r} takes {spec.input.name!r}")
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidInput(f"{len(request.raw_input_contents)} raw_input_contents for 1 input")
+        return batch_from_raw(tensor.datatype, tensor.shape, request.raw_input_contents[0], spec)
+    return batch_from_values(tensor.datatype, tensor.shape, tensor.contents.fp32_contents, spec)
+
+
+def check_requested_outputs(request: service_pb2.ModelInferRequest, spec: ModelSpec) -> None:
+    for output in request.outputs:
+        if output.name != spec.output.name:
+            raise InvalidInput(f"unknown output {output.name!r}; model {spec.name!r} has {spec.output.name!r}")
+
+
+def tensor_metadata(name: str, dtype: str, dims: tuple[int, ...]) -> service_pb2.ModelMetadataResponse.TensorMetadata:
+    return service_pb2.ModelMetadataResponse.TensorMetadata(
+        name=name, datatype=dtype.upper() if dtype != "float32" else "FP32", shape=[-1, *dims]
+    )
+
+
+async def infer_rows(
+    service: GatewayService,
+    spec: ModelSpec,
+    version: str,
+    batch: np.ndarray,
+    identity: Identity,
+    request_id: str,
+    timeout_s: float | None,
+) -> np.ndarray:
+    """Submit each row on its own (so rows batch with other traffic); all-or-nothing, in row order."""
+    started = time.perf_counter()
+
+    async def one(index: int, row: np.ndarray) -> np.ndarray:
+        prediction = await service.classify(
+            ClassifyRequest(
+                model=spec.name,
+                image=b"",
+                identity=identity,
+                tensor=row,
+                version=version,
+                timeout_s=timeout_s,
+                request_id=f"{request_id}/{index}",
+                received_at=started,
+            )
+        )
+        return np.array([prediction.probabilities[label] for label in spec.labels], dtype=np.float32)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(i, row)) for i, row in enumerate(batch)]
+    except* GatewayError as failures:
+        raise failures.exceptions[0] from None
+    return np.stack([task.result() for task in tasks])
+
+
+class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: GatewayService, *, mtls: bool) -> None:
+        self._service = service
+        self._mtls = mtls
+
+    async def _guard(self, context: grpc.aio.ServicerContext) -> Identity:
+        try:
+            return caller_identity(context, self._mtls)
+        except GatewayError as exc:
+            await abort(context, exc)
+
+    async def ServerLive(self, request, context):  # noqa: N802 - RPC names
+        await self._guard(context)
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):  # noqa: N802
+        await self._guard(context)
+        return service_pb2.ServerReadyResponse(ready=self._service.ready)
+
+    async def ModelReady(self, request, context):  # noqa: N802
+        await self._guard(context)
+        try:
+            self._service.resolve_version(request.name, request.version or None)
+        except NotFound:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, context):  # noqa: N802
+        await self._guard(context)
+        return service_pb2.ServerMetadataResponse(name=SERVER_NAME, version=gateway.__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):  # noqa: N802
+        await self._guard(context)
+        try:
+            spec = self._service.spec(request.name)
+            self._service.resolve_version(request.name, request.version or None)
+        except GatewayError as exc:
+            await abort(context, exc)
+        return service_pb2.ModelMetadataResponse(
+            name=spec.name,
+            versions=self._service.loaded_versions(spec.name),
+            platform=spec.platform,
+            inputs=[tensor_metadata(spec.input.name, spec.input.dtype, spec.input.dims)],
+            outputs=[tensor_metadata(spec.output.name, spec.output.dtype, spec.output.dims)],
+        )
+
+    async def ModelConfig(self, request, context):  # noqa: N802
+        await self._guard(context)
+        try:
+            spec = self._service.spec(request.name)
+            self._service.resolve_version(request.name, request.version or None)
+        except GatewayError as exc:
+            await abort(context, exc)
+        return service_pb2.ModelConfigResponse(config=spec.config)
+
+    async def ModelInfer(self, request, context):  # noqa: N802
+        identity = await self._guard(context)
+        started = time.perf_counter()
+        try:
+            spec = self._service.spec(request.model_name)
+            version = self._service.resolve_version(request.model_name, request.model_version or None)
+            batch = input_batch(request, spec)
+            check_requested_outputs(request, spec)
+            probabilities = await infer_rows(
+                self._service, spec, version, batch, identity, request.id or new_request_id(), context.time_remaining()
+            )
+        except GatewayError as exc:
+            labels = self._service.metric_labels(request.model_name, request.model_version or None)
+            code = grpc_status_for(exc).name
+            self._service.metrics.observe_request("kserve-grpc", *labels, code, time.perf_counter() - started)
+            await abort(context, exc)
+        self._service.metrics.observe_request("kserve-grpc", spec.name, version, "OK", time.perf_counter() - started)
+        response = service_pb2.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
+        output = response.outputs.add()
+        output.name = spec.output.name
+        output.datatype = kserve_datatype(spec)
+        output.shape.extend(probabilities.shape)
+        response.raw_output_contents.append(probabilities.astype("<f4").tobytes())
+        return response
