@@ -8,13 +8,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from gateway.backends.base import Backend
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.batching.batcher import DynamicBatcher
 from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
-from gateway.core.errors import DeadlineExceeded, NotFound, Overloaded
-from gateway.core.types import ClassifyRequest, Prediction, PreparedInput
+from gateway.core.errors import DeadlineExceeded, GatewayError, NotFound, Overloaded
+from gateway.core.types import ClassifyRequest, Identity, Prediction, PreparedInput
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.preprocess.pipeline import preparation_for, prepare_photo
 from gateway.routing.repository import ModelSpec, RepositoryError, load_repository
@@ -193,6 +195,44 @@ class GatewayService:
             probabilities={label: float(p) for label, p in zip(model.spec.labels, probabilities, strict=True)},
             latency_ms=(time.perf_counter() - request.received_at) * 1000.0,
         )
+
+    async def classify_rows(
+        self,
+        model: str,
+        version: str | None,
+        batch: np.ndarray,
+        identity: Identity,
+        request_id: str,
+        timeout_s: float | None,
+    ) -> np.ndarray:
+        """Probabilities [N, classes] for already-preprocessed rows (KServe, TF Serving).
+
+        Each row is submitted on its own, so rows batch with other traffic; all-or-nothing, in row order.
+        """
+        started = time.perf_counter()
+        labels = self._model(model).spec.labels
+
+        async def one(index: int, row: np.ndarray) -> np.ndarray:
+            prediction = await self.classify(
+                ClassifyRequest(
+                    model=model,
+                    image=b"",
+                    identity=identity,
+                    tensor=row,
+                    version=version,
+                    timeout_s=timeout_s,
+                    request_id=f"{request_id}/{index}",
+                    received_at=started,
+                )
+            )
+            return np.array([prediction.probabilities[label] for label in labels], dtype=np.float32)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(i, row)) for i, row in enumerate(batch)]
+        except* GatewayError as failures:
+            raise failures.exceptions[0] from None
+        return np.stack([task.result() for task in tasks])
 
     async def aclose(self) -> None:
         """Answer everything queued, let running batches finish, then release the backends."""

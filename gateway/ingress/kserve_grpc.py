@@ -7,7 +7,6 @@ goes through the same batcher as photos, so KServe traffic batches with everythi
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
@@ -16,7 +15,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import gateway
 from gateway.core.errors import GatewayError, InvalidInput, NotFound
-from gateway.core.types import ClassifyRequest, Identity, new_request_id
+from gateway.core.types import Identity, new_request_id
 from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
 from gateway.preprocess.tensors import batch_from_raw, batch_from_values, kserve_datatype
 from gateway.routing.repository import ModelSpec
@@ -52,41 +51,6 @@ def tensor_metadata(name: str, dtype: str, dims: tuple[int, ...]) -> service_pb2
     return service_pb2.ModelMetadataResponse.TensorMetadata(
         name=name, datatype=dtype.upper() if dtype != "float32" else "FP32", shape=[-1, *dims]
     )
-
-
-async def infer_rows(
-    service: GatewayService,
-    spec: ModelSpec,
-    version: str,
-    batch: np.ndarray,
-    identity: Identity,
-    request_id: str,
-    timeout_s: float | None,
-) -> np.ndarray:
-    """Submit each row on its own (so rows batch with other traffic); all-or-nothing, in row order."""
-    started = time.perf_counter()
-
-    async def one(index: int, row: np.ndarray) -> np.ndarray:
-        prediction = await service.classify(
-            ClassifyRequest(
-                model=spec.name,
-                image=b"",
-                identity=identity,
-                tensor=row,
-                version=version,
-                timeout_s=timeout_s,
-                request_id=f"{request_id}/{index}",
-                received_at=started,
-            )
-        )
-        return np.array([prediction.probabilities[label] for label in spec.labels], dtype=np.float32)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(i, row)) for i, row in enumerate(batch)]
-    except* GatewayError as failures:
-        raise failures.exceptions[0] from None
-    return np.stack([task.result() for task in tasks])
 
 
 class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -152,8 +116,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             version = self._service.resolve_version(request.model_name, request.model_version or None)
             batch = input_batch(request, spec)
             check_requested_outputs(request, spec)
-            probabilities = await infer_rows(
-                self._service, spec, version, batch, identity, request.id or new_request_id(), context.time_remaining()
+            probabilities = await self._service.classify_rows(
+                spec.name, version, batch, identity, request.id or new_request_id(), context.time_remaining()
             )
         except GatewayError as exc:
             labels = self._service.metric_labels(request.model_name, request.model_version or None)

@@ -17,90 +17,32 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.core.errors import (
-    DeadlineExceeded,
     GatewayError,
     InvalidInput,
     NotFound,
     Overloaded,
-    PayloadTooLarge,
-    PermissionDenied,
-    Unauthenticated,
-    Unavailable,
     UnsupportedMediaType,
 )
-from gateway.core.types import ClassifyRequest, Identity, new_request_id
+from gateway.core.types import ClassifyRequest
+from gateway.ingress.http_common import (
+    REQUEST_ID_HEADER,
+    caller_identity,
+    error_response,
+    http_status_for,
+    read_body,
+    request_id_of,
+)
+from gateway.ingress.kserve_http import kserve_router
 from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.preprocess.image import ACCEPTED_FORMATS
-from gateway.security.identity import DEV_IDENTITY, identity_from_peercert
 from gateway.service import GatewayService
 
 log = logging.getLogger(__name__)
 
-HTTP_STATUS: dict[type[GatewayError], int] = {
-    InvalidInput: 400,
-    PayloadTooLarge: 413,
-    UnsupportedMediaType: 415,
-    Unauthenticated: 401,
-    PermissionDenied: 403,
-    NotFound: 404,
-    Overloaded: 429,
-    DeadlineExceeded: 504,
-    Unavailable: 503,
-    GatewayError: 500,
-}
-"""The one place gateway errors become HTTP status codes, looked up along the class hierarchy."""
-
 RAW_IMAGE_TYPES = frozenset(ACCEPTED_FORMATS.values())
 MULTIPART = "multipart/form-data"
-REQUEST_ID_HEADER = "x-request-id"
 CLIENT_CLOSED_REQUEST = "499"
 T = TypeVar("T")
-
-
-def http_status_for(error: GatewayError) -> int:
-    for cls in type(error).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
-
-
-def error_response(status: int, code: str, message: str, request_id: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}, "request_id": request_id},
-        status_code=status,
-        headers={REQUEST_ID_HEADER: request_id, **(headers or {})},
-    )
-
-
-def _request_id(request: Request) -> str:
-    if not hasattr(request.state, "request_id"):
-        request.state.request_id = new_request_id()
-    return request.state.request_id
-
-
-def _identity(request: Request, mtls: bool) -> Identity:
-    if not mtls:
-        return DEV_IDENTITY
-    peercert = request.scope.get("extensions", {}).get("tls", {}).get("peercert")
-    if not peercert:
-        raise Unauthenticated("no verified client certificate on this connection")
-    return identity_from_peercert(peercert)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; refuse early from Content-Length, or as soon as the stream passes it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        request.state.body_unread = True
-        raise PayloadTooLarge(f"the body is {int(declared):,} bytes; the limit is {limit:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            request.state.body_unread = True
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _ImageField:
@@ -216,23 +158,25 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
             headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
         if getattr(request.state, "body_unread", False):
             headers["connection"] = "close"  # do not drain a body we refused: drop the connection
-        return error_response(http_status_for(exc), exc.code, exc.message, _request_id(request), headers)
+        return error_response(request, http_status_for(exc), exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return error_response(400, InvalidInput.code, details, _request_id(request))
+        return error_response(request, 400, InvalidInput.code, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: NotFound.code, 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), _request_id(request))
+        return error_response(request, exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         log.exception("unexpected error in request %s", request_id)
-        return error_response(500, GatewayError.code, f"internal error; quote request id {request_id}", request_id)
+        return error_response(request, 500, GatewayError.code, f"internal error; quote request id {request_id}")
+
+    app.include_router(kserve_router(service, mtls=mtls, max_body_bytes=max_body_bytes))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -248,17 +192,17 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        _identity(request, mtls)
+        caller_identity(request, mtls)
         return Response(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     @app.get("/api/v1/models")
     async def list_models(request: Request) -> dict:
-        _identity(request, mtls)
+        caller_identity(request, mtls)
         return {"models": service.describe_models()}
 
     @app.get("/api/v1/models/{model}")
     async def describe_model(request: Request, model: str) -> dict:
-        _identity(request, mtls)
+        caller_identity(request, mtls)
         return service.describe_model(model)
 
     @app.post("/api/v1/models/{model}/classify")
@@ -273,14 +217,14 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
             int | None, Header(alias="x-priority", ge=1, le=100, description="batching priority, 1 is the highest")
         ] = None,
     ) -> JSONResponse:
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         started = time.perf_counter()
         try:
-            identity = _identity(request, mtls)
+            identity = caller_identity(request, mtls)
             service.require_model(model)
             content_type = request.headers.get("content-type", "")
             media_type = _media_type(content_type)
-            body = await _read_body(request, max_body_bytes)
+            body = await read_body(request, max_body_bytes)
             photo = _image_from_multipart(body, content_type) if media_type == MULTIPART else body
             classify_request = ClassifyRequest(
                 model=model,
