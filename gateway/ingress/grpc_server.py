@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2_grpc as kserve_pb2_grpc
 from gateway.config import Settings
 from gateway.core.errors import GatewayError
 from gateway.core.types import ClassifyRequest, Identity, Prediction, new_request_id
+from gateway.ingress import tfserving_grpc
 from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
 from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.service import GatewayService
@@ -129,13 +130,14 @@ async def build_grpc_server(service: GatewayService, settings: Settings) -> tupl
     mtls = settings.tls.enabled
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(service, mtls=mtls), server)
     kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service, mtls=mtls), server)
+    tfserving_service = tfserving_grpc.add_to_server(service, server, mtls=mtls)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", CLASSIFIER_SERVICE, KSERVE_SERVICE):
+    for name in ("", CLASSIFIER_SERVICE, KSERVE_SERVICE, tfserving_service):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        (CLASSIFIER_SERVICE, KSERVE_SERVICE, health_service, reflection.SERVICE_NAME), server
+        (CLASSIFIER_SERVICE, KSERVE_SERVICE, tfserving_service, health_service, reflection.SERVICE_NAME), server
     )
     address = f"{settings.server.host}:{settings.server.grpc_port}"
     if settings.tls.enabled:

@@ -22,6 +22,9 @@ from gateway.security.identity import DEV_IDENTITY, identity_from_peercert
 
 REQUEST_ID_HEADER = "x-request-id"
 KSERVE_PREFIX = "/v2"
+TFSERVING_PREFIX = "/v1/models"
+PLAIN_ERROR_PREFIXES = (KSERVE_PREFIX, TFSERVING_PREFIX)
+"""Surfaces whose clients expect ``{"error": "message"}`` (KServe v2, TensorFlow Serving)."""
 
 HTTP_STATUS: dict[type[GatewayError], int] = {
     InvalidInput: 400,
@@ -46,10 +49,10 @@ def http_status_for(error: GatewayError) -> int:
 
 
 def error_response(request: Request, status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    """The gateway's error shape; KServe routes answer ``{"error": message}`` as KServe clients expect."""
+    """The gateway's error shape; KServe and TF Serving routes answer ``{"error": message}`` as their clients expect."""
     request_id = request_id_of(request)
     body: dict = {"error": {"code": code, "message": message}, "request_id": request_id}
-    if request.url.path.startswith(KSERVE_PREFIX):
+    if request.url.path.startswith(PLAIN_ERROR_PREFIXES):
         body = {"error": message}
     return JSONResponse(
         body,

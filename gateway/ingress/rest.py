@@ -33,6 +33,7 @@ from gateway.ingress.http_common import (
     request_id_of,
 )
 from gateway.ingress.kserve_http import kserve_router
+from gateway.ingress.tfserving_http import tfserving_router
 from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.preprocess.image import ACCEPTED_FORMATS
 from gateway.service import GatewayService
@@ -177,6 +178,7 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         return error_response(request, 500, GatewayError.code, f"internal error; quote request id {request_id}")
 
     app.include_router(kserve_router(service, mtls=mtls, max_body_bytes=max_body_bytes))
+    app.include_router(tfserving_router(service, mtls=mtls, max_body_bytes=max_body_bytes))
 
     @app.get("/healthz")
     async def healthz() -> dict:
