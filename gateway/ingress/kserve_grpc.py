@@ -17,7 +17,7 @@ import gateway
 from gateway.core.errors import GatewayError, InvalidInput, NotFound
 from gateway.core.types import Identity, new_request_id
 from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
-from gateway.preprocess.tensors import batch_from_raw, batch_from_values, kserve_datatype
+from gateway.preprocess.tensors import KSERVE_DATATYPES, batch_from_raw, batch_from_values, kserve_datatype
 from gateway.routing.repository import ModelSpec
 from gateway.service import GatewayService
 
@@ -49,7 +49,7 @@ def check_requested_outputs(request: service_pb2.ModelInferRequest, spec: ModelS
 
 def tensor_metadata(name: str, dtype: str, dims: tuple[int, ...]) -> service_pb2.ModelMetadataResponse.TensorMetadata:
     return service_pb2.ModelMetadataResponse.TensorMetadata(
-        name=name, datatype=dtype.upper() if dtype != "float32" else "FP32", shape=[-1, *dims]
+        name=name, datatype=KSERVE_DATATYPES[dtype], shape=[-1, *dims]
     )
 
 
@@ -84,13 +84,17 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self._guard(context)
         return service_pb2.ServerMetadataResponse(name=SERVER_NAME, version=gateway.__version__, extensions=EXTENSIONS)
 
-    async def ModelMetadata(self, request, context):  # noqa: N802
+    async def _addressed_model(self, request, context: grpc.aio.ServicerContext) -> ModelSpec:
+        """The model (and version) a metadata or config request names, or the call aborts with NOT_FOUND."""
         await self._guard(context)
         try:
-            spec = self._service.spec(request.name)
             self._service.resolve_version(request.name, request.version or None)
+            return self._service.spec(request.name)
         except GatewayError as exc:
             await abort(context, exc)
+
+    async def ModelMetadata(self, request, context):  # noqa: N802
+        spec = await self._addressed_model(request, context)
         return service_pb2.ModelMetadataResponse(
             name=spec.name,
             versions=self._service.loaded_versions(spec.name),
@@ -100,12 +104,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelConfig(self, request, context):  # noqa: N802
-        await self._guard(context)
-        try:
-            spec = self._service.spec(request.name)
-            self._service.resolve_version(request.name, request.version or None)
-        except GatewayError as exc:
-            await abort(context, exc)
+        spec = await self._addressed_model(request, context)
         return service_pb2.ModelConfigResponse(config=spec.config)
 
     async def ModelInfer(self, request, context):  # noqa: N802

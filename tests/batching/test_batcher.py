@@ -10,21 +10,12 @@ import pytest
 from gateway.batching.batcher import BatchStats, DynamicBatcher
 from gateway.batching.policy import BatchingPolicy
 from gateway.core.errors import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
+from tests.batching.policies import make_policy
 
 
 def policy(**overrides) -> BatchingPolicy:
-    values = dict(
-        max_batch_size=8,
-        preferred_batch_sizes=(),
-        max_queue_delay_s=0.0,
-        max_queue_size=100,
-        instances=1,
-        default_timeout_s=None,
-        priority_levels=2,
-        default_priority_level=2,
-    )
-    values.update(overrides)
-    return BatchingPolicy(**values)
+    """No queue delay by default: batches go as soon as an instance is free."""
+    return make_policy(**{"max_queue_delay_s": 0.0, **overrides})
 
 
 class RecordingBackend:

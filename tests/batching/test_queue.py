@@ -8,21 +8,11 @@ import pytest
 from gateway.batching.batcher import _BatchQueue, _Item
 from gateway.batching.policy import PRIORITY_AGING_S, BatchingPolicy
 from gateway.core.errors import Overloaded
+from tests.batching.policies import make_policy
 
 
 def policy(**overrides) -> BatchingPolicy:
-    values = dict(
-        max_batch_size=8,
-        preferred_batch_sizes=(),
-        max_queue_delay_s=0.002,
-        max_queue_size=100,
-        instances=1,
-        default_timeout_s=None,
-        priority_levels=2,
-        default_priority_level=2,
-    )
-    values.update(overrides)
-    return BatchingPolicy(**values)
+    return make_policy(**overrides)
 
 
 @pytest.fixture
