@@ -11,7 +11,6 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m gateway.protos
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""Generate the gRPC stubs from protos/ into the package (run at install time by the Makefile).
+"""Generate the gRPC stubs from protos/ into the package (setup.py runs this on every build and install).
 
 ``protos/gateway/v1/classifier.proto`` becomes ``gateway/v1/classifier_pb2.py`` (and
 ``_pb2_grpc.py``, ``.pyi``), so the generated imports (``from gateway.v1 import ...``)
@@ -31,6 +31,8 @@ def generate() -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {', '.join(map(str, protos))}")
+    for package in {ROOT / proto.parent.relative_to(PROTO_DIR) for proto in protos}:
+        (package / "__init__.py").touch()  # regular packages, so setuptools finds them
     return protos
 
 
