@@ -8,9 +8,10 @@ protocol subclass below adds ``scope["extensions"]["tls"]["peercert"]`` (the dic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,6 +29,17 @@ class PeerCertHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {"tls": {"peercert": self._peercert}}
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT once its own shutdown is done, which would kill the process
+    before the gRPC server and the batchers are drained; the gateway finishes its shutdown instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -57,7 +69,7 @@ def build_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    return uvicorn.Server(config)
+    return GatewayServer(config)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

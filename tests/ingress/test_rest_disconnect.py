@@ -65,3 +65,28 @@ def test_a_client_that_hangs_up_is_dropped_before_execution(slow_batching_gatewa
     text = metrics(gateway)
     assert 'gateway_batch_size_count{model="mnist",version="1"} 1.0' in text
     assert 'gateway_batch_size_sum{model="mnist",version="1"} 1.0' in text, "the hung-up request was executed too"
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(slow_batching_gateway, heldout_sample) -> None:
+    """A request still queued for its batch when SIGTERM arrives is answered; then the process exits 0."""
+    gateway = slow_batching_gateway
+    pki = gateway.pki
+    url = urlsplit(gateway.base_url)
+    photo = digit_png(heldout_sample[0][30])
+    context = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
+    with context.wrap_socket(socket.create_connection((url.hostname, url.port)), server_hostname=url.hostname) as sock:
+        sock.sendall(
+            b"POST /api/v1/models/mnist/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+            + f"Content-Length: {len(photo)}\r\n\r\n".encode()
+            + photo
+        )
+        deadline = time.monotonic() + 3
+        while 'gateway_queue_depth{model="mnist",version="1"} 1.0' not in metrics(gateway):
+            assert time.monotonic() < deadline, "the request never reached the batcher's queue"
+        gateway.server.process.terminate()
+        sock.settimeout(SLOW_DELAY_US / 1e6 + 10)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert gateway.server.process.wait(timeout=30) == 0
