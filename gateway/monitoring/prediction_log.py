@@ -1,0 +1,189 @@
+"""The prediction log: every answered request becomes a record in a Redis Stream, one stream per model.
+
+Contract:
+- The answer never waits for the log: ``record`` only puts the record in a bounded
+  in-memory buffer (or, if the buffer is full, appends it to the spool file); a
+  background task writes the buffer to Redis in pipelined batches (``XADD`` with an
+  approximate ``MAXLEN``).
+- The log never loses a record: when Redis cannot be reached, records are appended to
+  an append-only spool file (JSON lines) and replayed, in order, when Redis is back,
+  and again when the gateway starts (a spool left by a previous run). While the spool
+  holds records, new ones go behind them, so the stream keeps the order of answers.
+  Replay progress is checkpointed per chunk, so a crash during replay repeats at most
+  one chunk (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+STREAM_PREFIX = "predictions:"
+RETRY_S = 1.0
+
+
+def stream_name(model: str) -> str:
+    return STREAM_PREFIX + model
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        connect: Callable[[], aioredis.Redis],
+        spool_path: Path,
+        *,
+        buffer_size: int = 10_000,
+        write_batch: int = 256,
+        stream_maxlen: int = 1_000_000,
+        enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._redis: aioredis.Redis | None = None
+        self._spool = spool_path
+        self._offset = spool_path.with_name(spool_path.name + ".offset")
+        self._buffer: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=buffer_size)
+        self._write_batch = write_batch
+        self._maxlen = stream_maxlen
+        self._enrich = enrich or (lambda record: record)
+        self._writer: asyncio.Task | None = None
+        self._in_flight: list[dict[str, Any]] = []
+        self._next_retry = 0.0
+        spool_path.parent.mkdir(parents=True, exist_ok=True)
+
+    # -- the request path -------------------------------------------------------------------------------
+    def record(self, record: dict[str, Any]) -> None:
+        """Hand a record to the log; never blocks, never drops (a full buffer overflows to the spool)."""
+        try:
+            self._buffer.put_nowait(record)
+        except asyncio.QueueFull:
+            self._append_to_spool([self._enrich(record)])
+
+    # -- life cycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_forever(), name="prediction-log")
+
+    async def flush(self) -> None:
+        """Wait until every record handed in so far is in Redis or in the spool."""
+        await self._buffer.join()
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Write what is buffered (to Redis, or to the spool if Redis is down), then stop.
+
+        Records a stuck write still holds when ``timeout_s`` runs out are spooled too: they may
+        then reach Redis twice, never zero times.
+        """
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush(), timeout_s)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        leftover = self._in_flight + self._drain_buffer(len_limit=None)
+        self._in_flight = []
+        if leftover:
+            self._append_to_spool(leftover)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    @property
+    def spooled(self) -> int:
+        """Records waiting in the spool file for Redis to come back."""
+        if not self._spool.exists():
+            return 0
+        with self._spool.open("rb") as handle:
+            return sum(1 for _ in handle) - self._replayed_lines()
+
+    # -- the writer ---------------------------------------------------------------------------------------
+    def _drain_buffer(self, len_limit: int | None) -> list[dict[str, Any]]:
+        records = []
+        while not self._buffer.empty() and (len_limit is None or len(records) < len_limit):
+            records.append(self._enrich(self._buffer.get_nowait()))
+        return records
+
+    async def _write_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.spooled and loop.time() >= self._next_retry:
+                await self._replay()
+            try:
+                first = await asyncio.wait_for(self._buffer.get(), RETRY_S if self.spooled else None)
+            except TimeoutError:
+                continue
+            records = [self._enrich(first), *self._drain_buffer(self._write_batch - 1)]
+            self._in_flight = records
+            await self._write(records)
+            self._in_flight = []
+            for _ in records:
+                self._buffer.task_done()
+
+    async def _write(self, records: list[dict[str, Any]]) -> None:
+        """To Redis, unless the spool holds older records (then behind them) or Redis is down."""
+        if self.spooled or not await self._xadd(records):
+            self._append_to_spool(records)
+
+    async def _xadd(self, records: list[dict[str, Any]]) -> bool:
+        try:
+            if self._redis is None:
+                self._redis = self._connect()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for record in records:
+                    pipe.xadd(
+                        stream_name(record["model"]),
+                        {"record": json.dumps(record, separators=(",", ":"))},
+                        maxlen=self._maxlen,
+                        approximate=True,
+                    )
+                await pipe.execute()
+            return True
+        except (RedisError, OSError) as exc:
+            log.warning("prediction log: Redis unavailable (%s); spooling to %s", exc, self._spool)
+            self._next_retry = asyncio.get_running_loop().time() + RETRY_S
+            if self._redis is not None:
+                with contextlib.suppress(Exception):
+                    await self._redis.aclose()
+                self._redis = None
+            return False
+
+    # -- the spool -----------------------------------------------------------------------------------------
+    def _append_to_spool(self, records: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        fd = os.open(self._spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _replayed_lines(self) -> int:
+        try:
+            return int(self._offset.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    async def _replay(self) -> None:
+        """Send the spool to Redis in order, checkpointing each chunk; stop (and retry later) on failure."""
+        with self._spool.open("rb") as handle:
+            lines = handle.read().splitlines()
+        done = self._replayed_lines()
+        while done < len(lines):
+            chunk = [json.loads(line) for line in lines[done : done + self._write_batch]]
+            if not await self._xadd(chunk):
+                return
+            done += len(chunk)
+            self._offset.write_text(str(done))
+        self._spool.unlink()
+        self._offset.unlink(missing_ok=True)
+        log.info("prediction log: replayed %d spooled record(s)", len(lines))
