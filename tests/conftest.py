@@ -15,6 +15,7 @@ from gateway.bench.server_process import GatewayProcess
 from gateway.bench.server_process import start_gateway as start_gateway_process
 from gateway.security.pki import PkiPaths, init_pki
 from gateway.security.tls import client_context
+from tests.redis_server import RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = REPO_ROOT / "model_repo"
@@ -95,3 +96,12 @@ def gateway(pki: PkiPaths) -> Iterator[RunningGateway]:
     )
     yield running
     stop_gateway(running)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,16 @@ class GatewayProcess:
 
 
 def start_gateway(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> GatewayProcess:
-    """Run `gateway serve` on free loopback ports with ARGS and return once it printed its addresses."""
+    """Run `gateway serve` on free loopback ports with ARGS and return once it printed its addresses.
+
+    Unless ``env`` says otherwise, its embedded Redis and log spool live in a fresh temporary directory.
+    """
+    state = Path(tempfile.mkdtemp(prefix="gateway-state-"))
+    env = {
+        "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(state / "redis" / "gateway.db"),
+        "GATEWAY_PREDICTIONS_SPOOL_DIR": str(state / "spool"),
+        **(env or {}),
+    }
     process = subprocess.Popen(
         [
             sys.executable,

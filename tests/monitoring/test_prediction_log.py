@@ -3,81 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
-import pytest
-import redis
 import redis.asyncio as aioredis
 
-from gateway.monitoring.prediction_log import PredictionLog, stream_name
-
-REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server on a loopback port that a test can stop and start again (its data persists)."""
-
-    def __init__(self, port: int, data_dir: Path) -> None:
-        self.port = port
-        self.data_dir = data_dir
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        assert REDIS_SERVER, "redis-server is not installed (.ci/run installs it)"
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                str(self.data_dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-    def records(self, model: str) -> list[dict]:
-        entries = redis.Redis(port=self.port).xrange(stream_name(model))
-        return [json.loads(fields[b"record"]) for _, fields in entries]
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory):
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    if server.process.poll() is None:
-        server.stop()
+from gateway.monitoring.prediction_log import PredictionLog
+from tests.redis_server import RedisServer
 
 
 def make_log(server: RedisServer, spool: Path, **kwargs) -> PredictionLog:

