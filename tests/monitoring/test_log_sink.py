@@ -1,0 +1,40 @@
+import asyncio
+
+import numpy as np
+import redis
+
+from gateway.config import PredictionLogSettings
+from gateway.monitoring.features import DIGIT_FEATURES
+from gateway.monitoring.log_sink import INPUT_KEY, add_features, build_prediction_log
+from gateway.monitoring.prediction_log import stream_name
+
+
+def test_features_replace_the_input_row() -> None:
+    row = np.zeros((1, 28, 28), np.float32)
+    row[0, 4:24, 12:15] = 1.0
+    record = add_features({"preprocessing": "mnist_digit", INPUT_KEY: row, "label": "1"})
+    assert INPUT_KEY not in record
+    assert set(record["features"]) == set(DIGIT_FEATURES)
+    assert record["features"]["bbox_height"] == 20.0 and record["features"]["bbox_width"] == 3.0
+
+
+def test_the_embedded_redis_keeps_the_log_across_a_restart(tmp_path) -> None:
+    settings = PredictionLogSettings(embedded_db=tmp_path / "redis" / "gateway.db", spool_dir=tmp_path / "spool")
+
+    async def write_one() -> None:
+        log, embedded = build_prediction_log(settings)
+        log.start()
+        log.record({"model": "mnist", "request_id": "kept", "preprocessing": "none"})
+        await log.flush()
+        await log.aclose()
+        embedded.close()
+
+    asyncio.run(write_one())
+    _, embedded = build_prediction_log(settings)
+    try:
+        entries = redis.Redis(unix_socket_path=embedded.socket_path).xrange(stream_name("mnist"))
+        assert [fields[b"record"] for _, fields in entries] == [
+            b'{"model":"mnist","request_id":"kept","preprocessing":"none"}'
+        ]
+    finally:
+        embedded.close()
