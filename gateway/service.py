@@ -15,11 +15,10 @@ from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.batching.batcher import DynamicBatcher
 from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
-from gateway.core.errors import DeadlineExceeded, GatewayError, NotFound, Overloaded
+from gateway.core.errors import DeadlineExceeded, GatewayError, NotFound, Overloaded, Unavailable
 from gateway.core.types import ClassifyRequest, Identity, Prediction, PreparedInput
-from gateway.monitoring.log_sink import INPUT_KEY, EmbeddedRedis, build_prediction_log
+from gateway.monitoring.log_sink import INPUT_KEY, LogSink, build_log_sink
 from gateway.monitoring.metrics import GatewayMetrics
-from gateway.monitoring.prediction_log import PredictionLog
 from gateway.preprocess.pipeline import preparation_for, prepare_photo
 from gateway.routing.repository import ModelSpec, RepositoryError, load_repository
 
@@ -70,8 +69,7 @@ class GatewayService:
         self.metrics = metrics or GatewayMetrics()
         self._models: dict[str, LoadedModel] = {}
         self._pending_photos = 0
-        self._prediction_log: PredictionLog | None = None
-        self._embedded_redis: EmbeddedRedis | None = None
+        self._log_sink: LogSink | None = None
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
         )
@@ -115,12 +113,26 @@ class GatewayService:
 
     async def start(self) -> None:
         """Start the background work: the prediction log (replaying any spool a previous run left)."""
-        self._prediction_log, self._embedded_redis = build_prediction_log(self._settings.predictions)
-        self._prediction_log.start()
+        self._log_sink = build_log_sink(self._settings.predictions)
+        self._log_sink.log.start()
 
-    @property
-    def prediction_log(self) -> PredictionLog | None:
-        return self._prediction_log
+    def _sink(self) -> LogSink:
+        if self._log_sink is None:
+            raise Unavailable("the prediction log is not running")
+        return self._log_sink
+
+    async def record_feedback(self, request_id: str, label: str, identity: Identity) -> dict:
+        """Join the true ``label`` to a logged prediction; updates the live accuracy of its model version."""
+        result = await self._sink().feedback.record(request_id, label, identity, lambda m: self._model(m).spec.labels)
+        if not result["already_recorded"]:
+            accuracy = (await self.live_accuracy(result["model"])).get(result["version"], {}).get("accuracy")
+            if accuracy is not None:
+                self.metrics.live_accuracy.labels(result["model"], result["version"]).set(accuracy)
+        return result
+
+    async def live_accuracy(self, model: str) -> dict[str, dict[str, float]]:
+        self._model(model)
+        return await self._sink().feedback.accuracy(model)
 
     @property
     def ready(self) -> bool:
@@ -221,9 +233,9 @@ class GatewayService:
         prediction: Prediction,
     ) -> None:
         """Hand the record to the prediction log (it never blocks; features are computed by its writer)."""
-        if self._prediction_log is None:
+        if self._log_sink is None:
             return
-        self._prediction_log.record(
+        self._log_sink.log.record(
             {
                 "time": time.time(),
                 "request_id": prediction.request_id,
@@ -267,7 +279,7 @@ class GatewayService:
                     tensor=row,
                     version=version,
                     timeout_s=timeout_s,
-                    request_id=f"{request_id}/{index}",
+                    request_id=f"{request_id}.{index}",
                     received_at=started,
                 )
             )
@@ -287,7 +299,5 @@ class GatewayService:
                 await version.batcher.close()
                 version.backend.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
-        if self._prediction_log is not None:
-            await self._prediction_log.aclose()
-        if self._embedded_redis is not None:
-            self._embedded_redis.close()
+        if self._log_sink is not None:
+            await self._log_sink.aclose()

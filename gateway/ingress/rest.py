@@ -9,9 +9,10 @@ import time
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -111,6 +112,10 @@ def _image_from_multipart(body: bytes, content_type: str) -> bytes:
     return b"".join(field.data)
 
 
+class Feedback(BaseModel):
+    label: str = Field(min_length=1, max_length=64, description="the true label")
+
+
 class ClientDisconnected(Exception):
     """The caller closed the connection before its answer was ready."""
 
@@ -206,6 +211,21 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
     async def describe_model(request: Request, model: str) -> dict:
         caller_identity(request, mtls)
         return service.describe_model(model)
+
+    @app.post("/api/v1/predictions/{request_id}/feedback")
+    async def feedback(
+        request: Request,
+        request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")],
+        body: Feedback,
+    ) -> dict:
+        """The true label of an answered prediction (from the client that asked, or an operator)."""
+        return await service.record_feedback(request_id, body.label, caller_identity(request, mtls))
+
+    @app.get("/api/v1/models/{model}/accuracy")
+    async def live_accuracy(request: Request, model: str) -> dict:
+        """Live accuracy per version, from the feedback received so far."""
+        caller_identity(request, mtls)
+        return {"model": model, "versions": await service.live_accuracy(model)}
 
     @app.post("/api/v1/models/{model}/classify")
     async def classify(

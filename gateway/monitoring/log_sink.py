@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from redis.retry import Retry
 
 from gateway.config import PredictionLogSettings
 from gateway.monitoring.features import digit_features
+from gateway.monitoring.feedback import FeedbackStore
 from gateway.monitoring.prediction_log import PredictionLog
 
 FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {"mnist_digit": digit_features}
@@ -52,7 +54,22 @@ class EmbeddedRedis:
             client.shutdown(save=True)
 
 
-def build_prediction_log(settings: PredictionLogSettings) -> tuple[PredictionLog, EmbeddedRedis | None]:
+@dataclass
+class LogSink:
+    """The prediction log, the feedback store on the same Redis, and the embedded server if any."""
+
+    log: PredictionLog
+    feedback: FeedbackStore
+    embedded: EmbeddedRedis | None
+
+    async def aclose(self) -> None:
+        await self.log.aclose()
+        await self.feedback.aclose()
+        if self.embedded is not None:
+            self.embedded.close()
+
+
+def build_log_sink(settings: PredictionLogSettings) -> LogSink:
     embedded = None
     if settings.redis_url:
         url = settings.redis_url
@@ -73,4 +90,4 @@ def build_prediction_log(settings: PredictionLogSettings) -> tuple[PredictionLog
         stream_maxlen=settings.stream_maxlen,
         enrich=add_features,
     )
-    return log, embedded
+    return LogSink(log, FeedbackStore(connect), embedded)

@@ -53,6 +53,12 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "gateway_queue_depth", "Requests waiting in the batcher's queue", version_labels, registry=self.registry
         )
+        self.live_accuracy = Gauge(
+            "gateway_live_accuracy",
+            "Share of predictions with feedback that were right",
+            version_labels,
+            registry=self.registry,
+        )
         self.batch_failures = Counter(
             "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
         )

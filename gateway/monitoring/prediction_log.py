@@ -27,6 +27,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.monitoring.feedback import PREDICTION_TTL_S, index_fields, prediction_key
+
 log = logging.getLogger(__name__)
 
 STREAM_PREFIX = "predictions:"
@@ -146,6 +148,10 @@ class PredictionLog:
                         maxlen=self._maxlen,
                         approximate=True,
                     )
+                    if "request_id" in record and "version" in record and "label" in record:
+                        key = prediction_key(record["request_id"])
+                        pipe.hset(key, mapping=index_fields(record))
+                        pipe.expire(key, PREDICTION_TTL_S)
                 await pipe.execute()
             return True
         except (RedisError, OSError) as exc:

@@ -5,7 +5,7 @@ import redis
 
 from gateway.config import PredictionLogSettings
 from gateway.monitoring.features import DIGIT_FEATURES
-from gateway.monitoring.log_sink import INPUT_KEY, add_features, build_prediction_log
+from gateway.monitoring.log_sink import INPUT_KEY, add_features, build_log_sink
 from gateway.monitoring.prediction_log import stream_name
 
 
@@ -22,15 +22,14 @@ def test_the_embedded_redis_keeps_the_log_across_a_restart(tmp_path) -> None:
     settings = PredictionLogSettings(embedded_db=tmp_path / "redis" / "gateway.db", spool_dir=tmp_path / "spool")
 
     async def write_one() -> None:
-        log, embedded = build_prediction_log(settings)
-        log.start()
-        log.record({"model": "mnist", "request_id": "kept", "preprocessing": "none"})
-        await log.flush()
-        await log.aclose()
-        embedded.close()
+        sink = build_log_sink(settings)
+        sink.log.start()
+        sink.log.record({"model": "mnist", "request_id": "kept", "preprocessing": "none"})
+        await sink.log.flush()
+        await sink.aclose()
 
     asyncio.run(write_one())
-    _, embedded = build_prediction_log(settings)
+    embedded = build_log_sink(settings).embedded
     try:
         entries = redis.Redis(unix_socket_path=embedded.socket_path).xrange(stream_name("mnist"))
         assert [fields[b"record"] for _, fields in entries] == [

@@ -1,0 +1,105 @@
+"""Ground truth: join a true label to a logged prediction and keep live accuracy per model version.
+
+The prediction log indexes every record under ``prediction:{request_id}`` (model, version,
+label, client; kept PREDICTION_TTL_S). Feedback is counted once per prediction (HSETNX), in
+``accuracy:{model}`` as ``{version}:feedback`` and ``{version}:correct`` counters shared by
+every gateway replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.core.errors import InvalidInput, NotFound, PermissionDenied, Unavailable
+from gateway.core.types import Identity
+
+PREDICTION_TTL_S = 7 * 24 * 3600
+
+
+def prediction_key(request_id: str) -> str:
+    return f"prediction:{request_id}"
+
+
+def accuracy_key(model: str) -> str:
+    return f"accuracy:{model}"
+
+
+def index_fields(record: dict[str, Any]) -> dict[str, str]:
+    """What the log stores under prediction_key for a record, to join feedback to it later."""
+    return {
+        "model": record["model"],
+        "version": record["version"],
+        "label": record["label"],
+        "client": record.get("client", ""),
+    }
+
+
+class FeedbackStore:
+    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
+        self._connect = connect
+        self._redis: aioredis.Redis | None = None
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = self._connect()
+        return self._redis
+
+    async def record(self, request_id: str, label: str, identity: Identity, labels: Callable[[str], tuple]) -> dict:
+        """Join ``label`` (the truth) to the prediction ``request_id``; returns the joined result."""
+        try:
+            client = self._client()
+            key = prediction_key(request_id)
+            prediction = {k.decode(): v.decode() for k, v in (await client.hgetall(key)).items()}
+            if not prediction:
+                raise NotFound(
+                    f"no logged prediction has request id {request_id!r} (predictions are kept "
+                    f"{PREDICTION_TTL_S // 86400} days; one answered a moment ago may still be on its way: retry)"
+                )
+            if prediction["client"] != identity.name and not identity.is_operator:
+                raise PermissionDenied(
+                    "feedback on a prediction comes from the client that asked for it, or an operator"
+                )
+            known = labels(prediction["model"])
+            if label not in known:
+                raise InvalidInput(f"label {label!r} is not one of model {prediction['model']!r}'s: {', '.join(known)}")
+            first = await client.hsetnx(key, "feedback", label)
+            recorded = label if first else (await client.hget(key, "feedback")).decode()
+            correct = recorded == prediction["label"]
+            if first:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.hincrby(accuracy_key(prediction["model"]), f"{prediction['version']}:feedback", 1)
+                    pipe.hincrby(accuracy_key(prediction["model"]), f"{prediction['version']}:correct", int(correct))
+                    await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
+        return {
+            "request_id": request_id,
+            "model": prediction["model"],
+            "version": prediction["version"],
+            "predicted": prediction["label"],
+            "label": recorded,
+            "correct": correct,
+            "already_recorded": not first,
+        }
+
+    async def accuracy(self, model: str) -> dict[str, dict[str, float]]:
+        """Per version: how many predictions got feedback, how many were right, and the ratio."""
+        try:
+            counters = await self._client().hgetall(accuracy_key(model))
+        except RedisError as exc:
+            raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
+        versions: dict[str, dict[str, float]] = {}
+        for field, value in counters.items():
+            version, kind = field.decode().split(":", 1)
+            versions.setdefault(version, {"feedback": 0, "correct": 0})[kind] = int(value)
+        for counts in versions.values():
+            counts["accuracy"] = counts["correct"] / counts["feedback"] if counts["feedback"] else None
+        return versions
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
