@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from gateway.backends.base import Backend
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
@@ -17,8 +18,10 @@ from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
 from gateway.core.errors import DeadlineExceeded, GatewayError, NotFound, Overloaded, Unavailable
 from gateway.core.types import ClassifyRequest, Identity, Prediction, PreparedInput
+from gateway.monitoring.baseline import read_baseline
 from gateway.monitoring.log_sink import INPUT_KEY, LogSink, build_log_sink
 from gateway.monitoring.metrics import GatewayMetrics
+from gateway.monitoring.skew import SkewThresholds, compute_skew
 from gateway.preprocess.pipeline import preparation_for, prepare_photo
 from gateway.routing.repository import ModelSpec, RepositoryError, load_repository
 
@@ -70,6 +73,7 @@ class GatewayService:
         self._models: dict[str, LoadedModel] = {}
         self._pending_photos = 0
         self._log_sink: LogSink | None = None
+        self._skew_task: asyncio.Task | None = None
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
         )
@@ -115,6 +119,35 @@ class GatewayService:
         """Start the background work: the prediction log (replaying any spool a previous run left)."""
         self._log_sink = build_log_sink(self._settings.predictions)
         self._log_sink.log.start()
+        self._skew_task = asyncio.get_running_loop().create_task(self._watch_skew(), name="skew-watch")
+
+    async def _watch_skew(self) -> None:
+        """Refresh the skew gauges of every model's default version, off the request path."""
+        while True:
+            await asyncio.sleep(self._settings.skew.interval_s)
+            for name in self.model_names():
+                try:
+                    await self.skew(name, None, None)
+                except GatewayError as exc:
+                    log.warning("skew check of %s failed: %s", name, exc.message)
+
+    async def skew(self, model: str, version: str | None, window: int | None) -> dict:
+        """Skew of the newest ``window`` logged predictions of a model version against its training baseline."""
+        spec = self._model(model).spec
+        chosen = self._version(self._model(model), version).version
+        baseline_path = spec.versions[chosen].parent / "baseline.json"
+        if not baseline_path.is_file():
+            raise NotFound(f"model {model!r} version {chosen} has no training baseline ({baseline_path})")
+        settings = self._settings.skew
+        size = window or settings.window
+        try:
+            records = await self._sink().reader.recent(model, chosen, size)
+        except RedisError as exc:
+            raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
+        thresholds = SkewThresholds(settings.psi_threshold, settings.labels_threshold, settings.min_window)
+        report = {"model": model, "version": chosen, **compute_skew(read_baseline(baseline_path), records, thresholds)}
+        self.metrics.observe_skew(model, chosen, report)
+        return report
 
     def _sink(self) -> LogSink:
         if self._log_sink is None:
@@ -299,5 +332,7 @@ class GatewayService:
                 await version.batcher.close()
                 version.backend.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        if self._skew_task is not None:
+            self._skew_task.cancel()
         if self._log_sink is not None:
             await self._log_sink.aclose()

@@ -227,6 +227,17 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         caller_identity(request, mtls)
         return {"model": model, "versions": await service.live_accuracy(model)}
 
+    @app.get("/api/v1/models/{model}/skew")
+    async def skew(
+        request: Request,
+        model: str,
+        version: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$")] = None,
+        window: Annotated[int | None, Query(ge=10, le=100_000, description="newest N predictions")] = None,
+    ) -> dict:
+        """Training/serving skew of the newest logged predictions against the version's training baseline."""
+        caller_identity(request, mtls)
+        return await service.skew(model, version, window)
+
     @app.post("/api/v1/models/{model}/classify")
     async def classify(
         request: Request,

@@ -17,7 +17,7 @@ from redis.retry import Retry
 from gateway.config import PredictionLogSettings
 from gateway.monitoring.features import digit_features
 from gateway.monitoring.feedback import FeedbackStore
-from gateway.monitoring.prediction_log import PredictionLog
+from gateway.monitoring.prediction_log import LogReader, PredictionLog
 
 FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {"mnist_digit": digit_features}
 INPUT_KEY = "_input"
@@ -60,11 +60,13 @@ class LogSink:
 
     log: PredictionLog
     feedback: FeedbackStore
+    reader: LogReader
     embedded: EmbeddedRedis | None
 
     async def aclose(self) -> None:
         await self.log.aclose()
         await self.feedback.aclose()
+        await self.reader.aclose()
         if self.embedded is not None:
             self.embedded.close()
 
@@ -90,4 +92,4 @@ def build_log_sink(settings: PredictionLogSettings) -> LogSink:
         stream_maxlen=settings.stream_maxlen,
         enrich=add_features,
     )
-    return LogSink(log, FeedbackStore(connect), embedded)
+    return LogSink(log, FeedbackStore(connect), LogReader(connect), embedded)

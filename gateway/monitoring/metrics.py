@@ -59,6 +59,18 @@ class GatewayMetrics:
             version_labels,
             registry=self.registry,
         )
+        self.skew_distance = Gauge(
+            "gateway_skew_distance",
+            "Distance of the live window from the training baseline (PSI; L-inf for labels)",
+            ("model", "version", "feature"),
+            registry=self.registry,
+        )
+        self.skew_alarm = Gauge(
+            "gateway_skew_alarm",
+            "1 when any feature of the live window crosses its threshold",
+            version_labels,
+            registry=self.registry,
+        )
         self.batch_failures = Counter(
             "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
         )
@@ -71,6 +83,12 @@ class GatewayMetrics:
             delays.observe(delay)
         if stats.failed:
             self.batch_failures.labels(model, version).inc()
+
+    def observe_skew(self, model: str, version: str, report: dict) -> None:
+        for feature, result in (*report["features"].items(), ("labels", report["labels"])):
+            if result["distance"] is not None:
+                self.skew_distance.labels(model, version, feature).set(result["distance"])
+        self.skew_alarm.labels(model, version).set(int(report["alarm"]))
 
     def observe_request(self, protocol: str, model: str, version: str, code: str, seconds: float) -> None:
         self.requests.labels(protocol, model, version, code).inc()

@@ -193,3 +193,29 @@ class PredictionLog:
         self._spool.unlink()
         self._offset.unlink(missing_ok=True)
         log.info("prediction log: replayed %d spooled record(s)", len(lines))
+
+
+class LogReader:
+    """Reads recent records back from the streams (for the skew monitor)."""
+
+    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
+        self._connect = connect
+        self._redis: aioredis.Redis | None = None
+
+    async def recent(self, model: str, version: str, window: int) -> list[dict[str, Any]]:
+        """The newest ``window`` records of ``model`` at ``version``, oldest first (looks back at most 5 windows)."""
+        if self._redis is None:
+            self._redis = self._connect()
+        entries = await self._redis.xrevrange(stream_name(model), count=window * 5)
+        records = []
+        for _, fields in entries:
+            record = json.loads(fields[b"record"])
+            if record.get("version") == version:
+                records.append(record)
+                if len(records) == window:
+                    break
+        return records[::-1]
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()

@@ -1,0 +1,85 @@
+"""Training/serving skew: live feature and label distributions against the training baseline.
+
+Numeric features: population stability index (PSI) of the live window's histogram on the
+baseline's bins (values outside the baseline's range count in the first/last bin).
+Labels: L-infinity distance between the live predicted-label distribution and the
+training label distribution. Each distance has a threshold; crossing it raises an alarm.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PSI_EPSILON = 1e-4
+"""Floor for empty bins, so PSI stays finite (a common choice)."""
+
+
+@dataclass(frozen=True)
+class SkewThresholds:
+    psi: float = 0.25
+    """PSI above 0.25 is the usual "significant shift"."""
+    labels_linf: float = 0.15
+    """A predicted label whose share moved by more than 15 points."""
+    min_window: int = 300
+    """Fewer live records than this: no verdict (too noisy), no alarm."""
+    per_feature: dict[str, float] = field(default_factory=dict)
+
+
+def live_histogram(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
+    edges = np.asarray(edges, dtype=np.float64)
+    clipped = np.clip(values, edges[0], edges[-1])
+    counts, _ = np.histogram(clipped, bins=edges)
+    return counts
+
+
+def psi(expected_counts: Sequence[float], actual_counts: Sequence[float]) -> float:
+    expected = np.asarray(expected_counts, dtype=np.float64)
+    actual = np.asarray(actual_counts, dtype=np.float64)
+    e = np.maximum(expected / max(expected.sum(), 1.0), PSI_EPSILON)
+    a = np.maximum(actual / max(actual.sum(), 1.0), PSI_EPSILON)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def label_linf(baseline: dict[str, float], live_labels: Sequence[str]) -> float:
+    counts = Counter(live_labels)
+    total = max(len(live_labels), 1)
+    return max(abs(counts.get(label, 0) / total - share) for label, share in baseline.items())
+
+
+def compute_skew(baseline: dict, records: Sequence[dict], thresholds: SkewThresholds) -> dict:
+    """The skew of ``records`` (logged predictions of one model version) against ``baseline``."""
+    window = len(records)
+    enough = window >= thresholds.min_window
+    features = {}
+    for name, histogram in baseline["features"].items():
+        values = np.array([r["features"][name] for r in records if name in r.get("features", {})], dtype=np.float64)
+        live = live_histogram(histogram["edges"], values) if len(values) else np.zeros(len(histogram["counts"]))
+        distance = psi(histogram["counts"], live) if len(values) else None
+        threshold = thresholds.per_feature.get(name, thresholds.psi)
+        features[name] = {
+            "distance": None if distance is None else round(distance, 4),
+            "threshold": threshold,
+            "alarm": bool(enough and distance is not None and distance > threshold),
+            "edges": histogram["edges"],
+            "baseline_counts": histogram["counts"],
+            "live_counts": live.astype(int).tolist(),
+            "live_mean": round(float(values.mean()), 6) if len(values) else None,
+            "baseline_mean": histogram["mean"],
+        }
+    labels_distance = label_linf(baseline["labels"], [r["label"] for r in records]) if records else None
+    labels = {
+        "distance": None if labels_distance is None else round(labels_distance, 4),
+        "threshold": thresholds.labels_linf,
+        "alarm": bool(enough and labels_distance is not None and labels_distance > thresholds.labels_linf),
+    }
+    return {
+        "window": window,
+        "enough_data": enough,
+        "alarm": any(f["alarm"] for f in features.values()) or labels["alarm"],
+        "features": features,
+        "labels": labels,
+    }

@@ -1,0 +1,62 @@
+"""The skew monitor's arithmetic, and its verdicts on held-out digits and on shifted ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.monitoring.baseline import read_baseline
+from gateway.monitoring.features import digit_features
+from gateway.monitoring.skew import SkewThresholds, compute_skew, label_linf, live_histogram, psi
+from tests.conftest import MODEL_REPO
+
+BASELINE = read_baseline(MODEL_REPO / "mnist" / "1" / "baseline.json")
+
+
+def records(tensors: np.ndarray, labels: np.ndarray) -> list[dict]:
+    features = digit_features(tensors)
+    return [
+        {"features": {name: float(values[i]) for name, values in features.items()}, "label": str(labels[i])}
+        for i in range(len(tensors))
+    ]
+
+
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift() -> None:
+    assert psi([10, 20, 30], [1, 2, 3]) == pytest.approx(0.0)
+    assert psi([10, 20, 30], [30, 20, 10]) > psi([10, 20, 30], [15, 20, 25]) > 0
+
+
+def test_out_of_range_values_fall_in_the_edge_bins() -> None:
+    assert live_histogram([0.0, 1.0, 2.0], np.array([-5.0, 0.5, 1.5, 9.0])).tolist() == [2, 2]
+
+
+def test_label_distance_is_the_largest_share_moved() -> None:
+    assert label_linf({"0": 0.5, "1": 0.5}, ["0", "0", "0", "1"]) == pytest.approx(0.25)
+
+
+def test_held_out_digits_raise_no_alarm(heldout_sample) -> None:
+    x, y = heldout_sample
+    report = compute_skew(BASELINE, records((x / 255.0).astype(np.float32), y), SkewThresholds())
+    assert report["enough_data"] and not report["alarm"]
+    assert all(result["distance"] < result["threshold"] for result in report["features"].values())
+
+
+@pytest.mark.parametrize(
+    ("shift", "alarming"),
+    [
+        (lambda t: 1.0 - t, {"mean_intensity", "ink_fraction"}),
+        (lambda t: t * 0.6, {"mean_intensity", "contrast"}),
+    ],
+    ids=["inverted-colours", "faint-ink"],
+)
+def test_shifted_digits_raise_the_alarm_on_the_features_that_moved(heldout_sample, shift, alarming) -> None:
+    x, y = heldout_sample
+    report = compute_skew(BASELINE, records(shift((x / 255.0).astype(np.float32)), y), SkewThresholds())
+    assert report["alarm"]
+    assert alarming <= {name for name, result in report["features"].items() if result["alarm"]}
+
+
+def test_small_windows_give_no_verdict(heldout_sample) -> None:
+    x, y = heldout_sample
+    report = compute_skew(BASELINE, records(1.0 - (x[:50] / 255.0).astype(np.float32), y[:50]), SkewThresholds())
+    assert not report["enough_data"] and not report["alarm"]
