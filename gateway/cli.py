@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway.bench import accuracy, batching
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.monitoring import skew_report
 from gateway.routing.repository import RepositoryError, load_repository
 from gateway.security import pki
 
@@ -142,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models_commands.add_parser("list", help="list models and loadable versions")
     listing.add_argument("--model-repo", type=Path, default=Path("model_repo"))
     listing.set_defaults(handler=_models_list)
+
+    skew = commands.add_parser("skew", help="training/serving skew")
+    skew_commands = skew.add_subparsers(dest="skew_command", required=True)
+    skew_report.add_parser(skew_commands)
 
     bench = commands.add_parser("bench", help="benchmarks and evaluations")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)

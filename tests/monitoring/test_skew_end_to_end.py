@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import httpx
@@ -57,5 +59,31 @@ def test_skew_endpoint_and_gauges(pki: PkiPaths, redis_server: RedisServer, tmp_
             assert 'gateway_skew_alarm{model="mnist",version="1"} 1.0' in metrics
             assert 'gateway_skew_distance{feature="mean_intensity",model="mnist",version="1"}' in metrics
             assert client.get("/api/v1/models/mnist/skew", params={"version": "7"}).status_code == 404
+        report = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "skew",
+                "report",
+                "--model",
+                "mnist",
+                "--window",
+                "300",
+                "--gateway",
+                gateway.base_url,
+                "--pki-dir",
+                str(pki.root),
+                "--html",
+                str(tmp_path / "skew.html"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         stop_gateway(gateway)
+    assert report.returncode == 2, report.stderr  # 2: the alarm is raised
+    assert "mean_intensity" in report.stdout and "yes" in report.stdout
+    page = (tmp_path / "skew.html").read_text()
+    assert "mnist v1: ALARM" in page and page.count("<svg") == 5
