@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway.bench import accuracy, batching
+from gateway.bench import skew as skew_bench
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.monitoring import skew_report
 from gateway.routing.repository import RepositoryError, load_repository
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     accuracy.add_parser(bench_commands)
     batching.add_parser(bench_commands)
+    skew_bench.add_parser(bench_commands)
     return parser
 
 
