@@ -85,6 +85,19 @@ def start_gateway(pki: PkiPaths, *args: str, env: dict | None = None) -> Running
     return RunningGateway(start_gateway_process(["--pki-dir", str(pki.root), *args], env=env, cwd=REPO_ROOT), pki)
 
 
+def start_gateway_on_redis(pki: PkiPaths, redis_server: RedisServer, spool_dir: Path) -> RunningGateway:
+    """A gateway whose prediction log goes to ``redis_server`` and spools into ``spool_dir``."""
+    return start_gateway(
+        pki,
+        "--model-repo",
+        str(MODEL_REPO),
+        env={
+            "GATEWAY_PREDICTIONS_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+            "GATEWAY_PREDICTIONS_SPOOL_DIR": str(spool_dir),
+        },
+    )
+
+
 def stop_gateway(gateway: RunningGateway) -> None:
     gateway.server.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import ssl
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +36,23 @@ def slow_batching_gateway(pki: PkiPaths, tmp_path: Path):
     stop_gateway(gateway)
 
 
+def send_and_wait_until_queued(gateway: RunningGateway, photo: bytes) -> ssl.SSLSocket:
+    """Send a classify request on a raw mTLS socket; return it once the request waits in the batcher's queue."""
+    pki = gateway.pki
+    url = urlsplit(gateway.base_url)
+    context = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
+    sock = context.wrap_socket(socket.create_connection((url.hostname, url.port)), server_hostname=url.hostname)
+    sock.sendall(
+        b"POST /api/v1/models/mnist/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+        + f"Content-Length: {len(photo)}\r\n\r\n".encode()
+        + photo
+    )
+    deadline = time.monotonic() + 3
+    while 'gateway_queue_depth{model="mnist",version="1"} 1.0' not in metrics(gateway):
+        assert time.monotonic() < deadline, "the request never reached the batcher's queue"
+    return sock
+
+
 def metrics(gateway: RunningGateway) -> str:
     with gateway.client() as client:
         return client.get("/metrics").text
@@ -42,19 +60,9 @@ def metrics(gateway: RunningGateway) -> str:
 
 def test_a_client_that_hangs_up_is_dropped_before_execution(slow_batching_gateway, heldout_sample) -> None:
     gateway = slow_batching_gateway
-    pki = gateway.pki
-    url = urlsplit(gateway.base_url)
     photo = digit_png(heldout_sample[0][0])
-    context = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
-    with context.wrap_socket(socket.create_connection((url.hostname, url.port)), server_hostname=url.hostname) as sock:
-        sock.sendall(
-            b"POST /api/v1/models/mnist/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
-            + f"Content-Length: {len(photo)}\r\n\r\n".encode()
-            + photo
-        )
-        deadline = time.monotonic() + 3
-        while 'gateway_queue_depth{model="mnist",version="1"} 1.0' not in metrics(gateway):
-            assert time.monotonic() < deadline, "the request never reached the batcher's queue"
+    with send_and_wait_until_queued(gateway, photo):
+        pass  # hang up while the request waits for its batch
     deadline = time.monotonic() + SLOW_DELAY_US / 1e6
     while 'code="499"' not in (text := metrics(gateway)):
         assert time.monotonic() < deadline, "the hang-up was not noticed while the request was queued"
@@ -70,19 +78,7 @@ def test_a_client_that_hangs_up_is_dropped_before_execution(slow_batching_gatewa
 def test_sigterm_finishes_requests_in_flight_then_exits(slow_batching_gateway, heldout_sample) -> None:
     """A request still queued for its batch when SIGTERM arrives is answered; then the process exits 0."""
     gateway = slow_batching_gateway
-    pki = gateway.pki
-    url = urlsplit(gateway.base_url)
-    photo = digit_png(heldout_sample[0][30])
-    context = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
-    with context.wrap_socket(socket.create_connection((url.hostname, url.port)), server_hostname=url.hostname) as sock:
-        sock.sendall(
-            b"POST /api/v1/models/mnist/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
-            + f"Content-Length: {len(photo)}\r\n\r\n".encode()
-            + photo
-        )
-        deadline = time.monotonic() + 3
-        while 'gateway_queue_depth{model="mnist",version="1"} 1.0' not in metrics(gateway):
-            assert time.monotonic() < deadline, "the request never reached the batcher's queue"
+    with send_and_wait_until_queued(gateway, digit_png(heldout_sample[0][30])) as sock:
         gateway.server.process.terminate()
         sock.settimeout(SLOW_DELAY_US / 1e6 + 10)
         answer = b""

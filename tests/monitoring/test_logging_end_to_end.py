@@ -9,7 +9,7 @@ import numpy as np
 from gateway.bench.photos import digit_photo
 from gateway.monitoring.features import DIGIT_FEATURES
 from gateway.security.pki import PkiPaths
-from tests.conftest import MODEL_REPO, start_gateway, stop_gateway
+from tests.conftest import start_gateway_on_redis, stop_gateway
 from tests.redis_server import RedisServer
 
 
@@ -17,15 +17,7 @@ def test_predictions_are_logged_with_features_and_survive_a_redis_outage(
     pki: PkiPaths, redis_server: RedisServer, tmp_path, heldout_sample
 ) -> None:
     x, _ = heldout_sample
-    gateway = start_gateway(
-        pki,
-        "--model-repo",
-        str(MODEL_REPO),
-        env={
-            "GATEWAY_PREDICTIONS_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
-            "GATEWAY_PREDICTIONS_SPOOL_DIR": str(tmp_path / "spool"),
-        },
-    )
+    gateway = start_gateway_on_redis(pki, redis_server, tmp_path / "spool")
     rng = np.random.default_rng(5)
     try:
         with gateway.client() as client:
@@ -62,15 +54,7 @@ def test_predictions_are_logged_with_features_and_survive_a_redis_outage(
         stop_gateway(gateway)  # the spool is flushed to disk on the way out
     assert len((tmp_path / "spool" / "predictions.jsonl").read_text().splitlines()) == 5
     redis_server.start()
-    restarted = start_gateway(
-        pki,
-        "--model-repo",
-        str(MODEL_REPO),
-        env={
-            "GATEWAY_PREDICTIONS_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
-            "GATEWAY_PREDICTIONS_SPOOL_DIR": str(tmp_path / "spool"),
-        },
-    )
+    restarted = start_gateway_on_redis(pki, redis_server, tmp_path / "spool")
     try:
         deadline = time.monotonic() + 15
         while len(records := redis_server.records("mnist")) < 7:

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 
 from gateway.security.pki import PkiPaths
-from tests.conftest import MODEL_REPO, start_gateway, stop_gateway
+from tests.conftest import start_gateway_on_redis, stop_gateway
 from tests.redis_server import RedisServer
 
 
@@ -31,15 +31,7 @@ def skew_once_logged(client: httpx.Client, expected: int) -> dict:
 def test_skew_endpoint_and_gauges(pki: PkiPaths, redis_server: RedisServer, tmp_path, heldout_sample) -> None:
     x, _ = heldout_sample
     digits = (x / 255.0).astype(np.float32)[:, np.newaxis]
-    gateway = start_gateway(
-        pki,
-        "--model-repo",
-        str(MODEL_REPO),
-        env={
-            "GATEWAY_PREDICTIONS_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
-            "GATEWAY_PREDICTIONS_SPOOL_DIR": str(tmp_path / "spool"),
-        },
-    )
+    gateway = start_gateway_on_redis(pki, redis_server, tmp_path / "spool")
     try:
         with gateway.client() as client:
             send_rows(client, digits)
