@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
             "server": {"host": args.host, "http_port": args.http_port, "grpc_port": args.grpc_port},
             "tls": {"pki_dir": args.pki_dir, "enabled": False if args.insecure_no_tls else None},
             "models": {"repo": args.model_repo},
+            "predictions": {"redis_url": args.redis_url},
         },
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="0 picks a free port (printed on start)")
     serve.add_argument("--grpc-port", type=int, help="0 picks a free port (printed on start)")
     serve.add_argument("--pki-dir", type=Path)
+    serve.add_argument("--redis-url", help="shared Redis for the prediction log (default: an embedded one)")
     serve.add_argument(
         "--insecure-no-tls", action="store_true", help="local development only: plain HTTP, no client certificates"
     )

@@ -91,10 +91,9 @@ def start_gateway_on_redis(pki: PkiPaths, redis_server: RedisServer, spool_dir: 
         pki,
         "--model-repo",
         str(MODEL_REPO),
-        env={
-            "GATEWAY_PREDICTIONS_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
-            "GATEWAY_PREDICTIONS_SPOOL_DIR": str(spool_dir),
-        },
+        "--redis-url",
+        f"redis://127.0.0.1:{redis_server.port}/0",
+        env={"GATEWAY_PREDICTIONS_SPOOL_DIR": str(spool_dir)},
     )
 
 
