@@ -62,6 +62,9 @@ class PredictionLog:
         self._in_flight: list[dict[str, Any]] = []
         self._next_retry = 0.0
         spool_path.parent.mkdir(parents=True, exist_ok=True)
+        self._spool_lines = self._count_spool_lines()
+        """Lines in the spool file, and how many of them were already replayed (kept in memory: checked per write)."""
+        self._replayed = self._read_offset()
 
     # -- the request path -------------------------------------------------------------------------------
     def record(self, record: dict[str, Any]) -> None:
@@ -103,10 +106,7 @@ class PredictionLog:
     @property
     def spooled(self) -> int:
         """Records waiting in the spool file for Redis to come back."""
-        if not self._spool.exists():
-            return 0
-        with self._spool.open("rb") as handle:
-            return sum(1 for _ in handle) - self._replayed_lines()
+        return self._spool_lines - self._replayed
 
     # -- the writer ---------------------------------------------------------------------------------------
     def _drain_buffer(self, len_limit: int | None) -> list[dict[str, Any]]:
@@ -172,8 +172,15 @@ class PredictionLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._spool_lines += len(records)
 
-    def _replayed_lines(self) -> int:
+    def _count_spool_lines(self) -> int:
+        if not self._spool.exists():
+            return 0
+        with self._spool.open("rb") as handle:
+            return sum(1 for _ in handle)
+
+    def _read_offset(self) -> int:
         try:
             return int(self._offset.read_text() or 0)
         except (FileNotFoundError, ValueError):
@@ -181,18 +188,20 @@ class PredictionLog:
 
     async def _replay(self) -> None:
         """Send the spool to Redis in order, checkpointing each chunk; stop (and retry later) on failure."""
-        with self._spool.open("rb") as handle:
-            lines = handle.read().splitlines()
-        done = self._replayed_lines()
-        while done < len(lines):
-            chunk = [json.loads(line) for line in lines[done : done + self._write_batch]]
-            if not await self._xadd(chunk):
-                return
-            done += len(chunk)
-            self._offset.write_text(str(done))
+        while self._replayed < self._spool_lines:  # a full buffer may append while we replay: read again
+            with self._spool.open("rb") as handle:
+                lines = handle.read().splitlines()
+            while self._replayed < len(lines):
+                chunk = [json.loads(line) for line in lines[self._replayed : self._replayed + self._write_batch]]
+                if not await self._xadd(chunk):
+                    return
+                self._replayed += len(chunk)
+                self._offset.write_text(str(self._replayed))
+        total = self._replayed
         self._spool.unlink()
         self._offset.unlink(missing_ok=True)
-        log.info("prediction log: replayed %d spooled record(s)", len(lines))
+        self._spool_lines = self._replayed = 0
+        log.info("prediction log: replayed %d spooled record(s)", total)
 
 
 class LogReader:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -105,3 +106,24 @@ def test_a_full_buffer_overflows_to_the_spool_never_drops(redis_server, tmp_path
 
     asyncio.run(scenario())
     assert sorted(r["request_id"] for r in redis_server.records("mnist")) == sorted(f"r{i}" for i in range(25))
+
+
+def test_records_overflowing_during_a_replay_are_not_lost(redis_server, tmp_path) -> None:
+    spool = tmp_path / "spool.jsonl"
+    spool.write_text("".join(json.dumps(r) + "\n" for r in records(2000)))
+
+    async def scenario() -> None:
+        log = make_log(redis_server, spool, buffer_size=1, write_batch=50)
+        log.start()
+        for record in records(300, start=2000):
+            log.record(record)  # the buffer holds one: the rest overflow to the spool, some while it replays
+            await asyncio.sleep(0)
+        await log.flush()
+        while log.spooled:
+            await asyncio.sleep(0.05)
+        await log.flush()
+        await log.aclose()
+
+    asyncio.run(scenario())
+    assert sorted(r["request_id"] for r in redis_server.records("mnist")) == sorted(f"r{i}" for i in range(2300))
+    assert not spool.exists()
