@@ -18,6 +18,17 @@ def make_log(server: RedisServer, spool: Path, **kwargs) -> PredictionLog:
     )
 
 
+async def drain_and_close(log: PredictionLog, timeout_s: float = 10) -> None:
+    """Wait until the buffer is written and the spool replayed (the writer retries on its own schedule), then close."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    await log.flush()
+    while log.spooled:
+        assert asyncio.get_running_loop().time() < deadline, "the spool was not replayed"
+        await asyncio.sleep(0.05)  # waits for the writer's retry; it synchronises nothing itself
+    await log.flush()
+    await log.aclose()
+
+
 def records(n: int, model: str = "mnist", start: int = 0) -> list[dict]:
     return [{"model": model, "request_id": f"r{i}", "label": str(i % 10)} for i in range(start, start + n)]
 
@@ -53,13 +64,7 @@ def test_an_outage_spools_to_disk_and_replays_in_order(redis_server, tmp_path) -
         redis_server.start()
         for record in records(20, start=150):
             log.record(record)
-        await log.flush()
-        deadline = asyncio.get_running_loop().time() + 10
-        while log.spooled:
-            assert asyncio.get_running_loop().time() < deadline, "the spool was not replayed"
-            await asyncio.sleep(0.05)  # the writer retries on its own schedule; this only waits for it
-        await log.flush()
-        await log.aclose()
+        await drain_and_close(log)
 
     asyncio.run(scenario())
     assert [r["request_id"] for r in redis_server.records("mnist")] == [f"r{i}" for i in range(170)]
@@ -98,11 +103,7 @@ def test_a_full_buffer_overflows_to_the_spool_never_drops(redis_server, tmp_path
             log.record(record)
         assert log.spooled == 20
         log.start()
-        await log.flush()
-        while log.spooled:
-            await asyncio.sleep(0.05)
-        await log.flush()
-        await log.aclose()
+        await drain_and_close(log)
 
     asyncio.run(scenario())
     assert sorted(r["request_id"] for r in redis_server.records("mnist")) == sorted(f"r{i}" for i in range(25))
@@ -118,11 +119,7 @@ def test_records_overflowing_during_a_replay_are_not_lost(redis_server, tmp_path
         for record in records(300, start=2000):
             log.record(record)  # the buffer holds one: the rest overflow to the spool, some while it replays
             await asyncio.sleep(0)
-        await log.flush()
-        while log.spooled:
-            await asyncio.sleep(0.05)
-        await log.flush()
-        await log.aclose()
+        await drain_and_close(log)
 
     asyncio.run(scenario())
     assert sorted(r["request_id"] for r in redis_server.records("mnist")) == sorted(f"r{i}" for i in range(2300))
