@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -62,6 +63,39 @@ def _describe(model: LoadedModel) -> dict:
         "outputs": [{"name": spec.output.name, "datatype": spec.output.dtype, "shape": [-1, *spec.output.dims]}],
         "labels": list(spec.labels),
     }
+
+
+class ObservedRequest:
+    """Counts one request in the request metrics however it ends: ``done(code)``, or a GatewayError raised
+    inside the ``with`` block (counted under ``error_code(error)``)."""
+
+    def __init__(
+        self,
+        service: GatewayService,
+        protocol: str,
+        model: str,
+        version: str | None,
+        error_code: Callable[[GatewayError], str],
+    ) -> None:
+        self._service = service
+        self._protocol = protocol
+        self._model = model
+        self._version = version
+        self._error_code = error_code
+        self._started = time.perf_counter()
+        self._counted = False
+
+    def done(self, code: str, version: str | None = None) -> None:
+        labels = self._service.metric_labels(self._model, version or self._version)
+        self._service.metrics.observe_request(self._protocol, *labels, code, time.perf_counter() - self._started)
+        self._counted = True
+
+    def __enter__(self) -> ObservedRequest:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if isinstance(exc, GatewayError) and not self._counted:
+            self.done(self._error_code(exc))
 
 
 class GatewayService:
@@ -134,7 +168,7 @@ class GatewayService:
     async def skew(self, model: str, version: str | None, window: int | None) -> dict:
         """Skew of the newest ``window`` logged predictions of a model version against its training baseline."""
         spec = self._model(model).spec
-        chosen = self._version(self._model(model), version).version
+        chosen = self.resolve_version(model, version)
         baseline_path = spec.versions[chosen].parent / "baseline.json"
         if not baseline_path.is_file():
             raise NotFound(f"model {model!r} version {chosen} has no training baseline ({baseline_path})")
@@ -193,6 +227,12 @@ class GatewayService:
     def resolve_version(self, name: str, version: str | None) -> str:
         """The version a request for ``version`` (None: the default) would run on, or NotFound."""
         return self._version(self._model(name), version).version
+
+    def observe(
+        self, protocol: str, model: str, version: str | None, error_code: Callable[[GatewayError], str]
+    ) -> ObservedRequest:
+        """``with service.observe(...) as observed:`` around one request of an edge; see ObservedRequest."""
+        return ObservedRequest(self, protocol, model, version, error_code)
 
     def metric_labels(self, model: str, version: str | None) -> tuple[str, str]:
         """Model and version as metric labels; names no caller can grow without bound."""

@@ -39,6 +39,11 @@ def grpc_status_for(error: GatewayError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def grpc_code(error: GatewayError) -> str:
+    """The metric label of an error on a gRPC surface."""
+    return grpc_status_for(error).name
+
+
 def _trailers(error: GatewayError) -> tuple[tuple[str, str], ...]:
     trailers = [("gateway-error-code", error.code)]
     if isinstance(error, Overloaded):

@@ -21,7 +21,7 @@ from gateway.config import Settings
 from gateway.core.errors import GatewayError
 from gateway.core.types import ClassifyRequest, Identity, Prediction, new_request_id
 from gateway.ingress import tfserving_grpc
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, grpc_status_for
 from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.service import GatewayService
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
@@ -64,16 +64,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             request_id=message.request_id or new_request_id(),
             received_at=started,
         )
-        try:
+        with self._service.observe("grpc", message.model, message.version or None, grpc_code) as observed:
             prediction = await self._service.classify(request)
-        except GatewayError as exc:
-            labels = self._service.metric_labels(message.model, message.version or None)
-            code = grpc_status_for(exc).name
-            self._service.metrics.observe_request("grpc", *labels, code, time.perf_counter() - started)
-            raise
-        self._service.metrics.observe_request(
-            "grpc", prediction.model, prediction.version, "OK", time.perf_counter() - started
-        )
+            observed.done("OK", prediction.version)
         return prediction
 
     async def Classify(  # noqa: N802 - the name is the RPC's

@@ -48,6 +48,11 @@ def http_status_for(error: GatewayError) -> int:
     return 500
 
 
+def http_code(error: GatewayError) -> str:
+    """The metric label of an error on an HTTP surface."""
+    return str(http_status_for(error))
+
+
 def error_response(request: Request, status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     """The gateway's error shape; KServe and TF Serving routes answer ``{"error": message}`` as their clients expect."""
     request_id = request_id_of(request)

@@ -7,8 +7,6 @@ goes through the same batcher as photos, so KServe traffic batches with everythi
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -16,7 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 import gateway
 from gateway.core.errors import GatewayError, InvalidInput, NotFound
 from gateway.core.types import Identity, new_request_id
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_code
 from gateway.preprocess.tensors import KSERVE_DATATYPES, batch_from_raw, batch_from_values, kserve_datatype
 from gateway.routing.repository import ModelSpec
 from gateway.service import GatewayService
@@ -109,21 +107,19 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):  # noqa: N802
         identity = await self._guard(context)
-        started = time.perf_counter()
+        observation = self._service.observe("kserve-grpc", request.model_name, request.model_version or None, grpc_code)
         try:
-            spec = self._service.spec(request.model_name)
-            version = self._service.resolve_version(request.model_name, request.model_version or None)
-            batch = input_batch(request, spec)
-            check_requested_outputs(request, spec)
-            probabilities = await self._service.classify_rows(
-                spec.name, version, batch, identity, request.id or new_request_id(), context.time_remaining()
-            )
+            with observation as observed:
+                spec = self._service.spec(request.model_name)
+                version = self._service.resolve_version(request.model_name, request.model_version or None)
+                batch = input_batch(request, spec)
+                check_requested_outputs(request, spec)
+                probabilities = await self._service.classify_rows(
+                    spec.name, version, batch, identity, request.id or new_request_id(), context.time_remaining()
+                )
+                observed.done("OK", version)
         except GatewayError as exc:
-            labels = self._service.metric_labels(request.model_name, request.model_version or None)
-            code = grpc_status_for(exc).name
-            self._service.metrics.observe_request("kserve-grpc", *labels, code, time.perf_counter() - started)
             await abort(context, exc)
-        self._service.metrics.observe_request("kserve-grpc", spec.name, version, "OK", time.perf_counter() - started)
         response = service_pb2.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
         output = response.outputs.add()
         output.name = spec.output.name

@@ -10,7 +10,6 @@ gives the JSON's length; outputs come back as JSON ``data`` or, when asked for w
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,9 @@ from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
 
 import gateway
-from gateway.core.errors import GatewayError, InvalidInput, NotFound
+from gateway.core.errors import InvalidInput, NotFound
 from gateway.core.types import new_request_id
-from gateway.ingress.http_common import KSERVE_PREFIX, caller_identity, http_status_for, read_body
+from gateway.ingress.http_common import KSERVE_PREFIX, caller_identity, http_code, read_body
 from gateway.ingress.kserve_grpc import EXTENSIONS, SERVER_NAME
 from gateway.preprocess.tensors import batch_from_raw, batch_from_values, kserve_datatype
 from gateway.routing.repository import ModelSpec
@@ -166,8 +165,7 @@ def kserve_router(service: GatewayService, *, mtls: bool, max_body_bytes: int) -
     @router.post("/models/{model}/infer")
     @router.post("/models/{model}/versions/{version}/infer")
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        started = time.perf_counter()
-        try:
+        with service.observe("kserve-http", model, version, http_code) as observed:
             spec, chosen = model_and_version(request, model, version)
             body = await read_body(request, max_body_bytes)
             payload, batch = parse_infer_request(body, request.headers.get(HEADER_LENGTH), spec)
@@ -175,13 +173,7 @@ def kserve_router(service: GatewayService, *, mtls: bool, max_body_bytes: int) -
             request_id = str(payload.get("id") or new_request_id())
             probabilities = await service.classify_rows(spec.name, chosen, batch, identity, request_id, None)
             response = infer_response(payload, spec, chosen, probabilities)
-        except GatewayError as exc:
-            labels = service.metric_labels(model, version)
-            service.metrics.observe_request(
-                "kserve-http", *labels, str(http_status_for(exc)), time.perf_counter() - started
-            )
-            raise
-        service.metrics.observe_request("kserve-http", spec.name, chosen, "200", time.perf_counter() - started)
+            observed.done("200", chosen)
         return response
 
     return router

@@ -29,6 +29,7 @@ from gateway.ingress.http_common import (
     REQUEST_ID_HEADER,
     caller_identity,
     error_response,
+    http_code,
     http_status_for,
     read_body,
     request_id_of,
@@ -252,34 +253,29 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
     ) -> JSONResponse:
         request_id = request_id_of(request)
         started = time.perf_counter()
-        try:
-            identity = caller_identity(request, mtls)
-            service.require_model(model)
-            content_type = request.headers.get("content-type", "")
-            media_type = _media_type(content_type)
-            body = await read_body(request, max_body_bytes)
-            photo = _image_from_multipart(body, content_type) if media_type == MULTIPART else body
-            classify_request = ClassifyRequest(
-                model=model,
-                image=photo,
-                identity=identity,
-                version=version,
-                timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
-                priority=priority,
-                request_id=request_id,
-                received_at=started,
-            )
-            prediction = await _unless_client_leaves(request, service.classify(classify_request))
-        except ClientDisconnected:
-            labels = service.metric_labels(model, version)
-            service.metrics.observe_request("rest", *labels, CLIENT_CLOSED_REQUEST, time.perf_counter() - started)
-            return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
-        except GatewayError as exc:
-            elapsed = time.perf_counter() - started
-            labels = service.metric_labels(model, version)
-            service.metrics.observe_request("rest", *labels, str(http_status_for(exc)), elapsed)
-            raise
-        service.metrics.observe_request("rest", model, prediction.version, "200", time.perf_counter() - started)
+        with service.observe("rest", model, version, http_code) as observed:
+            try:
+                identity = caller_identity(request, mtls)
+                service.require_model(model)
+                content_type = request.headers.get("content-type", "")
+                media_type = _media_type(content_type)
+                body = await read_body(request, max_body_bytes)
+                photo = _image_from_multipart(body, content_type) if media_type == MULTIPART else body
+                classify_request = ClassifyRequest(
+                    model=model,
+                    image=photo,
+                    identity=identity,
+                    version=version,
+                    timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
+                    priority=priority,
+                    request_id=request_id,
+                    received_at=started,
+                )
+                prediction = await _unless_client_leaves(request, service.classify(classify_request))
+            except ClientDisconnected:
+                observed.done(CLIENT_CLOSED_REQUEST)
+                return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
+            observed.done("200", prediction.version)
         return JSONResponse(
             {
                 "model": prediction.model,

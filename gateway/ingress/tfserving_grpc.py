@@ -7,14 +7,12 @@ into ``gateway.tfs`` at install time, so the gateway needs no TensorFlow; real
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 
 from gateway.core.errors import GatewayError, InvalidInput
 from gateway.core.types import new_request_id
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_status_for
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_code
 from gateway.ingress.tfserving_common import DEFAULT_SIGNATURE, PREDICT_METHOD, resolve
 from gateway.preprocess.tensors import batch_from_raw, batch_from_values
 from gateway.routing.repository import ModelSpec
@@ -75,26 +73,26 @@ class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
         self._mtls = mtls
 
     async def Predict(self, request, context):  # noqa: N802 - RPC names
-        started = time.perf_counter()
         version, label = _requested_version(request.model_spec)
+        observation = self._service.observe("tfserving-grpc", request.model_spec.name, version, grpc_code)
         try:
-            identity = caller_identity(context, self._mtls)
-            spec, chosen = resolve(
-                self._service, request.model_spec.name, version, label, request.model_spec.signature_name
-            )
-            batch = input_batch(request, spec)
-            unknown = set(request.output_filter) - {spec.output.name}
-            if unknown:
-                raise InvalidInput(f"unknown outputs {sorted(unknown)}; model {spec.name!r} has {spec.output.name!r}")
-            probabilities = await self._service.classify_rows(
-                spec.name, chosen, batch, identity, new_request_id(), context.time_remaining()
-            )
+            with observation as observed:
+                identity = caller_identity(context, self._mtls)
+                spec, chosen = resolve(
+                    self._service, request.model_spec.name, version, label, request.model_spec.signature_name
+                )
+                batch = input_batch(request, spec)
+                unknown = set(request.output_filter) - {spec.output.name}
+                if unknown:
+                    raise InvalidInput(
+                        f"unknown outputs {sorted(unknown)}; model {spec.name!r} has {spec.output.name!r}"
+                    )
+                probabilities = await self._service.classify_rows(
+                    spec.name, chosen, batch, identity, new_request_id(), context.time_remaining()
+                )
+                observed.done("OK", chosen)
         except GatewayError as exc:
-            labels = self._service.metric_labels(request.model_spec.name, version)
-            code = grpc_status_for(exc).name
-            self._service.metrics.observe_request("tfserving-grpc", *labels, code, time.perf_counter() - started)
             await abort(context, exc)
-        self._service.metrics.observe_request("tfserving-grpc", spec.name, chosen, "OK", time.perf_counter() - started)
         output = tensor_pb2.TensorProto(
             dtype=tensor_pb2.DT_FLOAT,
             tensor_shape=_shape_proto(probabilities.shape),

@@ -5,16 +5,15 @@ and ``POST .../{m}[/versions/{v}|/labels/{l}]:predict`` in the "instances" (row)
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.core.errors import GatewayError, InvalidInput
+from gateway.core.errors import InvalidInput
 from gateway.core.types import new_request_id
-from gateway.ingress.http_common import TFSERVING_PREFIX, caller_identity, http_status_for, read_body
+from gateway.ingress.http_common import TFSERVING_PREFIX, caller_identity, http_code, read_body
 from gateway.ingress.tfserving_common import resolve
 from gateway.preprocess.tensors import batch_from_values
 from gateway.routing.repository import ModelSpec
@@ -78,8 +77,7 @@ def tfserving_router(service: GatewayService, *, mtls: bool, max_body_bytes: int
     async def predict(
         request: Request, model: str, version: str | None = None, label: str | None = None
     ) -> JSONResponse:
-        started = time.perf_counter()
-        try:
+        with service.observe("tfserving-http", model, version, http_code) as observed:
             identity = caller_identity(request, mtls)
             body = await read_body(request, max_body_bytes)
             try:
@@ -90,12 +88,7 @@ def tfserving_router(service: GatewayService, *, mtls: bool, max_body_bytes: int
             spec, chosen = resolve(service, model, version, label, signature)
             layout, batch = parse_predict(payload, spec)
             probabilities = await service.classify_rows(spec.name, chosen, batch, identity, new_request_id(), None)
-        except GatewayError as exc:
-            elapsed = time.perf_counter() - started
-            labels = service.metric_labels(model, version)
-            service.metrics.observe_request("tfserving-http", *labels, str(http_status_for(exc)), elapsed)
-            raise
-        service.metrics.observe_request("tfserving-http", spec.name, chosen, "200", time.perf_counter() - started)
+            observed.done("200", chosen)
         rows = probabilities.tolist()
         return JSONResponse({"predictions": rows} if layout == "instances" else {"outputs": rows})
 

@@ -9,6 +9,7 @@ from gateway.core import errors
 from gateway.core.types import ClassifyRequest
 from gateway.ingress.rest import create_app, http_status_for
 from gateway.monitoring.metrics import GatewayMetrics
+from gateway.service import ObservedRequest
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,9 @@ class RaisingService:
 
     def metric_labels(self, model: str, version: str | None) -> tuple[str, str]:
         return model, version or ""
+
+    def observe(self, protocol, model, version, error_code) -> ObservedRequest:
+        return ObservedRequest(self, protocol, model, version, error_code)
 
     async def classify(self, request: ClassifyRequest):
         raise self.error
