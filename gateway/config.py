@@ -127,10 +127,17 @@ class PredictionLogSettings:
     spool_dir: Path = Path("var/spool")
     buffer_size: int = 10_000
     stream_maxlen: int = 1_000_000
+    sample_photos: float = 0.0
+    """Fraction of photo requests whose original bytes are kept for retraining (0: none, the default)."""
+    photo_maxlen: int = 1_000
+    """Sampled photos kept per model (approximate MAXLEN of the ``photos:{model}`` stream)."""
 
     def validate(self) -> None:
         _check_positive("predictions.buffer_size", self.buffer_size)
         _check_positive("predictions.stream_maxlen", self.stream_maxlen)
+        _check_positive("predictions.photo_maxlen", self.photo_maxlen)
+        if not 0.0 <= self.sample_photos <= 1.0:
+            raise ConfigError(f"predictions.sample_photos must be a fraction 0.0-1.0, got {self.sample_photos}")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"predictions.redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
@@ -142,6 +149,8 @@ class SkewSettings:
     """The training/serving skew monitor (distances of the live window against each version's baseline)."""
 
     window: int = 500
+    window_s: int = 0
+    """The live window holds no record older than this many seconds (by its stream id); 0: no age limit."""
     interval_s: int = 30
     """How often the background check refreshes the skew gauges in /metrics."""
     psi_threshold: float = 0.25
@@ -153,6 +162,8 @@ class SkewSettings:
     def validate(self) -> None:
         for key in ("window", "interval_s", "min_window"):
             _check_positive(f"skew.{key}", getattr(self, key))
+        if self.window_s < 0:
+            raise ConfigError(f"skew.window_s must be >= 0 (0: no age limit), got {self.window_s}")
         for key in ("psi_threshold", "labels_threshold"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"skew.{key} must be > 0, got {getattr(self, key)}")

@@ -36,6 +36,11 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ("", {"GATEWAY_RUNTIME_ONNX_THREADS": "two"}, "runtime.onnx_threads must be an integer"),
         ("[models]\nrepo = 'does/not/exist'\n", {}, "models.repo"),
         ("[server\n", {}, "is not valid TOML"),
+        ("[predictions]\nsample_photos = 1.5\n", {}, "predictions.sample_photos must be a fraction 0.0-1.0, got 1.5"),
+        ("", {"GATEWAY_PREDICTIONS_SAMPLE_PHOTOS": "-0.1"}, "predictions.sample_photos must be a fraction"),
+        ("", {"GATEWAY_PREDICTIONS_SAMPLE_PHOTOS": "some"}, "predictions.sample_photos must be a number"),
+        ("[predictions]\nphoto_maxlen = 0\n", {}, "predictions.photo_maxlen must be > 0"),
+        ("[skew]\nwindow_s = -1\n", {}, "skew.window_s must be >= 0"),
     ],
 )
 def test_invalid_settings_name_the_key(tmp_path: Path, text: str, environ: dict, message: str) -> None:
@@ -46,3 +51,13 @@ def test_invalid_settings_name_the_key(tmp_path: Path, text: str, environ: dict,
 def test_missing_certificates_say_how_to_create_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tls.cert: .* does not exist .*gateway pki init"):
         load_settings(write(tmp_path, f"[tls]\npki_dir = '{tmp_path / 'nowhere'}'\n"), environ={})
+
+
+def test_photo_sampling_and_the_skew_age_limit_are_off_by_default(tmp_path: Path) -> None:
+    settings = load_settings(environ={"GATEWAY_TLS_ENABLED": "false"})
+    assert settings.predictions.sample_photos == 0.0 and settings.skew.window_s == 0
+    tuned = load_settings(
+        write(tmp_path, "[predictions]\nsample_photos = 0.25\nphoto_maxlen = 500\n[skew]\nwindow_s = 600\n"),
+        environ={"GATEWAY_TLS_ENABLED": "false"},
+    )
+    assert (tuned.predictions.sample_photos, tuned.predictions.photo_maxlen, tuned.skew.window_s) == (0.25, 500, 600)

@@ -1,9 +1,9 @@
 """The dynamic batcher: gathers concurrent requests for one model version into batches.
 
 It knows nothing of HTTP or gRPC: callers ``submit`` one preprocessed input row and get
-back one output row (or a typed error). ``_BatchQueue`` holds the scheduling rules and
-takes the time as an argument, so they are tested with a fake clock; ``DynamicBatcher``
-runs them on the event loop.
+back one output row with the size of the batch it ran in (or a typed error).
+``_BatchQueue`` holds the scheduling rules and takes the time as an argument, so they
+are tested with a fake clock; ``DynamicBatcher`` runs them on the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,13 @@ RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
 """Runs one stacked batch [N, *dims] on a backend and returns [N, *output dims]."""
 
 _sequence = itertools.count()
+
+
+class BatchedOutput(NamedTuple):
+    """One caller's output row, and the size of the batch its input row actually ran in."""
+
+    output: np.ndarray
+    batch_size: int
 
 
 @dataclass(eq=False)
@@ -188,8 +196,8 @@ class DynamicBatcher:
 
     async def submit(
         self, tensor: np.ndarray, *, priority: int | None = None, timeout_s: float | None = None
-    ) -> np.ndarray:
-        """Queue one input row and wait for its output row.
+    ) -> BatchedOutput:
+        """Queue one input row and wait for its output row (with the size of the batch it ran in).
 
         Raises Overloaded when the queue is full, DeadlineExceeded when ``timeout_s`` (or the
         model's default timeout) passes first, and whatever error failed its batch.
@@ -244,9 +252,10 @@ class DynamicBatcher:
             outputs = await self._run_batch(batch)
             if len(outputs) != len(items):
                 raise Unavailable(f"the model server returned {len(outputs)} rows for a batch of {len(items)}")
+            size = len(items)
             for item, output in zip(items, outputs, strict=True):
                 if not item.future.done():
-                    item.future.set_result(output)
+                    item.future.set_result(BatchedOutput(output, size))
         except Exception as exc:
             failed = True
             error = exc if isinstance(exc, GatewayError) else Unavailable(f"the model server failed: {exc}")

@@ -68,7 +68,7 @@ def test_every_caller_gets_its_own_answer_and_batches_respect_the_limit() -> Non
         answers = await asyncio.gather(*tasks)
         await blocker
         for value, answer in zip(values, answers, strict=True):
-            assert answer.tolist() == [value, 2 * value]
+            assert answer.output.tolist() == [value, 2 * value]
         assert max(len(b) for b in backend.batches) == 8
         assert sorted(v for b in backend.batches for v in b) == [*values, 1000]
         assert [s.size for s in stats] == [len(b) for b in backend.batches]
@@ -86,8 +86,9 @@ def test_requests_queue_and_batches_grow_while_the_instance_is_busy() -> None:
         await asyncio.sleep(0)
         assert batcher.queue_depth == 10
         backend.gate.set()
-        await asyncio.gather(blocker, *tasks)
+        answers = await asyncio.gather(blocker, *tasks)
         assert [len(b) for b in backend.batches] == [1, 10]
+        assert [answer.batch_size for answer in answers] == [1] + [10] * 10, "each caller learns its batch's size"
         await batcher.close()
 
     asyncio.run(scenario())
@@ -123,7 +124,7 @@ def test_a_failing_batch_fails_exactly_its_callers() -> None:
         await blocker
         assert backend.batches[1:] == [[-1.0, 1.0], [2.0, 3.0]]
         assert all(isinstance(r, Unavailable) and "device lost" in r.message for r in results[:2])
-        assert [r.tolist() for r in results[2:]] == [[2.0, 4.0], [3.0, 6.0]]
+        assert [r.output.tolist() for r in results[2:]] == [[2.0, 4.0], [3.0, 6.0]]
         await batcher.close()
 
     asyncio.run(scenario())
@@ -236,7 +237,7 @@ def test_close_answers_queued_callers() -> None:
         await closing
         with pytest.raises(Unavailable, match="shutting down"):
             await queued
-        assert (await blocker).tolist() == [1000.0, 2000.0]
+        assert (await blocker).output.tolist() == [1000.0, 2000.0]
 
     asyncio.run(scenario())
 
