@@ -1,4 +1,4 @@
-"""`gateway serve | pki | models`: the command-line entry point."""
+"""`gateway serve | pki | models | skew | predictions | bench`: the command-line entry point."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from gateway.bench import accuracy, batching
 from gateway.bench import skew as skew_bench
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.monitoring import skew_report
+from gateway.monitoring import photo_download, skew_report
 from gateway.routing.repository import RepositoryError, load_repository
 from gateway.security import pki
 
@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     skew = commands.add_parser("skew", help="training/serving skew")
     skew_commands = skew.add_subparsers(dest="skew_command", required=True)
     skew_report.add_parser(skew_commands)
+
+    predictions = commands.add_parser("predictions", help="the prediction log")
+    predictions_commands = predictions.add_subparsers(dest="predictions_command", required=True)
+    photo_download.add_parser(predictions_commands)
 
     bench = commands.add_parser("bench", help="benchmarks and evaluations")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)

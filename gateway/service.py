@@ -17,11 +17,12 @@ from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.batching.batcher import DynamicBatcher
 from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
-from gateway.core.errors import DeadlineExceeded, GatewayError, NotFound, Overloaded, Unavailable
+from gateway.core.errors import DeadlineExceeded, GatewayError, NotFound, Overloaded, PermissionDenied, Unavailable
 from gateway.core.types import ClassifyRequest, Identity, Prediction, PreparedInput
 from gateway.monitoring.baseline import read_baseline
 from gateway.monitoring.log_sink import INPUT_KEY, LogSink, build_log_sink
 from gateway.monitoring.metrics import GatewayMetrics
+from gateway.monitoring.photos import PHOTO_KEY, PhotoSampler, StoredPhoto
 from gateway.monitoring.skew import SkewThresholds, compute_skew
 from gateway.preprocess.pipeline import preparation_for, prepare_photo
 from gateway.routing.repository import ModelSpec, RepositoryError, load_repository
@@ -108,6 +109,7 @@ class GatewayService:
         self._pending_photos = 0
         self._log_sink: LogSink | None = None
         self._skew_task: asyncio.Task | None = None
+        self._sample_photo = PhotoSampler(settings.predictions.sample_photos)
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
         )
@@ -165,8 +167,9 @@ class GatewayService:
                 except GatewayError as exc:
                     log.warning("skew check of %s failed: %s", name, exc.message)
 
-    async def skew(self, model: str, version: str | None, window: int | None) -> dict:
-        """Skew of the newest ``window`` logged predictions of a model version against its training baseline."""
+    async def skew(self, model: str, version: str | None, window: int | None, window_s: int | None = None) -> dict:
+        """Skew of the newest ``window`` logged predictions of a model version, none older than ``window_s``
+        seconds (0: no age limit; None: ``skew.window_s``), against its training baseline."""
         spec = self._model(model).spec
         chosen = self.resolve_version(model, version)
         baseline_path = spec.versions[chosen].parent / "baseline.json"
@@ -174,12 +177,18 @@ class GatewayService:
             raise NotFound(f"model {model!r} version {chosen} has no training baseline ({baseline_path})")
         settings = self._settings.skew
         size = window or settings.window
+        max_age_s = settings.window_s if window_s is None else window_s
         try:
-            records = await self._sink().reader.recent(model, chosen, size)
+            records = await self._sink().reader.recent(model, chosen, size, max_age_s)
         except RedisError as exc:
             raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
         thresholds = SkewThresholds(settings.psi_threshold, settings.labels_threshold, settings.min_window)
-        report = {"model": model, "version": chosen, **compute_skew(read_baseline(baseline_path), records, thresholds)}
+        report = {
+            "model": model,
+            "version": chosen,
+            "window_s": max_age_s,
+            **compute_skew(read_baseline(baseline_path), records, thresholds),
+        }
         self.metrics.observe_skew(model, chosen, report)
         return report
 
@@ -196,6 +205,22 @@ class GatewayService:
             if accuracy is not None:
                 self.metrics.live_accuracy.labels(result["model"], result["version"]).set(accuracy)
         return result
+
+    async def sampled_photo(self, request_id: str, identity: Identity) -> StoredPhoto:
+        """The photo sampled for retraining from prediction ``request_id`` (operators only: it is user data)."""
+        if not identity.is_operator:
+            raise PermissionDenied("sampled photos are read by operators only")
+        try:
+            photo = await self._sink().reader.photo(request_id)
+        except RedisError as exc:
+            raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
+        if photo is None:
+            raise NotFound(
+                f"no sampled photo is kept for request id {request_id!r} (only a predictions.sample_photos "
+                f"fraction of photo requests is kept, photos:{{model}} keeps the newest "
+                f"{self._settings.predictions.photo_maxlen}, and a photo is dropped while Redis is unreachable)"
+            )
+        return photo
 
     async def live_accuracy(self, model: str) -> dict[str, dict[str, float]]:
         self._model(model)
@@ -284,7 +309,9 @@ class GatewayService:
         version = self._version(model, request.version)
         prepared = None if request.tensor is not None else await self._prepare(request, model.spec)
         row = request.tensor if prepared is None else prepared.tensor
-        probabilities = await version.batcher.submit(row, priority=request.priority, timeout_s=self._remaining(request))
+        probabilities, batch_size = await version.batcher.submit(
+            row, priority=request.priority, timeout_s=self._remaining(request)
+        )
         best = int(probabilities.argmax())
         prediction = Prediction(
             request_id=request.request_id,
@@ -294,7 +321,7 @@ class GatewayService:
             probabilities={label: float(p) for label, p in zip(model.spec.labels, probabilities, strict=True)},
             latency_ms=(time.perf_counter() - request.received_at) * 1000.0,
         )
-        self._log_prediction(request, model.spec, prepared, row, prediction)
+        self._log_prediction(request, model.spec, prepared, row, prediction, batch_size)
         return prediction
 
     def _log_prediction(
@@ -304,28 +331,34 @@ class GatewayService:
         prepared: PreparedInput | None,
         row: np.ndarray,
         prediction: Prediction,
+        batch_size: int,
     ) -> None:
-        """Hand the record to the prediction log (it never blocks; features are computed by its writer)."""
+        """Hand the record to the prediction log (it never blocks; features are computed by its writer).
+
+        A sampled photo request also hands over the photo as uploaded (a reference, not a copy).
+        """
         if self._log_sink is None:
             return
-        self._log_sink.log.record(
-            {
-                "time": time.time(),
-                "request_id": prediction.request_id,
-                "client": request.identity.name,
-                "model": prediction.model,
-                "version": prediction.version,
-                "arm": "stable",
-                "input": "photo" if prepared is not None else "tensor",
-                "source_size": [prepared.source_width, prepared.source_height] if prepared is not None else None,
-                "preprocessing": spec.preprocessing,
-                "label": prediction.label,
-                "top_probability": prediction.probabilities[prediction.label],
-                "probabilities": [prediction.probabilities[label] for label in spec.labels],
-                "latency_ms": round(prediction.latency_ms, 3),
-                INPUT_KEY: row,
-            }
-        )
+        record = {
+            "time": time.time(),
+            "request_id": prediction.request_id,
+            "client": request.identity.name,
+            "model": prediction.model,
+            "version": prediction.version,
+            "arm": "stable",
+            "input": "photo" if prepared is not None else "tensor",
+            "source_size": [prepared.source_width, prepared.source_height] if prepared is not None else None,
+            "preprocessing": spec.preprocessing,
+            "label": prediction.label,
+            "top_probability": prediction.probabilities[prediction.label],
+            "probabilities": [prediction.probabilities[label] for label in spec.labels],
+            "latency_ms": round(prediction.latency_ms, 3),
+            "batch_size": batch_size,
+            INPUT_KEY: row,
+        }
+        if prepared is not None and self._sample_photo():
+            record[PHOTO_KEY] = request.image
+        self._log_sink.log.record(record)
 
     async def classify_rows(
         self,

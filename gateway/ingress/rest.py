@@ -222,6 +222,18 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         """The true label of an answered prediction (from the client that asked, or an operator)."""
         return await service.record_feedback(request_id, body.label, caller_identity(request, mtls))
 
+    @app.get("/api/v1/predictions/{request_id}/photo")
+    async def sampled_photo(
+        request: Request, request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+    ) -> Response:
+        """The photo a prediction was made from, as uploaded, if it was sampled for retraining (operators only)."""
+        photo = await service.sampled_photo(request_id, caller_identity(request, mtls))
+        return Response(
+            photo.photo,
+            media_type=photo.content_type,
+            headers={"x-model": photo.model, "x-model-version": photo.version, "x-photo-id": photo.photo_id},
+        )
+
     @app.get("/api/v1/models/{model}/accuracy")
     async def live_accuracy(request: Request, model: str) -> dict:
         """Live accuracy per version, from the feedback received so far."""
@@ -234,10 +246,13 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         model: str,
         version: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$")] = None,
         window: Annotated[int | None, Query(ge=10, le=100_000, description="newest N predictions")] = None,
+        window_s: Annotated[
+            int | None, Query(ge=0, le=366 * 86400, description="none older than this many seconds; 0: no limit")
+        ] = None,
     ) -> dict:
         """Training/serving skew of the newest logged predictions against the version's training baseline."""
         caller_identity(request, mtls)
-        return await service.skew(model, version, window)
+        return await service.skew(model, version, window, window_s)
 
     @app.post("/api/v1/models/{model}/classify")
     async def classify(

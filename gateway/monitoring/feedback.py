@@ -1,9 +1,9 @@
 """Ground truth: join a true label to a logged prediction and keep live accuracy per model version.
 
 The prediction log indexes every record under ``prediction:{request_id}`` (model, version,
-label, client; kept PREDICTION_TTL_S). Feedback is counted once per prediction (HSETNX), in
-``accuracy:{model}`` as ``{version}:feedback`` and ``{version}:correct`` counters shared by
-every gateway replica.
+label, client, and the id of its sampled photo if any; kept PREDICTION_TTL_S). Feedback is
+counted once per prediction (HSETNX), in ``accuracy:{model}`` as ``{version}:feedback`` and
+``{version}:correct`` counters shared by every gateway replica.
 """
 
 from __future__ import annotations
@@ -29,13 +29,16 @@ def accuracy_key(model: str) -> str:
 
 
 def index_fields(record: dict[str, Any]) -> dict[str, str]:
-    """What the log stores under prediction_key for a record, to join feedback to it later."""
-    return {
+    """What the log stores under prediction_key for a record, to join feedback (and its sampled photo) later."""
+    fields = {
         "model": record["model"],
         "version": record["version"],
         "label": record["label"],
         "client": record.get("client", ""),
     }
+    if record.get("photo_id"):
+        fields["photo_id"] = record["photo_id"]
+    return fields
 
 
 class FeedbackStore:

@@ -17,7 +17,8 @@ from redis.retry import Retry
 from gateway.config import PredictionLogSettings
 from gateway.monitoring.features import digit_features
 from gateway.monitoring.feedback import FeedbackStore
-from gateway.monitoring.prediction_log import LogReader, PredictionLog
+from gateway.monitoring.log_reader import LogReader
+from gateway.monitoring.prediction_log import PredictionLog
 
 FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {"mnist_digit": digit_features}
 INPUT_KEY = "_input"
@@ -90,6 +91,7 @@ def build_log_sink(settings: PredictionLogSettings) -> LogSink:
         settings.spool_dir / "predictions.jsonl",
         buffer_size=settings.buffer_size,
         stream_maxlen=settings.stream_maxlen,
+        photo_maxlen=settings.photo_maxlen,
         enrich=add_features,
     )
     return LogSink(log, FeedbackStore(connect), LogReader(connect), embedded)

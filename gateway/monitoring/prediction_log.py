@@ -11,6 +11,9 @@ Contract:
   holds records, new ones go behind them, so the stream keeps the order of answers.
   Replay progress is checkpointed per chunk, so a crash during replay repeats at most
   one chunk (at-least-once).
+- Sampled photos (see ``photos``) are stored in ``photos:{model}`` just before their
+  records, by the same writer; they are never spooled: a record that goes to the spool
+  loses its photo and says so.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.monitoring.feedback import PREDICTION_TTL_S, index_fields, prediction_key
+from gateway.monitoring.photos import (
+    DROPPED_MEMORY,
+    DROPPED_SPOOLED,
+    MAX_PENDING_PHOTO_BYTES,
+    PHOTO_KEY,
+    mark_dropped,
+    photo_fields,
+    photo_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,8 @@ class PredictionLog:
         buffer_size: int = 10_000,
         write_batch: int = 256,
         stream_maxlen: int = 1_000_000,
+        photo_maxlen: int = 1_000,
+        max_pending_photo_bytes: int = MAX_PENDING_PHOTO_BYTES,
         enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self._connect = connect
@@ -57,6 +71,10 @@ class PredictionLog:
         self._buffer: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=buffer_size)
         self._write_batch = write_batch
         self._maxlen = stream_maxlen
+        self._photo_maxlen = photo_maxlen
+        self._max_photo_bytes = max_pending_photo_bytes
+        self._photo_bytes = 0
+        """Bytes of sampled photos handed in and not yet stored or dropped."""
         self._enrich = enrich or (lambda record: record)
         self._writer: asyncio.Task | None = None
         self._in_flight: list[dict[str, Any]] = []
@@ -68,7 +86,17 @@ class PredictionLog:
 
     # -- the request path -------------------------------------------------------------------------------
     def record(self, record: dict[str, Any]) -> None:
-        """Hand a record to the log; never blocks, never drops (a full buffer overflows to the spool)."""
+        """Hand a record to the log; never blocks, never drops (a full buffer overflows to the spool).
+
+        A sampled photo under PHOTO_KEY is kept only while the photos waiting for Redis stay
+        under ``max_pending_photo_bytes``; beyond it the record goes on without its photo.
+        """
+        photo = record.get(PHOTO_KEY)
+        if photo is not None:
+            if self._photo_bytes + len(photo) > self._max_photo_bytes:
+                mark_dropped(record, DROPPED_MEMORY)
+            else:
+                self._photo_bytes += len(photo)
         try:
             self._buffer.put_nowait(record)
         except asyncio.QueueFull:
@@ -104,6 +132,11 @@ class PredictionLog:
             await self._redis.aclose()
 
     @property
+    def pending_photo_bytes(self) -> int:
+        """Bytes of sampled photos in memory, waiting for the writer."""
+        return self._photo_bytes
+
+    @property
     def spooled(self) -> int:
         """Records waiting in the spool file for Redis to come back."""
         return self._spool_lines - self._replayed
@@ -136,10 +169,29 @@ class PredictionLog:
         if self.spooled or not await self._xadd(records):
             self._append_to_spool(records)
 
+    async def _store_photos(self, records: list[dict[str, Any]]) -> None:
+        """XADD the batch's sampled photos to ``photos:{model}``; each record gets its photo's entry id."""
+        sampled = [record for record in records if PHOTO_KEY in record]
+        if not sampled:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for record in sampled:
+                pipe.xadd(
+                    photo_stream(record["model"]),
+                    photo_fields(record, record[PHOTO_KEY]),
+                    maxlen=self._photo_maxlen,
+                    approximate=True,
+                )
+            ids = await pipe.execute()
+        for record, photo_id in zip(sampled, ids, strict=True):
+            self._photo_bytes -= len(record.pop(PHOTO_KEY))
+            record["photo_id"] = photo_id.decode()
+
     async def _xadd(self, records: list[dict[str, Any]]) -> bool:
         try:
             if self._redis is None:
                 self._redis = self._connect()
+            await self._store_photos(records)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for record in records:
                     pipe.xadd(
@@ -165,6 +217,12 @@ class PredictionLog:
 
     # -- the spool -----------------------------------------------------------------------------------------
     def _append_to_spool(self, records: list[dict[str, Any]]) -> None:
+        """Append records to the spool file; sampled photos are dropped, never spooled (the spool stays small)."""
+        for record in records:
+            photo = record.get(PHOTO_KEY)
+            if photo is not None:
+                self._photo_bytes -= len(photo)
+                mark_dropped(record, DROPPED_SPOOLED)
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
         fd = os.open(self._spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -202,29 +260,3 @@ class PredictionLog:
         self._offset.unlink(missing_ok=True)
         self._spool_lines = self._replayed = 0
         log.info("prediction log: replayed %d spooled record(s)", total)
-
-
-class LogReader:
-    """Reads recent records back from the streams (for the skew monitor)."""
-
-    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
-        self._connect = connect
-        self._redis: aioredis.Redis | None = None
-
-    async def recent(self, model: str, version: str, window: int) -> list[dict[str, Any]]:
-        """The newest ``window`` records of ``model`` at ``version``, oldest first (looks back at most 5 windows)."""
-        if self._redis is None:
-            self._redis = self._connect()
-        entries = await self._redis.xrevrange(stream_name(model), count=window * 5)
-        records = []
-        for _, fields in entries:
-            record = json.loads(fields[b"record"])
-            if record.get("version") == version:
-                records.append(record)
-                if len(records) == window:
-                    break
-        return records[::-1]
-
-    async def aclose(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()

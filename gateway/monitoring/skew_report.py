@@ -49,7 +49,9 @@ def render_html(report: dict) -> str:
     return (
         "<!doctype html><meta charset='utf-8'><title>skew</title><body style='font-family:sans-serif'>"
         f"<h1>{html.escape(report['model'])} v{report['version']}: {status}</h1>"
-        f"<p>live window: {report['window']} predictions; grey = training baseline, orange = live</p>"
+        f"<p>live window: {report['window']} predictions"
+        + (f", none older than {report['window_s']} s" if report.get("window_s") else "")
+        + "; grey = training baseline, orange = live</p>"
         f"<p>predicted labels vs training labels: L-inf {labels['distance']} (threshold {labels['threshold']})</p>"
         + "".join(sections)
         + "</body>"
@@ -57,7 +59,8 @@ def render_html(report: dict) -> str:
 
 
 def render_text(report: dict) -> str:
-    lines = [f"{report['model']} v{report['version']}: window {report['window']}, alarm {report['alarm']}"]
+    age = f" (none older than {report['window_s']} s)" if report.get("window_s") else ""
+    lines = [f"{report['model']} v{report['version']}: window {report['window']}{age}, alarm {report['alarm']}"]
     lines.append(f"{'feature':<16}{'distance':>10}{'threshold':>11}{'alarm':>7}{'train mean':>12}{'live mean':>11}")
     for name, r in report["features"].items():
         lines.append(
@@ -73,7 +76,8 @@ def render_text(report: dict) -> str:
 def main(args: argparse.Namespace) -> int:
     pki = PkiPaths(args.pki_dir)
     context = client_context(pki.ca_cert, pki.client_cert(args.identity), pki.client_key(args.identity))
-    params = {k: v for k, v in (("version", args.version), ("window", args.window)) if v is not None}
+    chosen = (("version", args.version), ("window", args.window), ("window_s", args.window_s))
+    params = {k: v for k, v in chosen if v is not None}
     with httpx.Client(base_url=args.gateway, verify=context, timeout=30) as client:
         response = client.get(f"/api/v1/models/{args.model}/skew", params=params)
     if response.status_code != 200:
@@ -91,7 +95,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("report", help="a model's training/serving skew, from a running gateway")
     parser.add_argument("--model", required=True)
     parser.add_argument("--version")
-    parser.add_argument("--window", type=int)
+    parser.add_argument("--window", type=int, help="newest N predictions (default: the gateway's skew.window)")
+    parser.add_argument(
+        "--window-s", type=int, help="none older than this many seconds, 0: no limit (default: skew.window_s)"
+    )
     parser.add_argument("--gateway", default="https://127.0.0.1:8443")
     parser.add_argument("--pki-dir", type=Path, default=Path("pki"))
     parser.add_argument("--identity", default="operator", help="client certificate under PKI_DIR/clients/")

@@ -1,0 +1,62 @@
+"""Reads the prediction log back: the live window for the skew monitor, and sampled photos."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.monitoring.photos import StoredPhoto, read_photo
+from gateway.monitoring.prediction_log import stream_name
+
+LOOK_BACK_WINDOWS = 5
+"""How many windows' worth of entries the reader scans for one version's records (other versions interleave)."""
+
+
+class LogReader:
+    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
+        self._connect = connect
+        self._redis: aioredis.Redis | None = None
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = self._connect()
+        return self._redis
+
+    async def recent(self, model: str, version: str, window: int, max_age_s: int = 0) -> list[dict[str, Any]]:
+        """The newest ``window`` records of ``model`` at ``version``, oldest first.
+
+        With ``max_age_s`` > 0, none older than that: the scan stops at the stream id of
+        ``now - max_age_s`` (stream ids are the Redis server's millisecond clock when the
+        record was written, so "now" is the server's clock too, whatever the replica's).
+        Looks back at most LOOK_BACK_WINDOWS windows of entries.
+        """
+        client = self._client()
+        oldest = await self._oldest_id(client, max_age_s)
+        entries = await client.xrevrange(stream_name(model), max="+", min=oldest, count=window * LOOK_BACK_WINDOWS)
+        records = []
+        for _, fields in entries:
+            record = json.loads(fields[b"record"])
+            if record.get("version") == version:
+                records.append(record)
+                if len(records) == window:
+                    break
+        return records[::-1]
+
+    @staticmethod
+    async def _oldest_id(client: aioredis.Redis, max_age_s: int) -> str:
+        if max_age_s <= 0:
+            return "-"
+        seconds, microseconds = await client.time()
+        now_ms = seconds * 1000 + microseconds // 1000
+        return str(max(now_ms - max_age_s * 1000, 0))
+
+    async def photo(self, request_id: str) -> StoredPhoto | None:
+        """The sampled photo of prediction ``request_id``, if one was kept and is still in its stream."""
+        return await read_photo(self._client(), request_id)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
