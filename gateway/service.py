@@ -192,6 +192,10 @@ class GatewayService:
         self.metrics.observe_skew(model, chosen, report)
         return report
 
+    async def flush_log(self) -> None:
+        """Wait until every prediction answered so far is in Redis (or in the spool, while Redis is down)."""
+        await self._sink().log.flush()
+
     def _sink(self) -> LogSink:
         if self._log_sink is None:
             raise Unavailable("the prediction log is not running")

@@ -66,3 +66,12 @@ class RedisServer:
     def records(self, model: str) -> list[dict]:
         entries = redis.Redis(port=self.port).xrange(stream_name(model))
         return [json.loads(fields[b"record"]) for _, fields in entries]
+
+    def log_aged(self, ages_s: tuple[int, ...], version: str = "1", model: str = "mnist") -> None:
+        """XADD one record per age (oldest first) with the stream id ``server time - age``: what XADD * gave then."""
+        client = redis.Redis(port=self.port)
+        seconds, microseconds = client.time()
+        now_ms = seconds * 1000 + microseconds // 1000
+        for age in ages_s:
+            record = {"model": model, "version": version, "request_id": f"v{version}-{age}s", "label": "1"}
+            client.xadd(stream_name(model), {"record": json.dumps(record)}, id=f"{now_ms - age * 1000}-0")

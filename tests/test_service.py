@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gateway.service as service_module
 from gateway.bench.photos import digit_png
 from gateway.config import load_settings
-from gateway.core.errors import DeadlineExceeded, NotFound, Overloaded
-from gateway.core.types import ClassifyRequest
+from gateway.core.errors import DeadlineExceeded, NotFound, Overloaded, PermissionDenied
+from gateway.core.types import ClassifyRequest, Identity
+from gateway.monitoring.log_sink import INPUT_KEY
+from gateway.monitoring.photos import PHOTO_KEY
 from gateway.security.identity import DEV_IDENTITY
 from gateway.service import GatewayService
 from tests.conftest import MODEL_REPO
+from tests.redis_server import RedisServer
 
 
 def make_service(**limits) -> GatewayService:
@@ -89,5 +94,91 @@ def test_photos_waiting_for_decoding_are_bounded(monkeypatch, heldout_sample) ->
         release.set()
         assert (await first).label == str(heldout_sample[1][5])
         await service.aclose()
+
+    asyncio.run(scenario())
+
+
+def make_logged_service(redis_server: RedisServer, tmp_path: Path, **sections: dict) -> GatewayService:
+    """A service whose prediction log goes to ``redis_server`` (not started: ``await service.start()``)."""
+    predictions = {"redis_url": f"redis://127.0.0.1:{redis_server.port}/0", "spool_dir": tmp_path / "spool"}
+    overrides = {
+        "tls": {"enabled": False},
+        "models": {"repo": MODEL_REPO},
+        **sections,
+        "predictions": {**predictions, **sections.get("predictions", {})},
+    }
+    service = GatewayService(load_settings(overrides=overrides, environ={}))
+    service.load()
+    return service
+
+
+def digit_rows(x: np.ndarray, count: int) -> np.ndarray:
+    return (x[:count] / 255.0).astype(np.float32)[:, np.newaxis]
+
+
+def test_records_carry_the_size_of_the_batch_their_row_ran_in(redis_server, tmp_path, heldout_sample) -> None:
+    x, _ = heldout_sample
+
+    async def scenario() -> None:
+        service = make_logged_service(redis_server, tmp_path)
+        await service.start()
+        await service.classify_rows("mnist", None, digit_rows(x, 5), DEV_IDENTITY, "rows", None)
+        await service.classify(request(digit_png(x[5]), request_id="alone"))
+        await service.aclose()
+
+    asyncio.run(scenario())
+    records = {r["request_id"]: r for r in redis_server.records("mnist")}
+    assert [records[f"rows.{i}"]["batch_size"] for i in range(5)] == [5] * 5, "five rows submitted together: one batch"
+    assert records["alone"]["batch_size"] == 1
+    for record in records.values():
+        assert not {"photo_id", "photo_dropped", PHOTO_KEY, INPUT_KEY} & set(record), "sampling is off by default"
+
+
+def test_unbatched_records_have_batch_size_one(redis_server, tmp_path, heldout_sample) -> None:
+    async def scenario() -> None:
+        service = make_logged_service(redis_server, tmp_path, batching={"enabled": False})
+        await service.start()
+        await service.classify_rows("mnist", None, digit_rows(heldout_sample[0], 4), DEV_IDENTITY, "rows", None)
+        await service.aclose()
+
+    asyncio.run(scenario())
+    assert [r["batch_size"] for r in redis_server.records("mnist")] == [1, 1, 1, 1]
+
+
+def test_sampled_photos_are_kept_as_uploaded_for_operators(redis_server, tmp_path, heldout_sample) -> None:
+    x, _ = heldout_sample
+    photo = digit_png(x[7])
+
+    async def scenario() -> None:
+        service = make_logged_service(redis_server, tmp_path, predictions={"sample_photos": 1.0})
+        await service.start()
+        await service.classify(request(photo, request_id="photo"))
+        await service.classify_rows("mnist", None, digit_rows(x, 1), DEV_IDENTITY, "tensor", None)
+        await service.flush_log()
+        stored = await service.sampled_photo("photo", DEV_IDENTITY)
+        assert (stored.photo, stored.content_type, stored.model, stored.version) == (photo, "image/png", "mnist", "1")
+        with pytest.raises(PermissionDenied, match="operators only"):
+            await service.sampled_photo("photo", Identity("app", "app"))
+        with pytest.raises(NotFound, match="no sampled photo"):
+            await service.sampled_photo("tensor.0", DEV_IDENTITY)
+        await service.aclose()
+
+    asyncio.run(scenario())
+    photo_record, tensor_record = redis_server.records("mnist")
+    assert photo_record["photo_id"] and PHOTO_KEY not in photo_record
+    assert "photo_id" not in tensor_record, "tensors are never sampled"
+
+
+def test_the_skew_window_leaves_out_records_older_than_window_s(redis_server, tmp_path) -> None:
+    redis_server.log_aged((7200, 3600, 900, 300, 120, 60, 10))  # 4 of the 7 are younger than 600 s
+
+    async def scenario() -> None:
+        service = make_logged_service(redis_server, tmp_path, skew={"window_s": 600})
+        await service.start()
+        limited = await service.skew("mnist", None, None)
+        unlimited = await service.skew("mnist", None, None, window_s=0)
+        await service.aclose()
+        assert (limited["window"], limited["window_s"]) == (4, 600)
+        assert (unlimited["window"], unlimited["window_s"]) == (7, 0)
 
     asyncio.run(scenario())
