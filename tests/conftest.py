@@ -85,15 +85,17 @@ def start_gateway(pki: PkiPaths, *args: str, env: dict | None = None) -> Running
     return RunningGateway(start_gateway_process(["--pki-dir", str(pki.root), *args], env=env, cwd=REPO_ROOT), pki)
 
 
-def start_gateway_on_redis(pki: PkiPaths, redis_server: RedisServer, spool_dir: Path) -> RunningGateway:
-    """A gateway whose prediction log goes to ``redis_server`` and spools into ``spool_dir``."""
+def start_gateway_on_redis(
+    pki: PkiPaths, redis_server: RedisServer, spool_dir: Path, env: dict[str, str] | None = None
+) -> RunningGateway:
+    """A gateway logging to ``redis_server``, spooling into ``spool_dir``; ``env``: more GATEWAY_* settings."""
     return start_gateway(
         pki,
         "--model-repo",
         str(MODEL_REPO),
         "--redis-url",
         f"redis://127.0.0.1:{redis_server.port}/0",
-        env={"GATEWAY_PREDICTIONS_SPOOL_DIR": str(spool_dir)},
+        env={"GATEWAY_PREDICTIONS_SPOOL_DIR": str(spool_dir), **(env or {})},
     )
 
 
