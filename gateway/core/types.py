@@ -61,4 +61,5 @@ class PreparedInput:
 
     tensor: np.ndarray
     source_width: int
+    """Width of the photo as uploaded (upright), before any draft decoding or resizing."""
     source_height: int

@@ -32,3 +32,32 @@ def digit_features(batch: np.ndarray) -> dict[str, np.ndarray]:
         "bbox_width": extent(cols),
         "bbox_height": extent(rows),
     }
+
+
+PHOTO_FEATURES = ("red_mean", "green_mean", "blue_mean", "brightness", "contrast", "saturation")
+SOURCE_FEATURES = ("megapixels", "aspect_ratio")
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+"""ITU-R BT.601 weights: brightness as a person perceives it, from RGB."""
+
+
+def photo_features(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Features of each item in a batch of colour inputs ([N, 3, H, W], RGB in [0, 1])."""
+    pixels = batch.reshape(len(batch), 3, -1).astype(np.float32, copy=False)
+    luma = np.einsum("c,ncp->np", LUMA, pixels)
+    brightest, darkest = pixels.max(axis=1), pixels.min(axis=1)
+    saturation = np.divide(brightest - darkest, brightest, out=np.zeros_like(brightest), where=brightest > 0)
+    means = pixels.mean(axis=2)
+    return {
+        "red_mean": means[:, 0],
+        "green_mean": means[:, 1],
+        "blue_mean": means[:, 2],
+        "brightness": luma.mean(axis=1),
+        "contrast": luma.std(axis=1),
+        "saturation": saturation.mean(axis=1),
+    }
+
+
+def source_features(sizes: np.ndarray) -> dict[str, np.ndarray]:
+    """Features of the uploaded photos' sizes ([N, 2] width, height, upright): what the camera sent."""
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    return {"megapixels": sizes[:, 0] * sizes[:, 1] / 1e6, "aspect_ratio": sizes[:, 0] / sizes[:, 1]}

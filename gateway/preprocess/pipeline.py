@@ -11,6 +11,7 @@ from PIL import Image
 from gateway.core.types import PreparedInput
 from gateway.preprocess.digits import prepare_digit
 from gateway.preprocess.image import decode_image
+from gateway.preprocess.imagenet import prepare_imagenet_photo
 from gateway.routing.repository import ModelSpec, RepositoryError
 
 
@@ -27,6 +28,7 @@ class Preparation:
 
 PREPARATIONS: dict[str, Preparation] = {
     "mnist_digit": Preparation(mode="L", min_side=256, prepare=prepare_digit),
+    "imagenet_rgb": Preparation(mode="RGB", min_side=256, prepare=prepare_imagenet_photo),
 }
 
 
@@ -43,10 +45,12 @@ def preparation_for(spec: ModelSpec) -> Preparation:
 def prepare_photo(data: bytes, spec: ModelSpec, *, max_pixels: int) -> PreparedInput:
     """Decode and preprocess one photo into exactly the model's input shape."""
     preparation = preparation_for(spec)
-    image = decode_image(data, max_pixels=max_pixels, min_side=preparation.min_side, mode=preparation.mode)
-    tensor = preparation.prepare(image)
+    photo = decode_image(data, max_pixels=max_pixels, min_side=preparation.min_side, mode=preparation.mode)
+    tensor = preparation.prepare(photo.image)
     if tensor.shape != spec.input.dims:
         raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")
     return PreparedInput(
-        tensor=tensor.astype(spec.input.dtype, copy=False), source_width=image.width, source_height=image.height
+        tensor=tensor.astype(spec.input.dtype, copy=False),
+        source_width=photo.original_width,
+        source_height=photo.original_height,
     )

@@ -19,6 +19,7 @@ import mnist_data
 import numpy as np
 
 from gateway.monitoring.baseline import compute_baseline, write_baseline
+from gateway.monitoring.features import digit_features
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,7 @@ def main() -> None:
     source = f"npm:{mnist_data.PACKAGE_SPEC} training split ({len(train_x)} digits, split seed {mnist_data.SPLIT_SEED})"
     write_baseline(
         args.version_dir / "baseline.json",
-        compute_baseline(train_x.astype(np.float32) / 255.0, train_y, labels, source),
+        compute_baseline(digit_features(train_x.astype(np.float32) / 255.0), train_y, labels, source),
     )
     args.heldout_out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.heldout_out, x=test_x, y=test_y)

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 
 from gateway.monitoring.baseline import BINS, compute_baseline
-from gateway.monitoring.features import digit_features
+from gateway.monitoring.features import digit_features, photo_features, source_features
 
 
 def test_features_of_a_known_stroke() -> None:
@@ -21,10 +22,29 @@ def test_empty_input_has_zero_extent() -> None:
 
 def test_baseline_histograms_cover_every_item(heldout_sample) -> None:
     x, y = heldout_sample
-    baseline = compute_baseline(x / 255.0, y, [str(d) for d in range(10)], source="sample")
+    baseline = compute_baseline(digit_features(x / 255.0), y, [str(d) for d in range(10)], source="sample")
     assert baseline["items"] == len(x)
     for histogram in baseline["features"].values():
         assert len(histogram["edges"]) == BINS + 1
         assert sum(histogram["counts"]) == len(x)
     assert abs(sum(baseline["labels"].values()) - 1.0) < 1e-5
     assert baseline["labels"]["3"] == float(np.mean(y == 3).round(6))
+
+
+def test_photo_features_of_known_colours() -> None:
+    batch = np.zeros((2, 3, 4, 4), np.float32)
+    batch[0, 0] = 1.0  # pure red
+    batch[1, :, :2] = 0.5  # top half mid grey, bottom half black
+    features = {k: v.tolist() for k, v in photo_features(batch).items()}
+    assert features["red_mean"] == [1.0, 0.25]
+    assert features["green_mean"] == [0.0, 0.25]
+    assert features["saturation"] == [1.0, 0.0]
+    assert features["brightness"][0] == pytest.approx(0.299)
+    assert features["brightness"][1] == pytest.approx(0.25)
+    assert features["contrast"] == pytest.approx([0.0, 0.25])
+
+
+def test_source_features_of_a_phone_photo() -> None:
+    features = source_features(np.array([[4000, 3000], [1080, 1920]]))
+    assert features["megapixels"].tolist() == [12.0, 1080 * 1920 / 1e6]
+    assert features["aspect_ratio"].tolist() == [4000 / 3000, 1080 / 1920]

@@ -11,7 +11,7 @@ from gateway.preprocess.image import decode_image
 
 
 def prepared(data: bytes) -> np.ndarray:
-    return prepare_digit(decode_image(data, max_pixels=10_000_000, min_side=256, mode="L"))[0]
+    return prepare_digit(decode_image(data, max_pixels=10_000_000, min_side=256, mode="L").image)[0]
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,7 +12,12 @@ LIMIT = 40_000_000
 
 
 def decode(data: bytes, min_side: int = 64, mode: str = "L") -> Image.Image:
-    return decode_image(data, max_pixels=LIMIT, min_side=min_side, mode=mode)
+    return decode_image(data, max_pixels=LIMIT, min_side=min_side, mode=mode).image
+
+
+def heif_header(brand: bytes) -> bytes:
+    """The first box of an ISO base media file (HEIC/AVIF), as a phone writes it."""
+    return (24).to_bytes(4, "big") + b"ftyp" + brand + b"\0\0\0\0" + b"mif1heic" + b"\0" * 64
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -30,6 +35,8 @@ def test_accepted_formats_decode_to_the_requested_mode(fmt: str) -> None:
         (truncated_jpeg(), InvalidInput, "truncated or corrupt"),
         (image_bytes("GIF", mode="L"), UnsupportedMediaType, "the image is GIF"),
         (image_bytes("BMP"), UnsupportedMediaType, "the image is BMP"),
+        (heif_header(b"heic"), UnsupportedMediaType, "the image is HEIC.*convert it"),
+        (heif_header(b"avif"), UnsupportedMediaType, "the image is AVIF"),
     ],
 )
 def test_bad_images_raise_clear_errors(data: bytes, error: type, message: str) -> None:
@@ -53,7 +60,49 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6
     buffer = io.BytesIO()
     stored.save(buffer, "JPEG", exif=exif)
-    assert decode(buffer.getvalue()).size == (40, 20)
+    photo = decode_image(buffer.getvalue(), max_pixels=LIMIT, min_side=64, mode="L")
+    assert photo.image.size == (40, 20)
+    assert (photo.original_width, photo.original_height) == (40, 20)
+
+
+def test_original_size_is_the_upload_not_the_draft() -> None:
+    photo = decode_image(image_bytes("JPEG", (4000, 3000)), max_pixels=LIMIT, min_side=256, mode="RGB")
+    assert photo.image.width < 4000
+    assert (photo.original_width, photo.original_height) == (4000, 3000)
+
+
+@pytest.mark.parametrize("source_mode", ["L", "CMYK", "P", "RGB"])
+def test_any_colour_model_decodes_to_rgb(source_mode: str) -> None:
+    source = Image.new("RGB", (32, 24), (200, 30, 40)).convert(source_mode)
+    buffer = io.BytesIO()
+    source.save(buffer, "JPEG" if source_mode in ("L", "CMYK") else "PNG")
+    image = decode(buffer.getvalue(), min_side=64, mode="RGB")
+    assert image.mode == "RGB"
+    assert image.size == (32, 24)
+    expected = source.convert("RGB").getpixel((16, 12))
+    assert all(abs(a - b) <= 8 for a, b in zip(image.getpixel((16, 12)), expected, strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_transparent_pixels_are_laid_on_white(fmt: str) -> None:
+    source = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
+    source.paste((255, 0, 0, 255), (0, 0, 10, 10))
+    buffer = io.BytesIO()
+    source.save(buffer, fmt, lossless=True)
+    image = decode(buffer.getvalue(), min_side=64, mode="RGB")
+    assert image.getpixel((15, 5)) == (255, 255, 255)
+    assert image.getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_palette_transparency_is_laid_on_white() -> None:
+    source = Image.new("P", (10, 10), 0)
+    source.putpalette([0, 0, 0, 0, 0, 255])
+    source.paste(1, (0, 0, 5, 10))
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG", transparency=0)
+    image = decode(buffer.getvalue(), min_side=64, mode="RGB")
+    assert image.getpixel((8, 5)) == (255, 255, 255)
+    assert image.getpixel((2, 5)) == (0, 0, 255)
 
 
 def test_large_jpeg_is_draft_decoded_near_the_needed_size() -> None:
