@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.bench import accuracy, batching
+from gateway.bench import accuracy, batching, onnx_throughput, photo_path
 from gateway.bench import skew as skew_bench
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.monitoring import photo_download, skew_report
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_parser(bench_commands)
     batching.add_parser(bench_commands)
     skew_bench.add_parser(bench_commands)
+    photo_path.add_parser(bench_commands)
+    onnx_throughput.add_parser(bench_commands)
     return parser
 
 

@@ -53,7 +53,7 @@ def test_classifies_and_reports_batching_settings(heldout_sample) -> None:
 def test_unknown_model_and_version_name_what_exists(heldout_sample) -> None:
     async def scenario() -> None:
         service = make_service()
-        with pytest.raises(NotFound, match="available: mnist"):
+        with pytest.raises(NotFound, match="available: hotdog, mnist"):
             await service.classify(ClassifyRequest(model="cifar", image=b"", identity=DEV_IDENTITY))
         with pytest.raises(NotFound, match="loaded: 1"):
             await service.classify(request(b"", version="7"))

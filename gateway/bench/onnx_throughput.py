@@ -96,18 +96,34 @@ def run(model_file: Path, configs: list[ProviderConfig], batches: list[int], sec
     return {"model": str(model_file), "onnxruntime": ort.__version__, "results": results, "ratios_to_first": ratios}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gateway bench model", description=__doc__.splitlines()[0])
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-file", type=Path, required=True)
     parser.add_argument(
         "--providers", default="cpu", help="comma-separated: cpu:THREADS, cuda (first is the reference)"
     )
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per (provider, batch)")
-    args = parser.parse_args(argv)
+
+
+def _run_from_args(args: argparse.Namespace) -> None:
     configs = [ProviderConfig.parse(p) for p in args.providers.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     print(json.dumps(run(args.model_file, configs, batches, args.seconds)))
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("model", help="a model's images/s on ONNX Runtime providers (cpu:N, cuda)")
+    _add_arguments(parser)
+    parser.set_defaults(handler=_run_from_args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Standalone entry (a GPU machine without the gateway's other dependencies)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.bench.onnx_throughput", description=__doc__.splitlines()[0]
+    )
+    _add_arguments(parser)
+    _run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

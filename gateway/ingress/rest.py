@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 RAW_IMAGE_TYPES = frozenset(ACCEPTED_FORMATS.values())
 MULTIPART = "multipart/form-data"
+UNDECODABLE_PHOTO_TYPES = {"image/heic": "HEIC", "image/heif": "HEIF", "image/avif": "AVIF"}
+"""What phones save by default, named in the 415 so a developer knows what to change."""
 CLIENT_CLOSED_REQUEST = "499"
 T = TypeVar("T")
 
@@ -148,6 +150,11 @@ def _media_type(content_type: str) -> str:
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type in RAW_IMAGE_TYPES or media_type == MULTIPART:
         return media_type
+    if media_type in UNDECODABLE_PHOTO_TYPES:
+        raise UnsupportedMediaType(
+            f"{UNDECODABLE_PHOTO_TYPES[media_type]} photos cannot be decoded here; convert the photo to JPEG "
+            f"before sending (on an iPhone: Settings > Camera > Formats > Most Compatible)"
+        )
     raise UnsupportedMediaType(
         f"Content-Type {media_type or '(none)'} is not accepted; send the photo as the raw body with "
         f"Content-Type {', '.join(sorted(RAW_IMAGE_TYPES))}, or as multipart/form-data field 'image'"

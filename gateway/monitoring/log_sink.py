@@ -15,12 +15,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gateway.config import PredictionLogSettings
-from gateway.monitoring.features import digit_features
+from gateway.monitoring.features import digit_features, photo_features, source_features
 from gateway.monitoring.feedback import FeedbackStore
 from gateway.monitoring.log_reader import LogReader
 from gateway.monitoring.prediction_log import PredictionLog
 
-FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {"mnist_digit": digit_features}
+FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {
+    "mnist_digit": digit_features,
+    "imagenet_rgb": photo_features,
+}
+SIZE_FEATURES_FOR = {"imagenet_rgb"}
+"""Preparations whose baseline also describes the uploaded photo's size (megapixels, aspect ratio)."""
 INPUT_KEY = "_input"
 """A record carries its input row under this key until the log's writer turns it into features."""
 
@@ -29,8 +34,12 @@ def add_features(record: dict[str, Any]) -> dict[str, Any]:
     """Replace the input row by its summary features (computed off the request path, in the writer)."""
     row = record.pop(INPUT_KEY, None)
     features = FEATURES_BY_PREPARATION.get(record.get("preprocessing", ""))
-    if row is not None and features is not None:
-        record["features"] = {name: round(float(values[0]), 6) for name, values in features(row[np.newaxis]).items()}
+    if row is None or features is None:
+        return record
+    values = features(row[np.newaxis])
+    if record.get("source_size") and record["preprocessing"] in SIZE_FEATURES_FOR:
+        values |= source_features(np.array([record["source_size"]]))
+    record["features"] = {name: round(float(column[0]), 6) for name, column in values.items()}
     return record
 
 

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.bench.photos import digit_png
 from gateway.preprocess.pipeline import prepare_photo
 from gateway.routing.repository import load_repository
-from tests.conftest import MODEL_REPO, RunningGateway
+from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,14 @@ def test_binary_size_that_lies_is_400(gateway: RunningGateway) -> None:
         )
     assert response.status_code == 400
     assert "shape [2, 1, 28, 28] of FP32 needs 6272" in response.json()["error"]
+
+
+def test_the_hotdog_model_answers_binary_tensors_like_rest(gateway: RunningGateway, client) -> None:
+    photo = (REPO_ROOT / "model_repo/training/hotdog_photos/hotdog/hol_hot_dogs-0001.jpg").read_bytes()
+    tensor = prepare_photo(photo, load_repository(MODEL_REPO)["hotdog"], max_pixels=10**8).tensor[np.newaxis]
+    with gateway.client() as http:
+        rest = http.post("/api/v1/models/hotdog/classify", content=photo, headers={"content-type": "image/jpeg"})
+    probabilities = infer(client, tensor, binary=True, model="hotdog").as_numpy("probabilities")
+    expected = [rest.json()["probabilities"][label] for label in ("hotdog", "not_hotdog")]
+    np.testing.assert_allclose(probabilities[0], expected, rtol=1e-5)
+    assert probabilities[0].argmax() == 0

@@ -98,11 +98,11 @@ def test_model_description_and_health(gateway: RunningGateway) -> None:
         mnist = client.get("/api/v1/models/mnist").json()
         assert client.get("/healthz").json() == {"status": "live"}
         ready = client.get("/readyz")
-    assert [m["name"] for m in models] == ["mnist"]
+    assert [m["name"] for m in models] == ["hotdog", "mnist"]
     assert mnist["versions"] == ["1"]
     assert mnist["inputs"] == [{"name": "image", "datatype": "float32", "shape": [-1, 1, 28, 28]}]
     assert mnist["labels"] == [str(d) for d in range(10)]
-    assert ready.status_code == 200 and ready.json()["models"] == ["mnist"]
+    assert ready.status_code == 200 and ready.json()["models"] == ["hotdog", "mnist"]
 
 
 def test_metrics_count_batches_and_answers_by_code(gateway: RunningGateway, good) -> None:
@@ -169,7 +169,7 @@ def test_certificate_without_a_role_is_forbidden(gateway: RunningGateway, tmp_pa
             "image/png",
             404,
             "not_found",
-            "unknown model 'cifar'; available: mnist",
+            "unknown model 'cifar'; available: hotdog, mnist",
         ),
         (CLASSIFY, b"hello, I am text", "image/jpeg", 400, "invalid_input", "not a JPEG, PNG or WebP"),
         (CLASSIFY, truncated_jpeg(), "image/jpeg", 400, "invalid_input", "truncated or corrupt"),

@@ -15,7 +15,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from gateway.bench.photos import digit_png
 from gateway.preprocess.pipeline import prepare_photo
 from gateway.routing.repository import load_repository
-from tests.conftest import MODEL_REPO, RunningGateway
+from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,16 @@ def test_rest_version_status_and_errors(gateway: RunningGateway) -> None:
     assert canary.status_code == 404 and "labelled 'canary'" in canary.json()["error"]
     assert both.status_code == 400 and "either" in both.json()["error"]
     assert ragged.status_code == 400 and "one shape" in ragged.json()["error"]
+
+
+def test_the_hotdog_model_over_tf_serving_grpc(gateway: RunningGateway, stub) -> None:
+    photo = (REPO_ROOT / "model_repo/training/hotdog_photos/hotdog/hol_hot_dogs-0001.jpg").read_bytes()
+    tensor = prepare_photo(photo, load_repository(MODEL_REPO)["hotdog"], max_pixels=10**8).tensor[np.newaxis]
+    request = predict_request(tensor)
+    request.model_spec.name = "hotdog"
+    answer = tf.make_ndarray(stub.Predict(request, timeout=30).outputs["probabilities"])
+    with gateway.client() as http:
+        rest = http.post("/api/v1/models/hotdog/classify", content=photo, headers={"content-type": "image/jpeg"})
+    expected = [rest.json()["probabilities"][label] for label in ("hotdog", "not_hotdog")]
+    np.testing.assert_allclose(answer[0], expected, rtol=1e-5)
+    assert answer.shape == (1, 2) and answer[0].argmax() == 0
