@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Triton (nvidia-pytriton's tritonserver, python backend) needs numpy<2: it gets its own venv.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 PKI_DIR ?= pki
 
-.PHONY: install serve test lint format train bench-accuracy clean
+.PHONY: install triton serve test lint format train bench-accuracy bench-triton clean
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +17,15 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*/*/*.proto)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(TRITON_STAMP):
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet --no-deps nvidia-pytriton==0.7.0
+	$(TRITON_VENV)/bin/pip install --quiet 'numpy<2' onnxruntime==1.32.0
+	touch $(TRITON_STAMP)
+
+triton: $(TRITON_STAMP)
 
 $(PKI_DIR)/ca.pem: | $(STAMP)
 	$(BIN)/gateway pki init --dir $(PKI_DIR)
@@ -25,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint $(TRITON_STAMP)
 	$(BIN)/python -m pytest
 
 format: $(STAMP)
@@ -43,5 +55,9 @@ train: $(STAMP)
 bench-accuracy: $(STAMP)
 	$(BIN)/gateway bench accuracy
 
+# Direct Triton vs Triton through the gateway (REST photos, KServe gRPC tensors), 64 concurrent clients.
+bench-triton: $(STAMP) $(TRITON_STAMP)
+	$(BIN)/gateway bench triton
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache

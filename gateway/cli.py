@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from gateway.backends import triton_local
 from gateway.bench import accuracy, batching, onnx_throughput, photo_path
 from gateway.bench import skew as skew_bench
 from gateway.config import ConfigError, Settings, load_settings
@@ -25,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
             "tls": {"pki_dir": args.pki_dir, "enabled": False if args.insecure_no_tls else None},
             "models": {"repo": args.model_repo},
             "predictions": {"redis_url": args.redis_url},
+            "backends": {"file": args.backends},
         },
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -124,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pki-dir", type=Path)
     serve.add_argument("--redis-url", help="shared Redis for the prediction log (default: an embedded one)")
     serve.add_argument(
+        "--backends", type=Path, help="TOML file: models served by Triton / TF Serving replicas (default: in process)"
+    )
+    serve.add_argument(
         "--insecure-no-tls", action="store_true", help="local development only: plain HTTP, no client certificates"
     )
     serve.set_defaults(handler=_serve)
@@ -154,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     predictions = commands.add_parser("predictions", help="the prediction log")
     predictions_commands = predictions.add_subparsers(dest="predictions_command", required=True)
     photo_download.add_parser(predictions_commands)
+
+    triton_local.add_parser(commands)
 
     bench = commands.add_parser("bench", help="benchmarks and evaluations")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)

@@ -118,6 +118,38 @@ class BatchingSettings:
 
 
 @dataclass
+class BackendsSettings:
+    """Models served by remote model servers (Triton, TF Serving): see gateway/backends/remote_config.py."""
+
+    file: Path | None = None
+    """A TOML file naming each remote model's server and replicas; unset: every model runs in process."""
+
+    def validate(self) -> None:
+        if self.file is None:
+            return
+        from gateway.backends.remote_config import BackendsConfigError, load_backends_config
+
+        try:
+            load_backends_config(self.file)
+        except BackendsConfigError as exc:
+            raise ConfigError(f"backends.file: {exc}") from None
+
+    def check_models(self, repo: Path) -> None:
+        """Every model the file names must be in the repository (a typo would silently run it in process)."""
+        if self.file is None:
+            return
+        from gateway.backends.remote_config import load_backends_config
+
+        known = {p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file()}
+        unknown = sorted(set(load_backends_config(self.file).models) - known)
+        if unknown:
+            raise ConfigError(
+                f"backends.file: {self.file} names model(s) {unknown} that {repo} does not have "
+                f"(it has {sorted(known)})"
+            )
+
+
+@dataclass
 class PredictionLogSettings:
     """Where every prediction is logged: a Redis Stream per model, spooled to disk while Redis is down."""
 
@@ -177,12 +209,14 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    backends: BackendsSettings = field(default_factory=BackendsSettings)
     predictions: PredictionLogSettings = field(default_factory=PredictionLogSettings)
     skew: SkewSettings = field(default_factory=SkewSettings)
 
     def validate(self) -> Settings:
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate()
+        self.backends.check_models(self.models.repo)
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from redis.exceptions import RedisError
 
 from gateway.backends.base import Backend
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
+from gateway.backends.remote_config import load_backends_config, remote_backend
 from gateway.batching.batcher import DynamicBatcher
 from gateway.batching.policy import BatchingPolicy
 from gateway.config import Settings
@@ -122,7 +124,10 @@ class GatewayService:
         return policy if self._settings.batching.enabled else BatchingPolicy.unbatched(policy)
 
     def _load_version(self, spec: ModelSpec, version: str, policy: BatchingPolicy) -> ModelVersion:
-        backend = OnnxRuntimeBackend(
+        remote = remote_backend(load_backends_config(self._settings.backends.file), spec, version)
+        if remote is not None:  # replicas on Triton / TF Serving: as many batches in flight as they take
+            policy = dataclasses.replace(policy, instances=remote.max_concurrent_batches)
+        backend = remote or OnnxRuntimeBackend(
             spec.versions[version], spec.input, spec.output, threads=self._settings.runtime.effective_onnx_threads
         )
         batcher = DynamicBatcher(
