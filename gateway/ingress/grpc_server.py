@@ -22,6 +22,7 @@ from gateway.core.errors import GatewayError
 from gateway.core.types import ClassifyRequest, Identity, Prediction, new_request_id
 from gateway.ingress import tfserving_grpc
 from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, grpc_status_for
+from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, request_id_for, shared_calls
 from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.service import GatewayService
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
@@ -54,6 +55,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     ) -> Prediction:
         started = time.perf_counter()
         remaining = context.time_remaining()
+        key = dict(context.invocation_metadata() or ()).get(IDEMPOTENCY_HEADER)
+        if key is not None:
+            message.request_id = request_id_for(identity, key)
         request = ClassifyRequest(
             model=message.model,
             image=message.image,
@@ -65,7 +69,11 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             received_at=started,
         )
         with self._service.observe("grpc", message.model, message.version or None, grpc_code) as observed:
-            prediction = await self._service.classify(request)
+            if key is None:
+                prediction = await self._service.classify(request)
+            else:
+                calls = shared_calls(self._service)
+                prediction, _ = await calls.run(request.request_id, lambda: self._service.classify(request))
             observed.done("OK", prediction.version)
         return prediction
 

@@ -34,6 +34,7 @@ from gateway.ingress.http_common import (
     read_body,
     request_id_of,
 )
+from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, request_id_for, shared_calls
 from gateway.ingress.kserve_http import kserve_router
 from gateway.ingress.tfserving_http import tfserving_router
 from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
@@ -272,12 +273,18 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         priority: Annotated[
             int | None, Header(alias="x-priority", ge=1, le=100, description="batching priority, 1 is the highest")
         ] = None,
+        idempotency_key: Annotated[
+            str | None, Header(alias=IDEMPOTENCY_HEADER, description="a retry with the same key is answered once")
+        ] = None,
     ) -> JSONResponse:
         request_id = request_id_of(request)
         started = time.perf_counter()
+        replayed = False
         with service.observe("rest", model, version, http_code) as observed:
             try:
                 identity = caller_identity(request, mtls)
+                if idempotency_key is not None:
+                    request_id = request.state.request_id = request_id_for(identity, idempotency_key)
                 service.require_model(model)
                 content_type = request.headers.get("content-type", "")
                 media_type = _media_type(content_type)
@@ -293,11 +300,17 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
                     request_id=request_id,
                     received_at=started,
                 )
-                prediction = await _unless_client_leaves(request, service.classify(classify_request))
+                if idempotency_key is None:
+                    prediction = await _unless_client_leaves(request, service.classify(classify_request))
+                else:
+                    calls = shared_calls(service)
+                    work = calls.run(request_id, lambda: service.classify(classify_request))
+                    prediction, replayed = await _unless_client_leaves(request, work)
             except ClientDisconnected:
                 observed.done(CLIENT_CLOSED_REQUEST)
                 return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
             observed.done("200", prediction.version)
+        replay_headers = {REPLAYED_HEADER: "true"} if replayed else {}
         return JSONResponse(
             {
                 "model": prediction.model,
@@ -307,7 +320,7 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
                 "request_id": prediction.request_id,
                 "latency_ms": round(prediction.latency_ms, 3),
             },
-            headers={REQUEST_ID_HEADER: request_id},
+            headers={REQUEST_ID_HEADER: request_id, **replay_headers},
         )
 
     return app
