@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway.backends import triton_local
 from gateway.bench import accuracy, batching, onnx_throughput, photo_path
 from gateway.bench import skew as skew_bench
+from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.monitoring import photo_download, skew_report
 from gateway.routing.repository import RepositoryError, load_repository
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     skew_bench.add_parser(bench_commands)
     photo_path.add_parser(bench_commands)
     onnx_throughput.add_parser(bench_commands)
+    triton_bench.add_parser(bench_commands)
     return parser
 
 
