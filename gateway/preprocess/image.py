@@ -87,6 +87,8 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> D
         raise InvalidInput(f"the body is not a {ACCEPTED_DESCRIPTION} image (its header is not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"the image declares too many pixels: {exc}") from None
+    except Exception as exc:  # a recognised header whose first blocks are cut or corrupt
+        raise InvalidInput(f"the image data is truncated or corrupt: {exc}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise InvalidInput(f"the image declares an empty size {width}x{height}")
@@ -95,10 +97,10 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> D
             f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}. "
             "Downscale it before sending (the model needs far fewer)"
         )
-    if image.format == "JPEG":
-        scale = max(1, min(width, height) // max(min_side, 1))
-        image.draft(mode if mode in ("L", "RGB") else None, (width // scale, height // scale))
     try:
+        if image.format == "JPEG":
+            scale = max(1, min(width, height) // max(min_side, 1))
+            image.draft(mode if mode in ("L", "RGB") else None, (width // scale, height // scale))
         image.load()
         turned = image.size
         ImageOps.exif_transpose(image, in_place=True)

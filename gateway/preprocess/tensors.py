@@ -56,7 +56,9 @@ def batch_from_raw(datatype: str, shape: Sequence[int], raw: bytes, spec: ModelS
             f"input {spec.input.name!r} carries {len(raw)} bytes; "
             f"shape {list(shape)} of {datatype} needs {expected_bytes}"
         )
-    return np.frombuffer(raw, dtype=dtype).astype(spec.input.dtype).reshape(rows, *spec.input.dims)
+    batch = np.frombuffer(raw, dtype=dtype).astype(spec.input.dtype)
+    _check_finite(batch, spec)
+    return batch.reshape(rows, *spec.input.dims)
 
 
 def batch_from_values(datatype: str, shape: Sequence[int], values: Sequence[float], spec: ModelSpec) -> np.ndarray:
@@ -74,6 +76,11 @@ def batch_from_values(datatype: str, shape: Sequence[int], values: Sequence[floa
         batch = np.asarray(values, dtype=spec.input.dtype)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"input {spec.input.name!r} holds values that are not numbers: {exc}") from None
+    _check_finite(batch, spec)
+    return batch.reshape(rows, *spec.input.dims)
+
+
+def _check_finite(batch: np.ndarray, spec: ModelSpec) -> None:
+    """NaN or infinity in, NaN out: refused here, before it reaches a batch (and a JSON answer)."""
     if not np.isfinite(batch).all():
         raise InvalidInput(f"input {spec.input.name!r} holds NaN or infinite values")
-    return batch.reshape(rows, *spec.input.dims)

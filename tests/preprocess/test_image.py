@@ -33,6 +33,7 @@ def test_accepted_formats_decode_to_the_requested_mode(fmt: str) -> None:
         (b"", InvalidInput, "has no image"),
         (b"this is not an image at all", InvalidInput, "not a JPEG, PNG or WebP"),
         (truncated_jpeg(), InvalidInput, "truncated or corrupt"),
+        (b"\xff\xd8\xff\xe0\x00\x10", InvalidInput, "truncated or corrupt"),  # found by tests/fuzz
         (image_bytes("GIF", mode="L"), UnsupportedMediaType, "the image is GIF"),
         (image_bytes("BMP"), UnsupportedMediaType, "the image is BMP"),
         (heif_header(b"heic"), UnsupportedMediaType, "the image is HEIC.*convert it"),
