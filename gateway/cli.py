@@ -1,4 +1,4 @@
-"""`gateway serve | pki | models | skew | predictions | bench`: the command-line entry point."""
+"""`gateway serve | pki | models | rollout | skew | predictions | bench`: the command-line entry point."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.monitoring import photo_download, skew_report
+from gateway.rollout import cli as rollout_cli
 from gateway.routing.repository import RepositoryError, load_repository
 from gateway.security import pki
 
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models_commands.add_parser("list", help="list models and loadable versions")
     listing.add_argument("--model-repo", type=Path, default=Path("model_repo"))
     listing.set_defaults(handler=_models_list)
+
+    rollout_cli.add_parser(commands)
 
     skew = commands.add_parser("skew", help="training/serving skew")
     skew_commands = skew.add_subparsers(dest="skew_command", required=True)

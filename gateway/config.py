@@ -202,6 +202,48 @@ class SkewSettings:
 
 
 @dataclass
+class RolloutSettings:
+    """Versioned rollout: following the shared state, re-scanning the repository, shadowing, the guard."""
+
+    follow_poll_s: float = 5.0
+    """Re-read every model's rollout state this often (changes arrive at once by pub/sub; this is the safety net)."""
+    scan_interval_s: float = 2.0
+    """Re-scan the model repository for added, removed or replaced version directories this often; 0: never."""
+    shadow_max_in_flight: int = 64
+    """Shadow copies running at once; beyond it a copy is dropped (counted), never queued behind live traffic."""
+    guard_enabled: bool = True
+    guard_interval_s: float = 5.0
+    guard_window: int = 500
+    guard_min_requests: int = 100
+    guard_max_error_rate: float = 0.05
+    guard_max_p99_ms: float = 2000.0
+    guard_min_accuracy: float = 0.9
+    guard_min_feedback: int = 50
+    guard_min_agreement: float = 0.9
+    guard_min_compared: int = 100
+
+    def validate(self) -> None:
+        for key in ("follow_poll_s", "guard_interval_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"rollout.{key} must be > 0, got {getattr(self, key)}")
+        if self.scan_interval_s < 0:
+            raise ConfigError(f"rollout.scan_interval_s must be >= 0 (0: never), got {self.scan_interval_s}")
+        for key in ("shadow_max_in_flight", "guard_window", "guard_min_requests", "guard_min_feedback"):
+            _check_positive(f"rollout.{key}", getattr(self, key))
+        _check_positive("rollout.guard_min_compared", self.guard_min_compared)
+        if self.guard_min_requests > self.guard_window:
+            raise ConfigError(
+                f"rollout.guard_min_requests ({self.guard_min_requests}) cannot exceed "
+                f"rollout.guard_window ({self.guard_window})"
+            )
+        for key in ("guard_max_error_rate", "guard_min_accuracy", "guard_min_agreement"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"rollout.{key} must be a fraction 0.0-1.0, got {getattr(self, key)}")
+        if self.guard_max_p99_ms < 0:
+            raise ConfigError(f"rollout.guard_max_p99_ms must be >= 0 (0: not judged), got {self.guard_max_p99_ms}")
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -212,6 +254,7 @@ class Settings:
     backends: BackendsSettings = field(default_factory=BackendsSettings)
     predictions: PredictionLogSettings = field(default_factory=PredictionLogSettings)
     skew: SkewSettings = field(default_factory=SkewSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
 
     def validate(self) -> Settings:
         for section in dataclasses.fields(self):

@@ -17,7 +17,7 @@ replicas = ["10.0.0.5:8001", "10.0.0.6:8001"]
 remote_name = "mnist"                     # the model's name on the server (default: the same)
 timeout_s = 10.0                          # deadline of one batch on a replica
 health_interval_s = 1.0                   # ServerReady/ModelReady of every replica, this often
-max_inflight_per_replica = 2              # batches in flight on one replica
+max_inflight_per_replica = 1              # batches in flight on one replica (its instance count)
 ```
 """
 
@@ -48,7 +48,7 @@ class RemoteModel:
     remote_name: str | None = None
     timeout_s: float = 10.0
     health_interval_s: float = 1.0
-    max_inflight_per_replica: int = 2
+    max_inflight_per_replica: int = 1
 
 
 @dataclass(frozen=True)

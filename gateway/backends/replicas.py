@@ -60,7 +60,7 @@ class ReplicaSet:
         *,
         remote_name: str,
         health_interval_s: float = 1.0,
-        max_inflight_per_replica: int = 2,
+        max_inflight_per_replica: int = 1,
     ) -> None:
         if not endpoints:
             raise RepositoryError(f"model {spec.name!r}: a remote backend needs at least one replica endpoint")

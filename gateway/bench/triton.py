@@ -227,7 +227,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--triton-threads", type=int, default=0, help="onnxruntime threads in Triton (0: all cores)")
-    parser.add_argument("--inflight", type=int, default=2, help="gateway batches in flight per replica")
+    parser.add_argument("--inflight", type=int, default=1, help="gateway batches in flight per replica")
     parser.add_argument(
         "--triton-batching", action=argparse.BooleanOptionalAction, default=True, help="Triton's dynamic batcher"
     )

@@ -75,3 +75,9 @@ class Unavailable(GatewayError):
     """The model is not ready or its backend cannot be reached."""
 
     code = "unavailable"
+
+
+class Conflict(GatewayError):
+    """The resource changed since the caller read it (optimistic concurrency); read it again and retry."""
+
+    code = "conflict"

@@ -25,6 +25,15 @@ class Identity:
         return self.role == "operator"
 
 
+@dataclass(frozen=True)
+class Route:
+    """The model version that answers a request, and the rollout arm that chose it."""
+
+    version: str
+    arm: str
+    """stable | canary | shadow (pinned by label) | pinned (the request named a version)."""
+
+
 @dataclass
 class ClassifyRequest:
     """One item to classify, whatever protocol it arrived on: a photo, or an already-preprocessed row."""
@@ -35,6 +44,12 @@ class ClassifyRequest:
     tensor: np.ndarray | None = None
     """A preprocessed input row (KServe, TF Serving); when set, ``image`` is ignored."""
     version: str | None = None
+    label: str | None = None
+    """A rollout label to pin (stable, canary, shadow); ``version`` wins when both are set."""
+    routing_key: str | None = None
+    """Sticky routing key (``x-routing-key``); None: the caller's identity."""
+    route: Route | None = None
+    """Already chosen by the edge (KServe, TF Serving answer with the version before running)."""
     timeout_s: float | None = None
     """The caller's deadline, relative to ``received_at``; None means the model's default."""
     priority: int | None = None
@@ -53,6 +68,8 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     latency_ms: float
+    arm: str = "stable"
+    """The rollout arm that chose the version (stable, canary, shadow, pinned)."""
 
 
 @dataclass(frozen=True)

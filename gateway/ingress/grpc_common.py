@@ -7,6 +7,7 @@ from typing import NoReturn
 import grpc
 
 from gateway.core.errors import (
+    Conflict,
     DeadlineExceeded,
     GatewayError,
     InvalidInput,
@@ -23,6 +24,7 @@ GRPC_STATUS: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Conflict: grpc.StatusCode.ABORTED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -53,6 +55,17 @@ def _trailers(error: GatewayError) -> tuple[tuple[str, str], ...]:
 
 async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> NoReturn:
     await context.abort(grpc_status_for(error), error.message, trailing_metadata=_trailers(error))
+
+
+ROUTING_KEY_METADATA = "x-routing-key"
+
+
+def routing_key(context: grpc.aio.ServicerContext) -> str | None:
+    """The sticky rollout routing key from the call's metadata, if the client sent one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTING_KEY_METADATA:
+            return value
+    return None
 
 
 def caller_identity(context: grpc.aio.ServicerContext, mtls: bool) -> Identity:

@@ -21,7 +21,7 @@ from gateway.config import Settings
 from gateway.core.errors import GatewayError
 from gateway.core.types import ClassifyRequest, Identity, Prediction, new_request_id
 from gateway.ingress import tfserving_grpc
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, grpc_status_for
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, grpc_status_for, routing_key
 from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, request_id_for, shared_calls
 from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.service import GatewayService
@@ -63,6 +63,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             image=message.image,
             identity=identity,
             version=message.version or None,
+            routing_key=routing_key(context),
             timeout_s=remaining,
             priority=message.priority or None,
             request_id=message.request_id or new_request_id(),

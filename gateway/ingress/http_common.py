@@ -6,6 +6,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from gateway.core.errors import (
+    Conflict,
     DeadlineExceeded,
     GatewayError,
     InvalidInput,
@@ -17,10 +18,21 @@ from gateway.core.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from gateway.core.types import Identity, new_request_id
+from gateway.core.types import Identity, Route, new_request_id
 from gateway.security.identity import DEV_IDENTITY, identity_from_peercert
 
 REQUEST_ID_HEADER = "x-request-id"
+ROUTING_KEY_HEADER = "x-routing-key"
+"""Sticky rollout routing by this key instead of the client certificate's identity."""
+VERSION_HEADER = "x-model-version"
+ARM_HEADER = "x-rollout-arm"
+
+
+def version_headers(route: Route) -> dict[str, str]:
+    """Every answer says which version served it, and which rollout arm chose it."""
+    return {VERSION_HEADER: route.version, ARM_HEADER: route.arm}
+
+
 KSERVE_PREFIX = "/v2"
 TFSERVING_PREFIX = "/v1/models"
 PLAIN_ERROR_PREFIXES = (KSERVE_PREFIX, TFSERVING_PREFIX)
@@ -32,6 +44,7 @@ HTTP_STATUS: dict[type[GatewayError], int] = {
     UnsupportedMediaType: 415,
     Unauthenticated: 401,
     PermissionDenied: 403,
+    Conflict: 409,
     NotFound: 404,
     Overloaded: 429,
     DeadlineExceeded: 504,

@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 import gateway
 from gateway.core.errors import GatewayError, InvalidInput, NotFound
 from gateway.core.types import Identity, new_request_id
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_code
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, routing_key
 from gateway.preprocess.tensors import KSERVE_DATATYPES, batch_from_raw, batch_from_values, kserve_datatype
 from gateway.routing.repository import ModelSpec
 from gateway.service import GatewayService
@@ -111,11 +111,20 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             with observation as observed:
                 spec = self._service.spec(request.model_name)
-                version = self._service.resolve_version(request.model_name, request.model_version or None)
+                route = self._service.route(
+                    request.model_name, request.model_version or None, None, identity, routing_key(context)
+                )
+                version = route.version
                 batch = input_batch(request, spec)
                 check_requested_outputs(request, spec)
                 probabilities = await self._service.classify_rows(
-                    spec.name, version, batch, identity, request.id or new_request_id(), context.time_remaining()
+                    spec.name,
+                    version,
+                    batch,
+                    identity,
+                    request.id or new_request_id(),
+                    context.time_remaining(),
+                    route=route,
                 )
                 observed.done("OK", version)
         except GatewayError as exc:

@@ -20,7 +20,14 @@ from google.protobuf import json_format
 import gateway
 from gateway.core.errors import InvalidInput, NotFound
 from gateway.core.types import new_request_id
-from gateway.ingress.http_common import KSERVE_PREFIX, caller_identity, http_code, read_body
+from gateway.ingress.http_common import (
+    KSERVE_PREFIX,
+    ROUTING_KEY_HEADER,
+    caller_identity,
+    http_code,
+    read_body,
+    version_headers,
+)
 from gateway.ingress.kserve_grpc import EXTENSIONS, SERVER_NAME
 from gateway.preprocess.tensors import batch_from_raw, batch_from_values, kserve_datatype
 from gateway.routing.repository import ModelSpec
@@ -166,13 +173,18 @@ def kserve_router(service: GatewayService, *, mtls: bool, max_body_bytes: int) -
     @router.post("/models/{model}/versions/{version}/infer")
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
         with service.observe("kserve-http", model, version, http_code) as observed:
-            spec, chosen = model_and_version(request, model, version)
+            identity = caller_identity(request, mtls)
+            spec = service.spec(model)
+            route = service.route(model, version, None, identity, request.headers.get(ROUTING_KEY_HEADER))
+            chosen = route.version
             body = await read_body(request, max_body_bytes)
             payload, batch = parse_infer_request(body, request.headers.get(HEADER_LENGTH), spec)
-            identity = caller_identity(request, mtls)
             request_id = str(payload.get("id") or new_request_id())
-            probabilities = await service.classify_rows(spec.name, chosen, batch, identity, request_id, None)
+            probabilities = await service.classify_rows(
+                spec.name, chosen, batch, identity, request_id, None, route=route
+            )
             response = infer_response(payload, spec, chosen, probabilities)
+            response.headers.update(version_headers(route))
             observed.done("200", chosen)
         return response
 

@@ -24,15 +24,18 @@ from gateway.core.errors import (
     Overloaded,
     UnsupportedMediaType,
 )
-from gateway.core.types import ClassifyRequest
+from gateway.core.types import ClassifyRequest, Route
+from gateway.ingress.admin import admin_router
 from gateway.ingress.http_common import (
     REQUEST_ID_HEADER,
+    ROUTING_KEY_HEADER,
     caller_identity,
     error_response,
     http_code,
     http_status_for,
     read_body,
     request_id_of,
+    version_headers,
 )
 from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, request_id_for, shared_calls
 from gateway.ingress.kserve_http import kserve_router
@@ -193,6 +196,7 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
 
     app.include_router(kserve_router(service, mtls=mtls, max_body_bytes=max_body_bytes))
     app.include_router(tfserving_router(service, mtls=mtls, max_body_bytes=max_body_bytes))
+    app.include_router(admin_router(service, mtls=mtls))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -267,6 +271,12 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         request: Request,
         model: str,
         version: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$", description="model version")] = None,
+        label: Annotated[
+            str | None, Query(pattern=r"^(stable|canary|shadow)$", description="rollout label to pin")
+        ] = None,
+        routing_key: Annotated[
+            str | None, Header(alias=ROUTING_KEY_HEADER, max_length=256, description="sticky rollout routing key")
+        ] = None,
         timeout_ms: Annotated[
             int | None, Header(alias="x-request-timeout-ms", ge=1, le=600_000, description="deadline for the answer")
         ] = None,
@@ -295,6 +305,8 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
                     image=photo,
                     identity=identity,
                     version=version,
+                    label=label,
+                    routing_key=routing_key,
                     timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
                     priority=priority,
                     request_id=request_id,
@@ -319,8 +331,13 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
                 "probabilities": prediction.probabilities,
                 "request_id": prediction.request_id,
                 "latency_ms": round(prediction.latency_ms, 3),
+                "arm": prediction.arm,
             },
-            headers={REQUEST_ID_HEADER: request_id, **replay_headers},
+            headers={
+                REQUEST_ID_HEADER: request_id,
+                **replay_headers,
+                **version_headers(Route(prediction.version, prediction.arm)),
+            },
         )
 
     return app

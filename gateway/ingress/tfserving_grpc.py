@@ -12,7 +12,7 @@ import numpy as np
 
 from gateway.core.errors import GatewayError, InvalidInput
 from gateway.core.types import new_request_id
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_code
+from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, routing_key
 from gateway.ingress.tfserving_common import DEFAULT_SIGNATURE, PREDICT_METHOD, resolve
 from gateway.preprocess.tensors import batch_from_raw, batch_from_values
 from gateway.routing.repository import ModelSpec
@@ -78,9 +78,16 @@ class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
         try:
             with observation as observed:
                 identity = caller_identity(context, self._mtls)
-                spec, chosen = resolve(
-                    self._service, request.model_spec.name, version, label, request.model_spec.signature_name
+                spec, route = resolve(
+                    self._service,
+                    request.model_spec.name,
+                    version,
+                    label,
+                    request.model_spec.signature_name,
+                    identity,
+                    routing_key(context),
                 )
+                chosen = route.version
                 batch = input_batch(request, spec)
                 unknown = set(request.output_filter) - {spec.output.name}
                 if unknown:
@@ -88,7 +95,7 @@ class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
                         f"unknown outputs {sorted(unknown)}; model {spec.name!r} has {spec.output.name!r}"
                     )
                 probabilities = await self._service.classify_rows(
-                    spec.name, chosen, batch, identity, new_request_id(), context.time_remaining()
+                    spec.name, chosen, batch, identity, new_request_id(), context.time_remaining(), route=route
                 )
                 observed.done("OK", chosen)
         except GatewayError as exc:
@@ -104,7 +111,8 @@ class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
         version, label = _requested_version(request.model_spec)
         try:
             caller_identity(context, self._mtls)
-            spec, chosen = resolve(self._service, request.model_spec.name, version, label, None)
+            spec, route = resolve(self._service, request.model_spec.name, version, label, None)
+            chosen = route.version
             if list(request.metadata_field) != ["signature_def"]:
                 raise InvalidInput(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
         except GatewayError as exc:

@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse
 
 from gateway.core.errors import InvalidInput
 from gateway.core.types import new_request_id
-from gateway.ingress.http_common import TFSERVING_PREFIX, caller_identity, http_code, read_body
+from gateway.ingress.http_common import (
+    ROUTING_KEY_HEADER,
+    TFSERVING_PREFIX,
+    caller_identity,
+    http_code,
+    read_body,
+    version_headers,
+)
 from gateway.ingress.tfserving_common import resolve
 from gateway.preprocess.tensors import batch_from_values
 from gateway.routing.repository import ModelSpec
@@ -62,7 +69,8 @@ def tfserving_router(service: GatewayService, *, mtls: bool, max_body_bytes: int
     @router.get("/{model}/labels/{label}")
     async def version_status(request: Request, model: str, version: str | None = None, label: str | None = None):
         caller_identity(request, mtls)
-        _, chosen = resolve(service, model, version, label, None)
+        _, route = resolve(service, model, version, label, None)
+        chosen = route.version
         versions = [chosen] if version or label else service.loaded_versions(model)
         return {
             "model_version_status": [
@@ -85,11 +93,16 @@ def tfserving_router(service: GatewayService, *, mtls: bool, max_body_bytes: int
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise InvalidInput(f"the predict request is not valid JSON: {exc}") from None
             signature = payload.get("signature_name") if isinstance(payload, dict) else None
-            spec, chosen = resolve(service, model, version, label, signature)
+            routing_key = request.headers.get(ROUTING_KEY_HEADER)
+            spec, route = resolve(service, model, version, label, signature, identity, routing_key)
             layout, batch = parse_predict(payload, spec)
-            probabilities = await service.classify_rows(spec.name, chosen, batch, identity, new_request_id(), None)
-            observed.done("200", chosen)
+            probabilities = await service.classify_rows(
+                spec.name, route.version, batch, identity, new_request_id(), None, route=route
+            )
+            observed.done("200", route.version)
         rows = probabilities.tolist()
-        return JSONResponse({"predictions": rows} if layout == "instances" else {"outputs": rows})
+        return JSONResponse(
+            {"predictions": rows} if layout == "instances" else {"outputs": rows}, headers=version_headers(route)
+        )
 
     return router

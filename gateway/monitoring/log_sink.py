@@ -72,6 +72,8 @@ class LogSink:
     feedback: FeedbackStore
     reader: LogReader
     embedded: EmbeddedRedis | None
+    connect: Callable[[], aioredis.Redis]
+    """A new client of the same Redis (the rollout state and shadow counters live there too)."""
 
     async def aclose(self) -> None:
         await self.log.aclose()
@@ -103,4 +105,4 @@ def build_log_sink(settings: PredictionLogSettings) -> LogSink:
         photo_maxlen=settings.photo_maxlen,
         enrich=add_features,
     )
-    return LogSink(log, FeedbackStore(connect), LogReader(connect), embedded)
+    return LogSink(log, FeedbackStore(connect), LogReader(connect), embedded, connect)

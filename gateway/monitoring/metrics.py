@@ -75,6 +75,73 @@ class GatewayMetrics:
             "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
         )
 
+        self.routed = Counter(
+            "gateway_routed",
+            "Requests by the rollout arm that answered them",
+            ("model", "version", "arm"),
+            registry=self.registry,
+        )
+        self.rollout_version = Gauge(
+            "gateway_rollout_version",
+            "Version each rollout arm points at, as this replica follows it (0: none)",
+            ("model", "arm"),
+            registry=self.registry,
+        )
+        self.canary_percent = Gauge(
+            "gateway_rollout_canary_percent",
+            "Share of routing keys sent to the canary",
+            ("model",),
+            registry=self.registry,
+        )
+        self.rollout_revision = Gauge(
+            "gateway_rollout_revision",
+            "Revision of the rollout state this replica follows",
+            ("model",),
+            registry=self.registry,
+        )
+        self.rollout_changes = Counter(
+            "gateway_rollout_changes",
+            "Rollout changes made through this replica",
+            ("model", "action"),
+            registry=self.registry,
+        )
+        self.guard_rollbacks = Counter(
+            "gateway_rollout_guard_rollbacks",
+            "Canaries (or shadows) the automatic guard removed, by reason",
+            ("model", "version", "reason"),
+            registry=self.registry,
+        )
+        self.follow_delay = Histogram(
+            "gateway_rollout_follow_seconds",
+            "From a rollout change (its updated_at) to this replica applying it",
+            buckets=SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_comparisons = Counter(
+            "gateway_shadow_comparisons",
+            "Shadowed requests compared with stable",
+            ("model", "version", "agree"),
+            registry=self.registry,
+        )
+        self.shadow_agreement = Gauge(
+            "gateway_shadow_agreement",
+            "Share of shadowed requests that agreed with stable (all replicas)",
+            version_labels,
+            registry=self.registry,
+        )
+        self.shadow_dropped = Counter(
+            "gateway_shadow_dropped",
+            "Shadow copies dropped (too many in flight, or failed)",
+            ("model", "why"),
+            registry=self.registry,
+        )
+        self.version_loads = Counter(
+            "gateway_version_loads",
+            "Version loads from the repository, by result",
+            ("model", "version", "result"),
+            registry=self.registry,
+        )
+
     def observe_batch(self, model: str, version: str, stats: BatchStats) -> None:
         self.batch_size.labels(model, version).observe(stats.size)
         self.execution.labels(model, version).observe(stats.execution_s)

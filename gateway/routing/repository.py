@@ -14,6 +14,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 PREPROCESSING_PARAMETER = "gateway.preprocessing"
+STABLE_VERSION_PARAMETER = "gateway.stable_version"
+"""Optional: the version that is stable when no rollout state exists yet (default: the latest loaded)."""
 DEFAULT_MODEL_FILENAMES = {"onnxruntime_onnx": "model.onnx"}
 SUPPORTED_INPUT_TYPES = {mc.TYPE_FP32: "float32"}
 
@@ -50,6 +52,12 @@ class ModelSpec:
     def latest_version(self) -> str:
         return max(self.versions, key=int)
 
+    @property
+    def initial_stable(self) -> str | None:
+        """The config's ``gateway.stable_version`` parameter, if set."""
+        parameter = self.config.parameters.get(STABLE_VERSION_PARAMETER)
+        return parameter.string_value if parameter is not None and parameter.string_value else None
+
 
 def parse_config(path: Path) -> mc.ModelConfig:
     config = mc.ModelConfig()
@@ -84,6 +92,22 @@ def _apply_version_policy(config: mc.ModelConfig, available: list[int]) -> list[
         return [v for v in available if v in set(policy.specific.versions)]
     latest = policy.latest.num_versions if choice == "latest" else 1
     return available[-max(latest, 1) :]
+
+
+def version_paths(
+    directory: Path,
+    config: mc.ModelConfig,
+    exclude: frozenset[str] = frozenset(),
+    include: frozenset[str] = frozenset(),
+) -> dict[str, Path]:
+    """Version -> model file for what the version_policy selects now, over the version directories on disk
+    minus ``exclude`` (versions that failed to load, or were unloaded explicitly), plus ``include`` (loaded
+    explicitly) where its file exists."""
+    filename = config.default_model_filename or DEFAULT_MODEL_FILENAMES.get(config.platform, "model.onnx")
+    available = [v for v in _available_versions(directory, filename) if str(v) not in exclude]
+    chosen = {str(v) for v in _apply_version_policy(config, available)}
+    chosen |= {v for v in include if v not in exclude and (directory / v / filename).is_file()}
+    return {v: directory / v / filename for v in sorted(chosen, key=int)}
 
 
 def _read_labels(config_path: Path, directory: Path, output: mc.ModelOutput) -> tuple[str, ...]:

@@ -1,0 +1,111 @@
+"""The admin REST API of versioned rollout (operators only, from the client certificate's role).
+
+``GET/PUT /api/v1/models/{m}/rollout``, ``POST .../rollout/promote``, ``POST .../rollout/rollback``,
+``GET .../rollout/audit``, ``POST /api/v1/models/{m}/versions/{v}/load`` and ``.../unload``. Every
+change is validated (400), atomic in the shared store, audited, and followed by every replica.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+
+from gateway.core.errors import InvalidInput, PermissionDenied
+from gateway.core.types import Identity
+from gateway.ingress.http_common import caller_identity, read_body
+from gateway.rollout.store import ChangeResult, RolloutState
+from gateway.service import GatewayService
+
+MAX_ADMIN_BODY = 64 * 1024
+VersionPath = Annotated[str, Path(pattern=r"^[0-9]{1,9}$")]
+
+
+def _state(service: GatewayService, state: RolloutState) -> dict[str, Any]:
+    """The rollout as this replica follows it, with what it has loaded."""
+    described = service.describe_model(state.model)
+    return {
+        **state.policy.to_dict(),
+        "model": state.model,
+        "revision": state.revision,
+        "updated_at": state.updated_at,
+        "updated_by": state.updated_by,
+        "loaded_versions": described["versions"],
+        "failed_versions": described["failed_versions"],
+    }
+
+
+def _change(service: GatewayService, result: ChangeResult) -> dict[str, Any]:
+    return {
+        "changed": result.changed,
+        "before": _state(service, result.before) | {"loaded_versions": None, "failed_versions": None},
+        "after": _state(service, result.after),
+    }
+
+
+def admin_router(service: GatewayService, *, mtls: bool) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/models/{model}")
+
+    def operator(request: Request) -> Identity:
+        identity = caller_identity(request, mtls)
+        if not identity.is_operator:
+            raise PermissionDenied(
+                f"the rollout admin API needs the operator role; {identity.name!r} has {identity.role!r}"
+            )
+        return identity
+
+    @router.get("/rollout")
+    async def show(request: Request, model: str) -> dict:
+        operator(request)
+        service.require_model(model)
+        return _state(service, service.rollout.state(model))
+
+    @router.put("/rollout")
+    async def set_rollout(request: Request, model: str) -> dict:
+        """Body: any of ``stable``, ``canary``, ``canary_percent``, ``shadow`` (left out: unchanged);
+        optional ``revision``: refuse (409) if the rollout has changed since that revision was read."""
+        identity = operator(request)
+        service.require_model(model)
+        try:
+            body = json.loads(await read_body(request, MAX_ADMIN_BODY) or b"null")
+        except ValueError as exc:
+            raise InvalidInput(f"the body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidInput(
+                'the body must be a JSON object like {"stable": "1", "canary": "2", "canary_percent": 10}'
+            )
+        revision = body.pop("revision", None)
+        if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int)):
+            raise InvalidInput(f"revision must be an integer, got {revision!r}")
+        return _change(service, await service.rollout.set(model, body, identity, expected_revision=revision))
+
+    @router.post("/rollout/promote")
+    async def promote(request: Request, model: str) -> dict:
+        identity = operator(request)
+        service.require_model(model)
+        return _change(service, await service.rollout.promote(model, identity))
+
+    @router.post("/rollout/rollback")
+    async def rollback(request: Request, model: str) -> dict:
+        identity = operator(request)
+        service.require_model(model)
+        return _change(service, await service.rollout.rollback(model, identity))
+
+    @router.get("/rollout/audit")
+    async def audit(request: Request, model: str, count: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+        operator(request)
+        service.require_model(model)
+        return {"model": model, "entries": await service.rollout.audit(model, count)}
+
+    @router.post("/versions/{version}/load")
+    async def load(request: Request, model: str, version: VersionPath) -> dict:
+        """Load a version directory now, whatever the version_policy (400 with the reason if it does not load)."""
+        return _change(service, await service.load_version(model, version, operator(request)))
+
+    @router.post("/versions/{version}/unload")
+    async def unload(request: Request, model: str, version: VersionPath) -> dict:
+        """Unload a version (400 while the rollout routes to it)."""
+        return _change(service, await service.unload_version(model, version, operator(request)))
+
+    return router
