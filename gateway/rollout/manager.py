@@ -117,7 +117,7 @@ class RolloutManager:
         if label is not None:
             chosen = policy.version_for_label(label)
             if chosen is None:
-                raise NotFound(f"model {model!r} has no {label} version now")
+                raise NotFound(f"model {model!r} has no version labelled {label!r} now (no {label} in its rollout)")
             return Route(chosen, label)
         return choose(model, policy, routing_key, loaded)
 
