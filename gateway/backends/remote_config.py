@@ -23,6 +23,7 @@ max_inflight_per_replica = 1              # batches in flight on one replica (it
 
 from __future__ import annotations
 
+import importlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +31,11 @@ from typing import Any
 
 from gateway.backends.remote import ClientTls
 from gateway.backends.replicas import ReplicaSet
-from gateway.backends.tfserving import TFServingModel
-from gateway.backends.triton import TritonModel
 from gateway.routing.repository import ModelSpec
 
-SERVERS = {"triton": TritonModel, "tfserving": TFServingModel}
+SERVERS = {"triton": "gateway.backends.triton:TritonModel", "tfserving": "gateway.backends.tfserving:TFServingModel"}
+"""Imported only when configured: TF Serving's messages (gateway.tfs) must not enter the descriptor pool of a
+process that also imports TensorFlow (the tests), and the gateway's own TF Serving edge loads them anyway."""
 
 
 class BackendsConfigError(ValueError):
@@ -130,7 +131,8 @@ def remote_backend(config: BackendsConfig, spec: ModelSpec, version: str) -> Rep
     remote = config.models.get(spec.name)
     if remote is None:
         return None
-    server_class = SERVERS[remote.server]
+    module, name = SERVERS[remote.server].split(":")
+    server_class = getattr(importlib.import_module(module), name)
     remote_name = remote.remote_name or spec.name
 
     def factory(endpoint: str):
