@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -49,6 +50,22 @@ RETRY_S = 1.0
 
 def stream_name(model: str) -> str:
     return STREAM_PREFIX + model
+
+
+def append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` and fsync, or leave the file as it was (never half a record, e.g. on a full disk)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 class PredictionLog:
@@ -83,10 +100,13 @@ class PredictionLog:
         self._spool_lines = self._count_spool_lines()
         """Lines in the spool file, and how many of them were already replayed (kept in memory: checked per write)."""
         self._replayed = self._read_offset()
+        self.lost = 0
+        """Records that neither Redis nor the spool could take (Redis down and the disk full)."""
 
     # -- the request path -------------------------------------------------------------------------------
     def record(self, record: dict[str, Any]) -> None:
-        """Hand a record to the log; never blocks, never drops (a full buffer overflows to the spool).
+        """Hand a record to the log; never blocks, never drops (a full buffer overflows to the spool),
+        unless Redis and the spool's disk both fail (then counted in ``lost``).
 
         A sampled photo under PHOTO_KEY is kept only while the photos waiting for Redis stay
         under ``max_pending_photo_bytes``; beyond it the record goes on without its photo.
@@ -224,12 +244,16 @@ class PredictionLog:
                 self._photo_bytes -= len(photo)
                 mark_dropped(record, DROPPED_SPOOLED)
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-        fd = os.open(self._spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            append_whole(self._spool, data)
+        except OSError as exc:
+            # Redis is unreachable and the disk refuses too: these records cannot be kept. Answers go
+            # on (the log never fails a request); the loss is counted and said, loudly.
+            self.lost += len(records)
+            log.error(
+                "prediction log: %d records lost, the spool %s cannot be written: %s", len(records), self._spool, exc
+            )
+            return
         self._spool_lines += len(records)
 
     def _count_spool_lines(self) -> int:

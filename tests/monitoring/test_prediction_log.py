@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from gateway.monitoring.prediction_log import PredictionLog
-from tests.redis_server import RedisServer
+from tests.conftest import REPO_ROOT
+from tests.redis_server import RedisServer, free_port
 
 
 def make_log(server: RedisServer, spool: Path, **kwargs) -> PredictionLog:
@@ -124,3 +127,47 @@ def test_records_overflowing_during_a_replay_are_not_lost(redis_server, tmp_path
     asyncio.run(scenario())
     assert sorted(r["request_id"] for r in redis_server.records("mnist")) == sorted(f"r{i}" for i in range(2300))
     assert not spool.exists()
+
+
+FULL_DISK_SCRIPT = """
+import asyncio, json, resource, sys
+from pathlib import Path
+import redis.asyncio as aioredis
+from gateway.monitoring.prediction_log import PredictionLog
+
+spool = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))  # the disk holds 4 KiB of spool
+
+async def main():
+    log = PredictionLog(lambda: aioredis.Redis(port=int(sys.argv[2]), socket_connect_timeout=1), spool, buffer_size=8)
+    log.start()
+    for i in range(200):  # Redis is down: records overflow to the spool until the "disk" is full
+        log.record({"model": "mnist", "request_id": f"r{i}", "label": str(i % 10)})
+    await log.flush()
+    lost = log.lost
+    await log.aclose(timeout_s=2)
+    print(json.dumps({"lost": lost, "spooled": log.spooled}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_full_disk_during_an_outage_loses_records_countably_never_half_a_line(tmp_path) -> None:
+    """Redis down and the spool's disk full (a real file-size limit, EFBIG): requests go on, the loss is
+    counted, and the spool holds only whole records (a short write is rolled back)."""
+    spool = tmp_path / "spool.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(spool), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.splitlines()[-1])
+    lines = spool.read_bytes().split(b"\n")
+    assert lines[-1] == b"", "the spool ends in the middle of a record"
+    kept = [json.loads(line) for line in lines[:-1]]
+    assert counts["lost"] > 0 and len(kept) > 0
+    assert len(kept) + counts["lost"] == 200
+    assert "records lost, the spool" in result.stderr
