@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _run(settings: Settings) -> None:
     """Load the models, then serve REST and gRPC from one event loop until SIGTERM/SIGINT."""
     from gateway.ingress.grpc_server import build_grpc_server
+    from gateway.ingress.health import HealthServer
     from gateway.ingress.http_server import bind_socket, build_server
     from gateway.ingress.rest import create_app
     from gateway.service import GatewayService
@@ -53,6 +54,11 @@ async def _run(settings: Settings) -> None:
         grpc_server, grpc_port = await build_grpc_server(service, settings)
         sock = bind_socket(settings.server.host, settings.server.http_port)
         await grpc_server.start()
+        health = None
+        if settings.server.health_port:
+            health = HealthServer(service, settings.server.host, settings.server.health_port)
+            await health.start()
+            print(f"gateway: health on http://{settings.server.host}:{health.port} (/healthz /readyz /metrics)")
         _print_banner(settings, sock.getsockname()[1], grpc_port)
         app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
         try:
@@ -60,6 +66,8 @@ async def _run(settings: Settings) -> None:
         finally:
             logging.getLogger("gateway").info("stopping gRPC (grace 10 s)")
             await grpc_server.stop(grace=10)
+            if health is not None:
+                await health.stop()
     finally:
         logging.getLogger("gateway").info("closing the batchers and the prediction log")
         await service.aclose()

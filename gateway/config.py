@@ -24,10 +24,13 @@ class ServerSettings:
     host: str = "127.0.0.1"
     http_port: int = 8443
     grpc_port: int = 8444
+    health_port: int = 0
+    """Plain-HTTP /healthz, /readyz and /metrics for probes without a client certificate; 0: off."""
 
     def validate(self) -> None:
         _check_port("server.http_port", self.http_port)
         _check_port("server.grpc_port", self.grpc_port)
+        _check_port("server.health_port", self.health_port)
         if not self.host:
             raise ConfigError("server.host must not be empty")
 

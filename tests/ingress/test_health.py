@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from gateway.ingress.health import HealthServer
+from gateway.security.pki import PkiPaths
+from tests.conftest import MODEL_REPO, start_gateway, stop_gateway
+from tests.redis_server import free_port
 
 
 class FakeMetrics:
@@ -44,3 +48,17 @@ def test_health_port_answers_probes_and_nothing_else() -> None:
     assert answers[2][0] == 200 and '"models":["hotdog","mnist"]' in answers[2][1]
     assert answers[3] == (200, "gateway_up 1\n")
     assert answers[4][0] == 404 and answers[5][0] == 404
+
+
+def test_a_gateway_with_a_health_port_serves_probes_without_a_certificate(pki: PkiPaths) -> None:
+    port = free_port()
+    gateway = start_gateway(pki, "--model-repo", str(MODEL_REPO), env={"GATEWAY_SERVER_HEALTH_PORT": str(port)})
+    try:
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
+        refused = httpx.get(f"http://127.0.0.1:{port}/api/v1/models")
+        with gateway.client(identity=None) as no_certificate, pytest.raises(httpx.TransportError):
+            no_certificate.get("/readyz")  # the main port still demands a client certificate
+    finally:
+        stop_gateway(gateway)
+    assert ready.status_code == 200 and ready.json()["models"] == ["hotdog", "mnist"]
+    assert refused.status_code == 404
