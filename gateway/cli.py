@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway.backends import triton_local
-from gateway.bench import accuracy, batching, onnx_throughput, photo_path
+from gateway.bench import accuracy, batching, onnx_throughput, photo_path, replicas
 from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
@@ -52,7 +52,7 @@ async def _run(settings: Settings) -> None:
     await service.start()
     try:
         grpc_server, grpc_port = await build_grpc_server(service, settings)
-        sock = bind_socket(settings.server.host, settings.server.http_port)
+        sock = bind_socket(settings.server.host, settings.server.http_port, reuse_port=settings.server.reuse_port)
         await grpc_server.start()
         health = None
         if settings.server.health_port:
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     photo_path.add_parser(bench_commands)
     onnx_throughput.add_parser(bench_commands)
     triton_bench.add_parser(bench_commands)
+    replicas.add_parser(bench_commands)
     return parser
 
 

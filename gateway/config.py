@@ -26,6 +26,8 @@ class ServerSettings:
     grpc_port: int = 8444
     health_port: int = 0
     """Plain-HTTP /healthz, /readyz and /metrics for probes without a client certificate; 0: off."""
+    reuse_port: bool = False
+    """Let several gateway processes share http_port (SO_REUSEPORT): replicas on one machine, one port."""
 
     def validate(self) -> None:
         _check_port("server.http_port", self.http_port)

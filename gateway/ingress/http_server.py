@@ -42,11 +42,17 @@ class GatewayServer(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen before serving, so the real port is known even when ``port`` is 0."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind and listen before serving, so the real port is known even when ``port`` is 0.
+
+    With ``reuse_port``, several gateway processes listen on the same port and the kernel
+    spreads new connections across them (SO_REUSEPORT; gRPC's listener does this by default).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
