@@ -59,5 +59,10 @@ bench-accuracy: $(STAMP)
 bench-triton: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/gateway bench triton
 
+# Step-ramp load test against a gateway it starts (locust as a subprocess); report in var/loadtest/report.html.
+# LOADTEST_ARGS="--scenario mix --steps 10,20 --step-s 20" for another scenario.
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests $(LOADTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache

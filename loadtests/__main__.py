@@ -1,0 +1,5 @@
+import sys
+
+from loadtests.run import main
+
+sys.exit(main())
