@@ -45,13 +45,17 @@ async def _run(settings: Settings) -> None:
     from gateway.ingress.health import HealthServer
     from gateway.ingress.http_server import bind_socket, build_server
     from gateway.ingress.rest import create_app
+    from gateway.security.tls_reload import TlsMaterial, activate
     from gateway.service import GatewayService
 
     service = GatewayService(settings)
     service.load()
+    material = TlsMaterial(settings.tls) if settings.tls.enabled else None
+    activate(material)
+    tls_watch = asyncio.get_running_loop().create_task(material.watch()) if material is not None else None
     await service.start()
     try:
-        grpc_server, grpc_port = await build_grpc_server(service, settings)
+        grpc_server, grpc_port = await build_grpc_server(service, settings, material)
         sock = bind_socket(settings.server.host, settings.server.http_port, reuse_port=settings.server.reuse_port)
         await grpc_server.start()
         health = None
@@ -62,13 +66,15 @@ async def _run(settings: Settings) -> None:
         _print_banner(settings, sock.getsockname()[1], grpc_port)
         app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
         try:
-            await build_server(app, settings).serve(sockets=[sock])
+            await build_server(app, settings, material).serve(sockets=[sock])
         finally:
             logging.getLogger("gateway").info("stopping gRPC (grace 10 s)")
             await grpc_server.stop(grace=10)
             if health is not None:
                 await health.stop()
     finally:
+        if tls_watch is not None:
+            tls_watch.cancel()
         logging.getLogger("gateway").info("closing the batchers and the prediction log")
         await service.aclose()
         logging.getLogger("gateway").info("stopped")
@@ -104,6 +110,21 @@ def _pki_init(args: argparse.Namespace) -> int:
 def _pki_issue(args: argparse.Namespace) -> int:
     cert, key = pki.issue_client(pki.PkiPaths(args.dir), args.name, args.role, days=args.days)
     print(f"issued {cert} and {key} (role {args.role})")
+    return 0
+
+
+def _pki_crl(args: argparse.Namespace) -> int:
+    paths = pki.PkiPaths(args.dir)
+    serials = pki.write_crl(paths, crl=args.crl, days=args.days)
+    print(f"wrote {args.crl or paths.crl}: {len(serials)} revoked certificate(s), valid {args.days} days")
+    return 0
+
+
+def _pki_revoke(args: argparse.Namespace) -> int:
+    paths = pki.PkiPaths(args.dir)
+    cert = args.cert or paths.client_cert(args.name)
+    serials = pki.write_crl(paths, revoke=[cert], crl=args.crl, days=args.days)
+    print(f"revoked {cert}; {args.crl or paths.crl} now lists {len(serials)} certificate(s)")
     return 0
 
 
@@ -155,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--role", required=True, choices=pki.ROLES)
     issue.add_argument("--days", type=int, default=365)
     issue.set_defaults(handler=_pki_issue)
+    for name, handler, text in (
+        ("crl", _pki_crl, "write or refresh the revocation list (DIR/crl.pem); point tls.crl at it"),
+        ("revoke", _pki_revoke, "revoke a client certificate: add it to the revocation list"),
+    ):
+        command = pki_commands.add_parser(name, help=text)
+        command.add_argument("--dir", type=Path, default=Path("pki"))
+        command.add_argument("--crl", type=Path, help="the revocation list to update (default: DIR/crl.pem)")
+        command.add_argument("--days", type=int, default=30, help="validity of the written list")
+        if name == "revoke":
+            which = command.add_mutually_exclusive_group(required=True)
+            which.add_argument("--name", help="a client issued into DIR/clients/")
+            which.add_argument("--cert", type=Path, help="any certificate file issued by the CA")
+        command.set_defaults(handler=handler)
 
     models = commands.add_parser("models", help="inspect the model repository")
     models_commands = models.add_subparsers(dest="models_command", required=True)

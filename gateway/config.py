@@ -46,6 +46,10 @@ class TlsSettings:
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
+    crl: Path | None = None
+    """A PEM certificate revocation list of the client CA (``gateway pki revoke`` writes one); unset: none."""
+    reload_interval_s: float = 1.0
+    """How often the server certificate, key, CA bundle and CRL files are checked for changes (no restart)."""
 
     @property
     def cert_path(self) -> Path:
@@ -68,6 +72,10 @@ class TlsSettings:
                     f"{key}: {path} does not exist (run `gateway pki init --dir {self.pki_dir}` "
                     "or point tls.cert/tls.key/tls.ca at your own files)"
                 )
+        if self.crl is not None and not self.crl.is_file():
+            raise ConfigError(f"tls.crl: {self.crl} does not exist (`gateway pki crl --dir {self.pki_dir}` writes one)")
+        if not self.reload_interval_s > 0:
+            raise ConfigError(f"tls.reload_interval_s must be > 0, got {self.reload_interval_s}")
 
 
 @dataclass
@@ -85,8 +93,24 @@ class LimitSettings:
     max_image_pixels: int = 40_000_000
     max_pending_photos: int = 256
     """Photos accepted but not yet preprocessed; beyond it, 429 at once (bounded memory under overload)."""
+    rate_per_s: float = 0.0
+    """Per-identity token bucket refill rate (requests/s), shared by every replica through Redis; 0: off."""
+    burst: int = 0
+    """Per-identity token bucket size (requests allowed at once); 0: off."""
+    rate_per_model: bool = False
+    """One bucket per identity and model instead of one per identity."""
+    rate_redis_timeout_ms: int = 250
+    """A rate-limit round trip to Redis longer than this falls back to this replica's local bucket."""
 
     def validate(self) -> None:
+        if self.rate_per_s < 0 or self.burst < 0:
+            raise ConfigError(f"limits.rate_per_s and limits.burst must be >= 0, got {self.rate_per_s}, {self.burst}")
+        if (self.rate_per_s > 0) != (self.burst > 0):
+            raise ConfigError(
+                "limits.rate_per_s and limits.burst must both be > 0 (rate limits on) or both 0 (off), "
+                f"got {self.rate_per_s} and {self.burst}"
+            )
+        _check_positive("limits.rate_redis_timeout_ms", self.rate_redis_timeout_ms)
         _check_positive("limits.max_body_bytes", self.max_body_bytes)
         _check_positive("limits.max_image_pixels", self.max_image_pixels)
         _check_positive("limits.max_pending_photos", self.max_pending_photos)
@@ -249,6 +273,29 @@ class RolloutSettings:
 
 
 @dataclass
+class SecuritySettings:
+    """Authorization: which identities and roles may use which models and actions (gateway/security/policy.py)."""
+
+    policy_file: Path | None = None
+    """A TOML policy file; unset: any app certificate may classify and give feedback on any model, operators
+    may do everything. Re-read when it changes (a broken new file keeps the old policy)."""
+    policy_reload_s: float = 1.0
+    """How often (at most) a request checks whether the policy file changed."""
+
+    def validate(self) -> None:
+        if not self.policy_reload_s > 0:
+            raise ConfigError(f"security.policy_reload_s must be > 0, got {self.policy_reload_s}")
+        if self.policy_file is None:
+            return
+        from gateway.security.policy import PolicyError, load_policy
+
+        try:
+            load_policy(self.policy_file)
+        except PolicyError as exc:
+            raise ConfigError(f"security.policy_file: {exc}") from None
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -260,6 +307,7 @@ class Settings:
     predictions: PredictionLogSettings = field(default_factory=PredictionLogSettings)
     skew: SkewSettings = field(default_factory=SkewSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def validate(self) -> Settings:
         for section in dataclasses.fields(self):

@@ -26,7 +26,6 @@ from gateway.core.errors import (
     InvalidInput,
     NotFound,
     Overloaded,
-    PermissionDenied,
     Unavailable,
 )
 from gateway.core.types import ClassifyRequest, Identity, Prediction, PreparedInput, Route
@@ -41,6 +40,8 @@ from gateway.rollout.policy import RolloutPolicy
 from gateway.rollout.router import shadow_of
 from gateway.rollout.store import ChangeResult
 from gateway.routing.repository import ModelSpec, RepositoryError, load_repository, version_paths
+from gateway.security.policy import Authorizer
+from gateway.security.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,39 @@ class GatewayService:
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
         )
+        self.authz = Authorizer(
+            settings.security.policy_file, reload_s=settings.security.policy_reload_s, on_denied=self._denied
+        )
+        self.rate_limiter = self._rate_limiter(None)
         self.rollout = RolloutManager(settings.rollout, self.metrics, self._loaded_set)
+        self.rollout.authorize = lambda identity, model: self.authz.check(identity, "rollout", model)
         self.rollout.on_change = self._schedule_sync
         self._shadows: set[asyncio.Task] = set()
         self._scan_task: asyncio.Task | None = None
         self._policies: dict[str, BatchingPolicy] = {}
+
+    def _rate_limiter(self, connect: Callable | None) -> RateLimiter:
+        limits = self._settings.limits
+        return RateLimiter(
+            limits.rate_per_s,
+            limits.burst,
+            connect,
+            per_model=limits.rate_per_model,
+            timeout_s=limits.rate_redis_timeout_ms / 1000.0,
+            on_limited=lambda identity: self.metrics.rate_limited.labels(identity.name).inc(),
+            on_fallback=self.metrics.rate_limit_fallbacks.inc,
+        )
+
+    def _denied(self, identity: Identity, action: str, model: str | None) -> None:
+        label = model if model in self._models else ("*" if model is None else "_unknown")
+        self.metrics.authz_denied.labels(action, label).inc()
+
+    async def admit(self, identity: Identity, model: str) -> None:
+        """The gate of every inference surface: the policy must allow ``classify`` on ``model`` (403 /
+        PERMISSION_DENIED, audited), then the caller's token bucket must have a token (429 /
+        RESOURCE_EXHAUSTED with when to retry; one Redis round trip, only when limits are on)."""
+        self.authz.check(identity, "classify", model)
+        await self.rate_limiter.take(identity, model)
 
     def _policy(self, spec: ModelSpec) -> BatchingPolicy:
         try:
@@ -302,7 +331,7 @@ class GatewayService:
         path = self._path(model.spec, version)
         if not path.is_file():
             raise NotFound(f"model {name!r} has no version directory with a model file: {path}")
-        self.rollout.require_operator(identity)
+        self.rollout.require_operator(identity, name)
         if version not in model.versions:
             try:
                 loaded = await asyncio.to_thread(self._load_version, model.spec, version, self._policies[name], path)
@@ -331,6 +360,7 @@ class GatewayService:
         rollout (following the shared state, the guard) and the repository scan."""
         self._log_sink = build_log_sink(self._settings.predictions)
         self._log_sink.log.start()
+        self.rate_limiter = self._rate_limiter(self._log_sink.connect)
         self._skew_task = asyncio.get_running_loop().create_task(self._watch_skew(), name="skew-watch")
         await self.rollout.start(self._log_sink.connect, self.live_accuracy)
         for name in self.model_names():
@@ -384,6 +414,7 @@ class GatewayService:
 
     async def record_feedback(self, request_id: str, label: str, identity: Identity) -> dict:
         """Join the true ``label`` to a logged prediction; updates the live accuracy of its model version."""
+        self.authz.check(identity, "feedback")
         result = await self._sink().feedback.record(request_id, label, identity, lambda m: self._model(m).spec.labels)
         if not result["already_recorded"]:
             accuracy = (await self.live_accuracy(result["model"])).get(result["version"], {}).get("accuracy")
@@ -393,8 +424,7 @@ class GatewayService:
 
     async def sampled_photo(self, request_id: str, identity: Identity) -> StoredPhoto:
         """The photo sampled for retraining from prediction ``request_id`` (operators only: it is user data)."""
-        if not identity.is_operator:
-            raise PermissionDenied("sampled photos are read by operators only")
+        self.authz.check(identity, "read_photos")
         try:
             photo = await self._sink().reader.photo(request_id)
         except RedisError as exc:
@@ -405,6 +435,7 @@ class GatewayService:
                 f"fraction of photo requests is kept, photos:{{model}} keeps the newest "
                 f"{self._settings.predictions.photo_maxlen}, and a photo is dropped while Redis is unreachable)"
             )
+        self.authz.check(identity, "read_photos", photo.model)
         return photo
 
     async def live_accuracy(self, model: str) -> dict[str, dict[str, float]]:
@@ -500,6 +531,11 @@ class GatewayService:
             self._pending_photos -= 1
 
     async def classify(self, request: ClassifyRequest) -> Prediction:
+        """Admit the caller (policy, rate limit), then classify one photo or row."""
+        await self.admit(request.identity, request.model)
+        return await self._classify(request)
+
+    async def _classify(self, request: ClassifyRequest) -> Prediction:
         model = self._model(request.model)
         route = request.route or self.route(
             request.model, request.version, request.label, request.identity, request.routing_key
@@ -610,9 +646,10 @@ class GatewayService:
         """
         started = time.perf_counter()
         labels = self._model(model).spec.labels
+        await self.admit(identity, model)  # once per request, whatever its number of rows
 
         async def one(index: int, row: np.ndarray) -> np.ndarray:
-            prediction = await self.classify(
+            prediction = await self._classify(
                 ClassifyRequest(
                     model=model,
                     image=b"",
@@ -647,5 +684,6 @@ class GatewayService:
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
         if self._skew_task is not None:
             self._skew_task.cancel()
+        await self.rate_limiter.aclose()
         if self._log_sink is not None:
             await self._log_sink.aclose()

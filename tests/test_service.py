@@ -157,7 +157,7 @@ def test_sampled_photos_are_kept_as_uploaded_for_operators(redis_server, tmp_pat
         await service.flush_log()
         stored = await service.sampled_photo("photo", DEV_IDENTITY)
         assert (stored.photo, stored.content_type, stored.model, stored.version) == (photo, "image/png", "mnist", "1")
-        with pytest.raises(PermissionDenied, match="operators only"):
+        with pytest.raises(PermissionDenied, match="may not read_photos"):
             await service.sampled_photo("photo", Identity("app", "app"))
         with pytest.raises(NotFound, match="no sampled photo"):
             await service.sampled_photo("tensor.0", DEV_IDENTITY)

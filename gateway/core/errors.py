@@ -81,3 +81,9 @@ class Conflict(GatewayError):
     """The resource changed since the caller read it (optimistic concurrency); read it again and retry."""
 
     code = "conflict"
+
+
+class RateLimited(Overloaded):
+    """The caller used up its rate limit (token bucket); retry after ``retry_after_s``."""
+
+    code = "rate_limited"

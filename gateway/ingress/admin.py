@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from gateway.core.errors import InvalidInput, PermissionDenied
+from gateway.core.errors import InvalidInput
 from gateway.core.types import Identity
 from gateway.ingress.http_common import caller_identity, read_body
 from gateway.rollout.store import ChangeResult, RolloutState
@@ -47,17 +47,15 @@ def _change(service: GatewayService, result: ChangeResult) -> dict[str, Any]:
 def admin_router(service: GatewayService, *, mtls: bool) -> APIRouter:
     router = APIRouter(prefix="/api/v1/models/{model}")
 
-    def operator(request: Request) -> Identity:
+    def operator(request: Request, model: str) -> Identity:
+        """The caller, if the authorization policy lets it use the rollout admin API on ``model``."""
         identity = caller_identity(request, mtls)
-        if not identity.is_operator:
-            raise PermissionDenied(
-                f"the rollout admin API needs the operator role; {identity.name!r} has {identity.role!r}"
-            )
+        service.rollout.require_operator(identity, model)
         return identity
 
     @router.get("/rollout")
     async def show(request: Request, model: str) -> dict:
-        operator(request)
+        operator(request, model)
         service.require_model(model)
         return _state(service, service.rollout.state(model))
 
@@ -65,7 +63,7 @@ def admin_router(service: GatewayService, *, mtls: bool) -> APIRouter:
     async def set_rollout(request: Request, model: str) -> dict:
         """Body: any of ``stable``, ``canary``, ``canary_percent``, ``shadow`` (left out: unchanged);
         optional ``revision``: refuse (409) if the rollout has changed since that revision was read."""
-        identity = operator(request)
+        identity = operator(request, model)
         service.require_model(model)
         try:
             body = json.loads(await read_body(request, MAX_ADMIN_BODY) or b"null")
@@ -82,30 +80,30 @@ def admin_router(service: GatewayService, *, mtls: bool) -> APIRouter:
 
     @router.post("/rollout/promote")
     async def promote(request: Request, model: str) -> dict:
-        identity = operator(request)
+        identity = operator(request, model)
         service.require_model(model)
         return _change(service, await service.rollout.promote(model, identity))
 
     @router.post("/rollout/rollback")
     async def rollback(request: Request, model: str) -> dict:
-        identity = operator(request)
+        identity = operator(request, model)
         service.require_model(model)
         return _change(service, await service.rollout.rollback(model, identity))
 
     @router.get("/rollout/audit")
     async def audit(request: Request, model: str, count: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
-        operator(request)
+        operator(request, model)
         service.require_model(model)
         return {"model": model, "entries": await service.rollout.audit(model, count)}
 
     @router.post("/versions/{version}/load")
     async def load(request: Request, model: str, version: VersionPath) -> dict:
         """Load a version directory now, whatever the version_policy (400 with the reason if it does not load)."""
-        return _change(service, await service.load_version(model, version, operator(request)))
+        return _change(service, await service.load_version(model, version, operator(request, model)))
 
     @router.post("/versions/{version}/unload")
     async def unload(request: Request, model: str, version: VersionPath) -> dict:
         """Unload a version (400 while the rollout routes to it)."""
-        return _change(service, await service.unload_version(model, version, operator(request)))
+        return _change(service, await service.unload_version(model, version, operator(request, model)))
 
     return router

@@ -18,7 +18,8 @@ from gateway.core.errors import (
     Unavailable,
 )
 from gateway.core.types import Identity
-from gateway.security.identity import DEV_IDENTITY, identity_from_pem
+from gateway.security.identity import DEV_IDENTITY, peer_from_pem
+from gateway.security.tls_reload import check_not_revoked
 
 GRPC_STATUS: dict[type[GatewayError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -75,4 +76,6 @@ def caller_identity(context: grpc.aio.ServicerContext, mtls: bool) -> Identity:
     pem = context.auth_context().get("x509_pem_cert")
     if not pem:
         raise Unauthenticated("no verified client certificate on this connection")
-    return identity_from_pem(pem[0])
+    identity, serial = peer_from_pem(pem[0])
+    check_not_revoked(serial)
+    return identity

@@ -24,6 +24,7 @@ from gateway.ingress import tfserving_grpc
 from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, grpc_status_for, routing_key
 from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, request_id_for, shared_calls
 from gateway.ingress.kserve_grpc import KServeServicer
+from gateway.security.tls_reload import TlsMaterial
 from gateway.service import GatewayService
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 
@@ -126,8 +127,12 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             reader.cancel()
 
 
-async def build_grpc_server(service: GatewayService, settings: Settings) -> tuple[grpc.aio.Server, int]:
-    """Create the server with every service registered and its port bound; returns (server, port)."""
+async def build_grpc_server(
+    service: GatewayService, settings: Settings, material: TlsMaterial | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Create the server with every service registered and its port bound; returns (server, port).
+
+    ``material``: the reloadable TLS files (new handshakes follow a rotation); None: loaded once from settings."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.limits.max_body_bytes + 4096)])
     mtls = settings.tls.enabled
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(service, mtls=mtls), server)
@@ -143,13 +148,7 @@ async def build_grpc_server(service: GatewayService, settings: Settings) -> tupl
     )
     address = f"{settings.server.host}:{settings.server.grpc_port}"
     if settings.tls.enabled:
-        tls = settings.tls
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key_path.read_bytes(), tls.cert_path.read_bytes())],
-            root_certificates=tls.ca_path.read_bytes(),
-            require_client_auth=True,
-        )
-        port = server.add_secure_port(address, credentials)
+        port = server.add_secure_port(address, (material or TlsMaterial(settings.tls)).grpc_credentials())
     else:
         port = server.add_insecure_port(address)
     return server, port

@@ -19,7 +19,8 @@ from gateway.core.errors import (
     UnsupportedMediaType,
 )
 from gateway.core.types import Identity, Route, new_request_id
-from gateway.security.identity import DEV_IDENTITY, identity_from_peercert
+from gateway.security.identity import DEV_IDENTITY, identity_from_peercert, serial_of_peercert
+from gateway.security.tls_reload import check_not_revoked
 
 REQUEST_ID_HEADER = "x-request-id"
 ROUTING_KEY_HEADER = "x-routing-key"
@@ -91,6 +92,7 @@ def caller_identity(request: Request, mtls: bool) -> Identity:
     peercert = request.scope.get("extensions", {}).get("tls", {}).get("peercert")
     if not peercert:
         raise Unauthenticated("no verified client certificate on this connection")
+    check_not_revoked(serial_of_peercert(peercert))
     return identity_from_peercert(peercert)
 
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.config import Settings
-from gateway.security.tls import server_context
+from gateway.security.tls_reload import TlsMaterial
 
 
 class PeerCertHttpToolsProtocol(HttpToolsProtocol):
@@ -59,13 +59,14 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
-def build_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
+def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None = None) -> uvicorn.Server:
+    """``material``: the reloadable TLS files (new handshakes follow a rotation); None: loaded once from settings."""
     ssl_factory: Callable[..., ssl.SSLContext] | None = None
     if settings.tls.enabled:
-        tls = settings.tls
+        tls_material = material or TlsMaterial(settings.tls)
 
         def ssl_factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-            return server_context(tls.cert_path, tls.key_path, tls.ca_path)
+            return tls_material.server_context()
 
     config = uvicorn.Config(
         app,

@@ -142,6 +142,24 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.authz_denied = Counter(
+            "gateway_authorization_denied",
+            "Requests refused by the authorization policy (the audit log line names the client)",
+            ("action", "model"),
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited",
+            "Requests refused by the per-identity rate limit",
+            ("client",),
+            registry=self.registry,
+        )
+        self.rate_limit_fallbacks = Counter(
+            "gateway_rate_limit_redis_fallbacks",
+            "Times Redis did not answer a rate-limit check in time and local buckets took over",
+            registry=self.registry,
+        )
+
     def observe_batch(self, model: str, version: str, stats: BatchStats) -> None:
         self.batch_size.labels(model, version).observe(stats.size)
         self.execution.labels(model, version).observe(stats.execution_s)

@@ -66,6 +66,8 @@ class RolloutManager:
         self._tasks: list[asyncio.Task] = []
         self.on_change: Callable[[str], None] | None = None
         """Called with the model's name when a newer state is adopted (the service re-syncs its versions)."""
+        self.authorize: Callable[[Identity, str], None] | None = None
+        """The policy check of the ``rollout`` action (identity, model); None: operators only."""
 
     # -- state -----------------------------------------------------------------------------------------
 
@@ -211,8 +213,11 @@ class RolloutManager:
             self._metrics.rollout_changes.labels(model, action).inc()
         return result
 
-    def require_operator(self, identity: Identity) -> None:
-        if not identity.is_operator:
+    def require_operator(self, identity: Identity, model: str) -> None:
+        """Changing a rollout needs the policy's ``rollout`` action on the model (by default: operators)."""
+        if self.authorize is not None:
+            self.authorize(identity, model)
+        elif not identity.is_operator:
             raise PermissionDenied(
                 f"changing a rollout needs the operator role; {identity.name!r} has {identity.role!r}"
             )
@@ -220,7 +225,7 @@ class RolloutManager:
     async def set(
         self, model: str, changes: Mapping[str, Any], identity: Identity, expected_revision: int | None = None
     ) -> ChangeResult:
-        self.require_operator(identity)
+        self.require_operator(identity, model)
         if not isinstance(changes, Mapping):
             raise InvalidInput("the rollout body must be a JSON object")
         loaded = self._loaded(model)
@@ -233,18 +238,18 @@ class RolloutManager:
         )
 
     async def promote(self, model: str, identity: Identity) -> ChangeResult:
-        self.require_operator(identity)
+        self.require_operator(identity, model)
         loaded = self._loaded(model)
         return await self._change(model, identity, "promote", lambda p: p.promoted().validate(model, loaded))
 
     async def rollback(self, model: str, identity: Identity) -> ChangeResult:
-        self.require_operator(identity)
+        self.require_operator(identity, model)
         loaded = self._loaded(model)
         return await self._change(model, identity, "rollback", lambda p: p.rolled_back().validate(model, loaded))
 
     async def explicit(self, model: str, version: str, identity: Identity, *, load: bool) -> ChangeResult:
         """Record an explicit load (or unload) of ``version``; every replica's repository sync follows it."""
-        self.require_operator(identity)
+        self.require_operator(identity, model)
         action = "load" if load else "unload"
         return await self._change(
             model, identity, action, lambda p: p.loading(version) if load else p.unloading(version)

@@ -41,8 +41,18 @@ def identity_from_peercert(peercert: PeerCert) -> Identity:
     return Identity(name=name, role=known_roles[0])
 
 
+def serial_of_peercert(peercert: PeerCert) -> int | None:
+    serial = peercert.get("serialNumber")
+    return int(serial, 16) if serial else None
+
+
 def identity_from_pem(pem: bytes) -> Identity:
     """The same as identity_from_peercert, for a PEM certificate (what gRPC's auth context carries)."""
+    return peer_from_pem(pem)[0]
+
+
+def peer_from_pem(pem: bytes) -> tuple[Identity, int]:
+    """The Identity and the serial number of a PEM certificate (parsed once)."""
     cert = x509.load_pem_x509_certificate(pem)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -54,4 +64,4 @@ def identity_from_pem(pem: bytes) -> Identity:
         "subject": ((("commonName", str(names[0].value)),),) if names else (),
         "subjectAltName": tuple(("URI", uri) for uri in uris),
     }
-    return identity_from_peercert(peercert)
+    return identity_from_peercert(peercert), cert.serial_number

@@ -53,6 +53,10 @@ class PkiPaths:
     def client_key(self, name: str) -> Path:
         return self.root / "clients" / f"{name}.key"
 
+    @property
+    def crl(self) -> Path:
+        return self.root / "crl.pem"
+
     def exists(self) -> bool:
         return self.ca_cert.is_file() and self.server_cert.is_file() and self.server_key.is_file()
 
@@ -206,3 +210,44 @@ def init_pki(root: Path, *, force: bool = False, hostnames: list[str] | None = N
     for role in ROLES:
         issue_client(paths, role, role)
     return paths
+
+
+def write_crl(paths: PkiPaths, revoke: list[Path] | None = None, crl: Path | None = None, days: int = 30) -> list[int]:
+    """Write (or refresh) the CA's revocation list at ``crl`` (default ``DIR/crl.pem``), keeping the serials it
+    already revokes and adding those of the ``revoke`` certificates; returns every revoked serial.
+
+    Written to a temporary file and renamed, so a gateway re-reading it never sees half a file. A CRL
+    is valid for ``days``: refresh it before then (a gateway with an expired CRL refuses every client).
+    """
+    target = crl or paths.crl
+    ca_cert, ca_key = _load_ca(paths)
+    now = dt.datetime.now(dt.UTC)
+    revoked: dict[int, dt.datetime] = {}
+    if target.is_file():
+        existing = x509.load_pem_x509_crl(target.read_bytes())
+        if existing.issuer != ca_cert.subject or not existing.is_signature_valid(ca_key.public_key()):
+            raise ValueError(f"{target} is not a revocation list of the CA in {paths.root}")
+        revoked = {entry.serial_number: entry.revocation_date_utc for entry in existing}
+    for path in revoke or []:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        if cert.issuer != ca_cert.subject:
+            raise ValueError(f"{path} was not issued by the CA in {paths.root}")
+        revoked.setdefault(cert.serial_number, now)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
+    )
+    for serial, when in sorted(revoked.items()):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    data = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
+    return sorted(revoked)

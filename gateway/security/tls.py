@@ -8,13 +8,17 @@ from pathlib import Path
 MODERN_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
-def server_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
-    """A server context that refuses any client without a certificate signed by ``client_ca``."""
+def server_context(cert: Path, key: Path, client_ca: Path, crl: Path | None = None) -> ssl.SSLContext:
+    """A server context that refuses any client without a certificate signed by ``client_ca``
+    (expired and not-yet-valid certificates included); with ``crl``, also any certificate it revokes."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(MODERN_TLS12_CIPHERS)
     context.load_cert_chain(str(cert), str(key))
     context.load_verify_locations(cafile=str(client_ca))
+    if crl is not None:
+        context.load_verify_locations(cafile=str(crl))
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["http/1.1"])
     return context
