@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -230,8 +231,10 @@ def write_crl(paths: PkiPaths, revoke: list[Path] | None = None, crl: Path | Non
         revoked = {entry.serial_number: entry.revocation_date_utc for entry in existing}
     for path in revoke or []:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
-        if cert.issuer != ca_cert.subject:
-            raise ValueError(f"{path} was not issued by the CA in {paths.root}")
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ValueError(f"{path} was not issued by the CA in {paths.root}") from None
         revoked.setdefault(cert.serial_number, now)
     builder = (
         x509.CertificateRevocationListBuilder()

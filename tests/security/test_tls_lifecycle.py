@@ -222,6 +222,11 @@ def _server_serial(address: tuple[str, int], ca: Path, identity: tuple[Path, Pat
 def _get_on(connection: ssl.SSLSocket, path: str) -> bytes:
     """One HTTP/1.1 keep-alive request on an open TLS connection; returns the status line."""
     connection.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+    return _status_line(connection)
+
+
+def _status_line(connection: ssl.SSLSocket) -> bytes:
+    """Read one HTTP/1.1 answer (with Content-Length) from ``connection``; returns its status line."""
     answer = b""
     while b"\r\n\r\n" not in answer:
         chunk = connection.recv(65536)
@@ -249,6 +254,13 @@ def test_server_certificate_and_ca_bundle_rotate_without_restart_or_dropped_conn
         assert _get_on(in_flight, "/api/v1/models") == b"HTTP/1.1 200 OK"
         channel = gateway.grpc_channel("app")
         assert _live(channel) == grpc.StatusCode.OK
+        uploading = _handshake(rest, context)  # a request whose upload is cut in two by the rotation
+        photo = (REPO_ROOT / "docs" / "examples" / "seven.jpg").read_bytes()
+        uploading.sendall(
+            b"POST /api/v1/models/mnist/classify HTTP/1.1\r\nHost: gateway\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {len(photo)}\r\n\r\n".encode()
+            + photo[: len(photo) // 2]
+        )
 
         new_ca = init_pki(tmp_path / "new-ca")  # a new CA, its own clients, and a server certificate from it
         bundle = own_pki.ca_cert.read_bytes() + new_ca.ca_cert.read_bytes()
@@ -270,6 +282,9 @@ def test_server_certificate_and_ca_bundle_rotate_without_restart_or_dropped_conn
         assert _grpc_code(target, *app, bundle) == grpc.StatusCode.OK
         wait_until(lambda: _server_serial(_address(target), bundle_path, app) == new_serial, "gRPC's too")
         assert _get_on(in_flight, "/api/v1/models") == b"HTTP/1.1 200 OK"  # the old connection was not dropped
+        uploading.sendall(photo[len(photo) // 2 :])
+        assert _status_line(uploading) == b"HTTP/1.1 200 OK"  # nor the request in flight
+        uploading.close()
         assert _live(channel) == grpc.StatusCode.OK
         in_flight.close()
         channel.close()
