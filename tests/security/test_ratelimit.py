@@ -121,3 +121,18 @@ def test_the_limit_is_global_across_replicas_sharing_redis(
         stop_gateway(first)
         if second is not None:
             stop_gateway(second)
+
+
+def test_per_model_buckets_when_configured() -> None:
+    async def scenario() -> None:
+        shared = RateLimiter(0.001, 1, None)
+        per_model = RateLimiter(0.001, 1, None, per_model=True)
+        for limiter in (shared, per_model):
+            await limiter.take(APP, "mnist")
+        with pytest.raises(RateLimited, match="over its rate limit \\("):
+            await shared.take(APP, "hotdog")
+        await per_model.take(APP, "hotdog")
+        with pytest.raises(RateLimited, match="on model 'hotdog'"):
+            await per_model.take(APP, "hotdog")
+
+    asyncio.run(scenario())
