@@ -22,6 +22,7 @@ logs why, and is tried again when the files change again.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import ssl
@@ -70,6 +71,13 @@ def revoked_serials(crl_path: Path, ca_pem: bytes) -> frozenset[int]:
         raise TlsMaterialError(f"tls.crl: {crl_path} is not a PEM CRL: {exc}") from None
     for ca in x509.load_pem_x509_certificates(ca_pem):
         if ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+            next_update = crl.next_update_utc
+            if next_update is not None and next_update < dt.datetime.now(dt.UTC):
+                log.error(
+                    "tls.crl: %s expired at %s: OpenSSL refuses REST clients until it is refreshed (`gateway pki crl`)",
+                    crl_path,
+                    next_update.isoformat(),
+                )
             return frozenset(entry.serial_number for entry in crl)
     raise TlsMaterialError(f"tls.crl: {crl_path} is not signed by any CA in the bundle")
 

@@ -86,6 +86,7 @@ def _refused_by_server(pki: PkiPaths, client: ssl.SSLContext, address: tuple[str
     return str(refused.value)
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("surface", ["rest", "grpc"])
 def test_tls_1_1_is_refused_and_1_2_accepted(gateway: RunningGateway, surface: str) -> None:
     address = _ports(gateway)[surface]
