@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.bench.photos import digit_photo, digit_png
+from gateway.routing.repository import load_repository
 from gateway.security.pki import PkiPaths
 from gateway.security.tls import client_context
 from tests.badinputs import image_bytes, png_bomb, truncated_jpeg
-from tests.conftest import BODY_LIMIT, RunningGateway
+from tests.conftest import BODY_LIMIT, MODEL_REPO, RunningGateway
 
 CLASSIFY = "/api/v1/models/mnist/classify"
 STREAMED_BYTES = 64 * 1024 * 1024
@@ -99,7 +100,7 @@ def test_model_description_and_health(gateway: RunningGateway) -> None:
         assert client.get("/healthz").json() == {"status": "live"}
         ready = client.get("/readyz")
     assert [m["name"] for m in models] == ["hotdog", "mnist"]
-    assert mnist["versions"] == ["1"]
+    assert mnist["versions"] == sorted(load_repository(MODEL_REPO)["mnist"].versions, key=int)  # version_policy
     assert mnist["inputs"] == [{"name": "image", "datatype": "float32", "shape": [-1, 1, 28, 28]}]
     assert mnist["labels"] == [str(d) for d in range(10)]
     assert ready.status_code == 200 and ready.json()["models"] == ["hotdog", "mnist"]
