@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 PKI_DIR ?= pki
 
-.PHONY: install triton serve test lint format train bench-accuracy bench-triton clean
+.PHONY: install triton serve test lint format train bench-accuracy bench-triton loadtest clean
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
