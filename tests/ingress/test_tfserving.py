@@ -98,7 +98,8 @@ def test_rest_version_status_and_errors(gateway: RunningGateway) -> None:
         both = http.post("/v1/models/mnist:predict", json={"instances": [], "inputs": []})
         ragged = http.post("/v1/models/mnist:predict", json={"instances": [[1, 2], [3]]})
     assert status["model_version_status"] == [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        {"version": version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        for version in sorted(load_repository(MODEL_REPO)["mnist"].versions, key=int)
     ]
     assert labelled["model_version_status"][0]["version"] == "1"
     assert canary.status_code == 404 and "labelled 'canary'" in canary.json()["error"]

@@ -20,8 +20,15 @@ def test_shipped_repository_parses_with_tritons_schema() -> None:
 
 @pytest.fixture
 def model_copy(tmp_path: Path) -> Path:
+    """mnist with its config and version 1 only (the tests add the versions they need)."""
     target = tmp_path / "mnist"
-    shutil.copytree(MODEL_REPO / "mnist", target, ignore=shutil.ignore_patterns("*.json"))
+    source = MODEL_REPO / "mnist"
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        other_versions = {n for n in names if n.isdigit() and n != "1"} if Path(directory) == source else set()
+        return other_versions | {n for n in names if n.endswith(".json")}
+
+    shutil.copytree(source, target, ignore=ignore)
     return target
 
 
