@@ -219,10 +219,34 @@ class SkewSettings:
     min_window: int = 300
     """Below this many live records, no verdict: PSI on 20 bins is noise at small windows
     (in-distribution held-out digits gave 0.15-0.43 at 100 records)."""
+    feature_thresholds: str = ""
+    """Per-feature PSI thresholds overriding psi_threshold, e.g. "megapixels=2.0,aspect_ratio=0.5"."""
+
+    @property
+    def per_feature(self) -> dict[str, float]:
+        thresholds = {}
+        for item in filter(None, (part.strip() for part in self.feature_thresholds.split(","))):
+            name, _, value = item.partition("=")
+            thresholds[name.strip()] = float(value)
+        return thresholds
 
     def validate(self) -> None:
         for key in ("window", "interval_s", "min_window"):
             _check_positive(f"skew.{key}", getattr(self, key))
+        from gateway.monitoring.features import DIGIT_FEATURES, PHOTO_FEATURES, SOURCE_FEATURES
+
+        known = (*DIGIT_FEATURES, *PHOTO_FEATURES, *SOURCE_FEATURES)
+        for item in filter(None, (part.strip() for part in self.feature_thresholds.split(","))):
+            name, equals, value = item.partition("=")
+            try:
+                valid = bool(equals) and name.strip() in known and float(value) > 0
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ConfigError(
+                    f"skew.feature_thresholds: {item!r} must be FEATURE=THRESHOLD with a threshold > 0 "
+                    f"and a feature among {', '.join(known)}"
+                )
         if self.window_s < 0:
             raise ConfigError(f"skew.window_s must be >= 0 (0: no age limit), got {self.window_s}")
         for key in ("psi_threshold", "labels_threshold"):

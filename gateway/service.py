@@ -393,7 +393,9 @@ class GatewayService:
             records = await self._sink().reader.recent(model, chosen, size, max_age_s)
         except RedisError as exc:
             raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
-        thresholds = SkewThresholds(settings.psi_threshold, settings.labels_threshold, settings.min_window)
+        thresholds = SkewThresholds(
+            settings.psi_threshold, settings.labels_threshold, settings.min_window, settings.per_feature
+        )
         report = {
             "model": model,
             "version": chosen,

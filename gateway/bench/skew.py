@@ -71,7 +71,9 @@ def main(args: argparse.Namespace) -> int:
     baseline = read_baseline(spec.versions[spec.latest_version].parent / "baseline.json")
     settings = SkewSettings()
     window = args.window or settings.window
-    thresholds = SkewThresholds(settings.psi_threshold, settings.labels_threshold, settings.min_window)
+    thresholds = SkewThresholds(
+        settings.psi_threshold, settings.labels_threshold, settings.min_window, settings.per_feature
+    )
     rng = np.random.default_rng(0)
     clean = records_of((digits / 255.0).astype(np.float32)[:, np.newaxis], labels)
     photo_tensors = np.stack([prepare_photo(digit_photo(d, rng), spec, max_pixels=10**7).tensor for d in digits])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gateway.config import load_settings
 from gateway.monitoring.baseline import read_baseline
 from gateway.monitoring.features import digit_features
 from gateway.monitoring.skew import SkewThresholds, compute_skew, label_linf, live_histogram, psi
@@ -60,3 +61,14 @@ def test_small_windows_give_no_verdict(heldout_sample) -> None:
     x, y = heldout_sample
     report = compute_skew(BASELINE, records(1.0 - (x[:50] / 255.0).astype(np.float32), y[:50]), SkewThresholds())
     assert not report["enough_data"] and not report["alarm"]
+
+
+def test_a_per_feature_threshold_from_the_settings_replaces_the_default(heldout_sample) -> None:
+    x, y = heldout_sample
+    faint = records((x / 255.0).astype(np.float32) * 0.6, y)
+    settings = load_settings(environ={"GATEWAY_TLS_ENABLED": "false", "GATEWAY_SKEW_FEATURE_THRESHOLDS": "contrast=50"})
+    tuned = SkewThresholds(per_feature=settings.skew.per_feature)
+    default = compute_skew(BASELINE, faint, SkewThresholds())["features"]["contrast"]
+    report = compute_skew(BASELINE, faint, tuned)["features"]["contrast"]
+    assert default["alarm"] and not report["alarm"]
+    assert report["threshold"] == 50.0 and report["distance"] == default["distance"]
