@@ -29,6 +29,7 @@ from gateway.backends.triton_local import DEFAULT_VENV, ServerTls, build_python_
 from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_png
 from gateway.bench.server_process import start_gateway
+from gateway.routing.repository import load_repository
 from gateway.security.pki import init_pki, issue_client
 from gateway.security.tls import client_context
 
@@ -77,12 +78,12 @@ def _tensor(batch: np.ndarray) -> triton_grpc.InferInput:
     return tensor
 
 
-async def _kserve_phase(target: str, creds, args, row: np.ndarray) -> dict:
+async def _kserve_phase(target: str, creds, args, row: np.ndarray, version: str) -> dict:
     async with triton_aio.InferenceServerClient(target, creds=creds) as client:
         outputs = [triton_grpc.InferRequestedOutput("probabilities")]
 
         async def call(_: int) -> None:
-            await client.infer("mnist", [_tensor(row)], outputs=outputs, client_timeout=30)
+            await client.infer("mnist", [_tensor(row)], model_version=version, outputs=outputs, client_timeout=30)
 
         return await _closed_loop(args.clients, args.duration, args.warmup, call)
 
@@ -102,8 +103,8 @@ async def _rest_phase(base_url: str, context, args, photo: bytes) -> dict:
             await connection.close()
 
 
-def _executions(stats_client) -> tuple[int, int]:
-    stats = stats_client.get_inference_statistics("mnist").model_stats[0]
+def _executions(stats_client, version: str) -> tuple[int, int]:
+    stats = stats_client.get_inference_statistics("mnist", version).model_stats[0]
     return stats.inference_count, stats.execution_count
 
 
@@ -144,6 +145,9 @@ def run(args: argparse.Namespace) -> dict:
             ["--pki-dir", str(gateway_pki.root), "--model-repo", str(args.model_repo), "--backends", str(backends)],
             env=env,
         )
+        # every phase runs the version the gateway serves by default (Triton alone would pick the latest)
+        spec = load_repository(args.model_repo)["mnist"]
+        version = spec.initial_stable or spec.latest_version
         with np.load(SAMPLE) as data:
             digit = data["x"][0]
         row = (digit / 255.0).astype(np.float32)[np.newaxis, np.newaxis]
@@ -168,8 +172,8 @@ def run(args: argparse.Namespace) -> dict:
             certificate_chain=str(models_pki.client_cert("gateway")),
         )
         phases = {
-            "direct": lambda: _kserve_phase(triton.grpc_target, triton_creds, args, row),
-            "via_gateway": lambda: _kserve_phase(gateway.grpc_target, gateway_creds, args, row),
+            "direct": lambda: _kserve_phase(triton.grpc_target, triton_creds, args, row, version),
+            "via_gateway": lambda: _kserve_phase(gateway.grpc_target, gateway_creds, args, row, version),
             "via_gateway_rest": lambda: _rest_phase(gateway.base_url, rest_context, args, digit_png(digit)),
         }
         names = {
@@ -184,9 +188,9 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
         for name, phase in phases.items():
-            before = _executions(stats_client)
+            before = _executions(stats_client, version)
             results[name] = asyncio.run(phase())
-            inferences, executions = (a - b for a, b in zip(_executions(stats_client), before, strict=True))
+            inferences, executions = (a - b for a, b in zip(_executions(stats_client, version), before, strict=True))
             results[name]["triton_batch"] = inferences / executions if executions else 0.0
             print(_row(names[name], results[name], results[name]["triton_batch"]), flush=True)
         stats_client.close()
