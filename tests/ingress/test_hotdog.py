@@ -77,7 +77,7 @@ def test_a_heic_photo_is_415_with_what_to_do(gateway: RunningGateway, content_ty
     assert "HEIC" in message and "convert" in message and "JPEG" in message
 
 
-def test_grpc_classify_and_kserve_tensors_agree_with_rest(gateway: RunningGateway) -> None:
+def test_grpc_classify_and_kserve_tensors_agree_with_rest(gateway: RunningGateway, kserve_grpc) -> None:
     photo = HOTDOG.read_bytes()
     rest = classify(gateway, photo).json()
     expected = [rest["probabilities"][label] for label in ("hotdog", "not_hotdog")]
@@ -90,32 +90,16 @@ def test_grpc_classify_and_kserve_tensors_agree_with_rest(gateway: RunningGatewa
 
     spec = load_repository(MODEL_REPO)["hotdog"]
     tensor = prepare_photo(photo, spec, max_pixels=10**8).tensor[np.newaxis]
-    pki = gateway.pki
-    with triton.InferenceServerClient(
-        gateway.server.grpc_target,
-        ssl=True,
-        root_certificates=str(pki.ca_cert),
-        private_key=str(pki.client_key("app")),
-        certificate_chain=str(pki.client_cert("app")),
-    ) as client:
-        tensor_input = triton.InferInput("image", list(tensor.shape), "FP32")
-        tensor_input.set_data_from_numpy(tensor)
-        kserve_grpc = client.infer("hotdog", [tensor_input]).as_numpy("probabilities")[0]
-    np.testing.assert_allclose(kserve_grpc, expected, rtol=1e-5)
+    tensor_input = triton.InferInput("image", list(tensor.shape), "FP32")
+    tensor_input.set_data_from_numpy(tensor)
+    probabilities = kserve_grpc.infer("hotdog", [tensor_input]).as_numpy("probabilities")[0]
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5)
 
 
-def test_a_digit_sized_tensor_for_hotdog_is_invalid_argument(gateway: RunningGateway) -> None:
-    pki = gateway.pki
-    with triton.InferenceServerClient(
-        gateway.server.grpc_target,
-        ssl=True,
-        root_certificates=str(pki.ca_cert),
-        private_key=str(pki.client_key("app")),
-        certificate_chain=str(pki.client_cert("app")),
-    ) as client:
-        tensor_input = triton.InferInput("image", [1, 1, 28, 28], "FP32")
-        tensor_input.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32))
-        with pytest.raises(triton.InferenceServerException) as refused:
-            client.infer("hotdog", [tensor_input])
+def test_a_digit_sized_tensor_for_hotdog_is_invalid_argument(kserve_grpc) -> None:
+    tensor_input = triton.InferInput("image", [1, 1, 28, 28], "FP32")
+    tensor_input.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32))
+    with pytest.raises(triton.InferenceServerException) as refused:
+        kserve_grpc.infer("hotdog", [tensor_input])
     assert refused.value.status() == str(grpc.StatusCode.INVALID_ARGUMENT)
     assert "3, 224, 224" in refused.value.message()

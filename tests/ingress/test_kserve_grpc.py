@@ -16,16 +16,8 @@ from tests.conftest import MODEL_REPO, RunningGateway
 
 
 @pytest.fixture(scope="module")
-def client(gateway: RunningGateway):
-    pki = gateway.pki
-    with triton.InferenceServerClient(
-        gateway.server.grpc_target,
-        ssl=True,
-        root_certificates=str(pki.ca_cert),
-        private_key=str(pki.client_key("app")),
-        certificate_chain=str(pki.client_cert("app")),
-    ) as client:
-        yield client
+def client(kserve_grpc):
+    return kserve_grpc
 
 
 def infer(client, batch: np.ndarray, model: str = "mnist", input_name: str = "image", datatype: str = "FP32"):
