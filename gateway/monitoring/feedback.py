@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.core.errors import InvalidInput, NotFound, PermissionDenied, Unavailable
 from gateway.core.types import Identity
+from gateway.redis_client import LazyRedis, ratios_by_version
 
 PREDICTION_TTL_S = 7 * 24 * 3600
 
@@ -41,16 +41,7 @@ def index_fields(record: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
-class FeedbackStore:
-    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
-        self._connect = connect
-        self._redis: aioredis.Redis | None = None
-
-    def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = self._connect()
-        return self._redis
-
+class FeedbackStore(LazyRedis):
     async def record(self, request_id: str, label: str, identity: Identity, labels: Callable[[str], tuple]) -> dict:
         """Join ``label`` (the truth) to the prediction ``request_id``; returns the joined result."""
         try:
@@ -95,14 +86,4 @@ class FeedbackStore:
             counters = await self._client().hgetall(accuracy_key(model))
         except RedisError as exc:
             raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
-        versions: dict[str, dict[str, float]] = {}
-        for field, value in counters.items():
-            version, kind = field.decode().split(":", 1)
-            versions.setdefault(version, {"feedback": 0, "correct": 0})[kind] = int(value)
-        for counts in versions.values():
-            counts["accuracy"] = counts["correct"] / counts["feedback"] if counts["feedback"] else None
-        return versions
-
-    async def aclose(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
+        return ratios_by_version(counters, "feedback", "correct", "accuracy")

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from gateway.monitoring.photos import StoredPhoto, read_photo
 from gateway.monitoring.prediction_log import stream_name
+from gateway.redis_client import LazyRedis
 
 LOOK_BACK_WINDOWS = 5
 """How many windows' worth of entries the reader scans for one version's records (other versions interleave)."""
 
 
-class LogReader:
-    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
-        self._connect = connect
-        self._redis: aioredis.Redis | None = None
-
-    def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = self._connect()
-        return self._redis
-
+class LogReader(LazyRedis):
     async def recent(self, model: str, version: str, window: int, max_age_s: int = 0) -> list[dict[str, Any]]:
         """The newest ``window`` records of ``model`` at ``version``, oldest first.
 
@@ -56,7 +47,3 @@ class LogReader:
     async def photo(self, request_id: str) -> StoredPhoto | None:
         """The sampled photo of prediction ``request_id``, if one was kept and is still in its stream."""
         return await read_photo(self._client(), request_id)
-
-    async def aclose(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()

@@ -7,9 +7,8 @@ every replica; ``shadow:{model}`` is a stream with one entry per comparison (app
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
-import redis.asyncio as aioredis
+from gateway.redis_client import LazyRedis, ratios_by_version
 
 SHADOW_STREAM_MAXLEN = 100_000
 
@@ -22,16 +21,7 @@ def shadow_stream(model: str) -> str:
     return f"shadow:{model}"
 
 
-class ShadowTracker:
-    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
-        self._connect = connect
-        self._redis: aioredis.Redis | None = None
-
-    def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = self._connect()
-        return self._redis
-
+class ShadowTracker(LazyRedis):
     async def record(
         self,
         model: str,
@@ -64,14 +54,4 @@ class ShadowTracker:
     async def agreement(self, model: str) -> dict[str, dict[str, float | None]]:
         """Per shadowed version: comparisons, agreements, and their ratio."""
         counters = await self._client().hgetall(agreement_key(model))
-        versions: dict[str, dict] = {}
-        for field, value in counters.items():
-            version, kind = field.decode().split(":", 1)
-            versions.setdefault(version, {"compared": 0, "agreed": 0})[kind] = int(value)
-        for counts in versions.values():
-            counts["agreement"] = counts["agreed"] / counts["compared"] if counts["compared"] else None
-        return versions
-
-    async def aclose(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
+        return ratios_by_version(counters, "compared", "agreed", "agreement")

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from gateway.core.errors import Conflict, Unavailable
+from gateway.redis_client import LazyRedis
 from gateway.rollout.policy import RolloutPolicy
 
 CHANNEL = "rollout:changed"
@@ -75,16 +75,7 @@ class ChangeResult:
         return self.after.revision != self.before.revision
 
 
-class RolloutStore:
-    def __init__(self, connect: Callable[[], aioredis.Redis]) -> None:
-        self._connect = connect
-        self._redis: aioredis.Redis | None = None
-
-    def _client(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = self._connect()
-        return self._redis
-
+class RolloutStore(LazyRedis):
     async def get(self, model: str) -> RolloutState | None:
         raw = await self._client().get(state_key(model))
         return None if raw is None else RolloutState.from_dict(json.loads(raw))
@@ -194,7 +185,3 @@ class RolloutStore:
                     yield RolloutState.from_dict(json.loads(message["data"]))
         finally:
             await pubsub.aclose()
-
-    async def aclose(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
