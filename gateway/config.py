@@ -222,13 +222,12 @@ class SkewSettings:
     feature_thresholds: str = ""
     """Per-feature PSI thresholds overriding psi_threshold, e.g. "megapixels=2.0,aspect_ratio=0.5"."""
 
+    def _threshold_items(self) -> list[str]:
+        return [part.strip() for part in self.feature_thresholds.split(",") if part.strip()]
+
     @property
     def per_feature(self) -> dict[str, float]:
-        thresholds = {}
-        for item in filter(None, (part.strip() for part in self.feature_thresholds.split(","))):
-            name, _, value = item.partition("=")
-            thresholds[name.strip()] = float(value)
-        return thresholds
+        return {name.strip(): float(value) for name, _, value in (i.partition("=") for i in self._threshold_items())}
 
     def validate(self) -> None:
         for key in ("window", "interval_s", "min_window"):
@@ -236,7 +235,7 @@ class SkewSettings:
         from gateway.monitoring.features import DIGIT_FEATURES, PHOTO_FEATURES, SOURCE_FEATURES
 
         known = (*DIGIT_FEATURES, *PHOTO_FEATURES, *SOURCE_FEATURES)
-        for item in filter(None, (part.strip() for part in self.feature_thresholds.split(","))):
+        for item in self._threshold_items():
             name, equals, value = item.partition("=")
             try:
                 valid = bool(equals) and name.strip() in known and float(value) > 0

@@ -21,16 +21,21 @@ from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.service import GatewayService
 
 
+def readiness(service: GatewayService) -> JSONResponse:
+    """The /readyz answer on both ports: 200 once every model is loaded, else 503."""
+    ready = service.ready
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "models": service.model_names()},
+        status_code=200 if ready else 503,
+    )
+
+
 def create_health_app(service: GatewayService) -> Starlette:
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "live"})
 
     async def readyz(_: Request) -> JSONResponse:
-        ready = service.ready
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "models": service.model_names()},
-            status_code=200 if ready else 503,
-        )
+        return readiness(service)
 
     async def metrics(_: Request) -> Response:
         return Response(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)

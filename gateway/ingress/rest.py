@@ -26,6 +26,7 @@ from gateway.core.errors import (
 )
 from gateway.core.types import ClassifyRequest, Route
 from gateway.ingress.admin import admin_router
+from gateway.ingress.health import readiness
 from gateway.ingress.http_common import (
     REQUEST_ID_HEADER,
     ROUTING_KEY_HEADER,
@@ -204,11 +205,7 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = service.ready
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "models": service.model_names()},
-            status_code=200 if ready else 503,
-        )
+        return readiness(service)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
