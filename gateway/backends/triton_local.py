@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import uuid
@@ -29,6 +28,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from gateway.net import free_port
 from gateway.routing.repository import load_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -172,12 +172,6 @@ def build_python_repository(
                 MODEL_PY.format(onnx_name=onnx_path.name, site_packages=site, threads=threads or os.cpu_count() or 1)
             )
     return chosen
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)

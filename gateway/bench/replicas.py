@@ -22,15 +22,8 @@ from pathlib import Path
 from gateway.bench.batching import DEFAULT_DIGITS, RunResult, make_photos, measure
 from gateway.bench.server_process import GatewayProcess, start_gateway
 from gateway.monitoring.log_sink import EmbeddedRedis
+from gateway.net import free_port
 from gateway.security.pki import PkiPaths, init_pki
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def answered_by(health_port: int, model: str) -> int:
@@ -43,7 +36,7 @@ def answered_by(health_port: int, model: str) -> int:
 def start_replica(
     pki: PkiPaths, args: argparse.Namespace, redis_url: str, http_port: int
 ) -> tuple[GatewayProcess, int]:
-    health_port = _free_port()
+    health_port = free_port()
     server = start_gateway(
         ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo), "--http-port", str(http_port)],
         env={
@@ -61,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     photos = make_photos(args.digits, 64, args.photo_side)
     redis = EmbeddedRedis(work / "redis" / "shared.db")
     redis_url = f"unix://{redis.socket_path}"
-    http_port = _free_port()
+    http_port = free_port()
     replicas: list[tuple[GatewayProcess, int]] = []
     results: dict[int, RunResult] = {}
     shares: dict[int, list[int]] = {}
