@@ -14,9 +14,9 @@ from gateway.bench import accuracy, batching, onnx_throughput, photo_path, repli
 from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.models.repository import RepositoryError, load_repository
 from gateway.monitoring import photo_download, skew_report
 from gateway.rollout import cli as rollout_cli
-from gateway.routing.repository import RepositoryError, load_repository
 from gateway.security import pki
 
 
@@ -41,30 +41,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _run(settings: Settings) -> None:
     """Load the models, then serve REST and gRPC from one event loop until SIGTERM/SIGINT."""
+    from gateway.app import build_gateway
     from gateway.ingress.grpc_server import build_grpc_server
     from gateway.ingress.health import HealthServer
     from gateway.ingress.http_server import bind_socket, build_server
     from gateway.ingress.rest import create_app
     from gateway.security.tls_reload import TlsMaterial, activate
-    from gateway.service import GatewayService
 
-    service = GatewayService(settings)
-    service.load()
+    gateway = build_gateway(settings)
     material = TlsMaterial(settings.tls) if settings.tls.enabled else None
     activate(material)
     tls_watch = asyncio.get_running_loop().create_task(material.watch()) if material is not None else None
-    await service.start()
+    await gateway.start()
     try:
-        grpc_server, grpc_port = await build_grpc_server(service, settings, material)
+        grpc_server, grpc_port = await build_grpc_server(gateway, settings, material)
         sock = bind_socket(settings.server.host, settings.server.http_port, reuse_port=settings.server.reuse_port)
         await grpc_server.start()
         health = None
         if settings.server.health_port:
-            health = HealthServer(service, settings.server.host, settings.server.health_port)
+            health = HealthServer(gateway, settings.server.host, settings.server.health_port)
             await health.start()
             print(f"gateway: health on http://{settings.server.host}:{health.port} (/healthz /readyz /metrics)")
         _print_banner(settings, sock.getsockname()[1], grpc_port)
-        app = create_app(service, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
+        app = create_app(gateway, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
         try:
             await build_server(app, settings, material).serve(sockets=[sock])
         finally:
@@ -76,7 +75,7 @@ async def _run(settings: Settings) -> None:
         if tls_watch is not None:
             tls_watch.cancel()
         logging.getLogger("gateway").info("closing the batchers and the prediction log")
-        await service.aclose()
+        await gateway.aclose()
         logging.getLogger("gateway").info("stopped")
 
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.backends.remote_config import BackendsConfig
+    from gateway.security.policy import Policy
 
 
 class ConfigError(ValueError):
@@ -152,25 +158,23 @@ class BackendsSettings:
 
     file: Path | None = None
     """A TOML file naming each remote model's server and replicas; unset: every model runs in process."""
+    parsed: BackendsConfig | None = field(default=None, init=False, repr=False, compare=False)
+    """The file as ``validate`` parsed it (once, at start); the registry builds remote backends from it."""
 
     def validate(self) -> None:
-        if self.file is None:
-            return
         from gateway.backends.remote_config import BackendsConfigError, load_backends_config
 
         try:
-            load_backends_config(self.file)
+            self.parsed = load_backends_config(self.file)
         except BackendsConfigError as exc:
             raise ConfigError(f"backends.file: {exc}") from None
 
     def check_models(self, repo: Path) -> None:
         """Every model the file names must be in the repository (a typo would silently run it in process)."""
-        if self.file is None:
+        if self.file is None or self.parsed is None:
             return
-        from gateway.backends.remote_config import load_backends_config
-
         known = {p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file()}
-        unknown = sorted(set(load_backends_config(self.file).models) - known)
+        unknown = sorted(set(self.parsed.models) - known)
         if unknown:
             raise ConfigError(
                 f"backends.file: {self.file} names model(s) {unknown} that {repo} does not have "
@@ -304,6 +308,8 @@ class SecuritySettings:
     may do everything. Re-read when it changes (a broken new file keeps the old policy)."""
     policy_reload_s: float = 1.0
     """How often (at most) a request checks whether the policy file changed."""
+    parsed_policy: Policy | None = field(default=None, init=False, repr=False, compare=False)
+    """The policy file as ``validate`` parsed it at start (the authorizer starts from it, then follows the file)."""
 
     def validate(self) -> None:
         if not self.policy_reload_s > 0:
@@ -313,7 +319,7 @@ class SecuritySettings:
         from gateway.security.policy import PolicyError, load_policy
 
         try:
-            load_policy(self.policy_file)
+            self.parsed_policy = load_policy(self.policy_file)
         except PolicyError as exc:
             raise ConfigError(f"security.policy_file: {exc}") from None
 
@@ -349,16 +355,21 @@ def _check_positive(key: str, value: int) -> None:
         raise ConfigError(f"{key} must be > 0, got {value}")
 
 
-def _coerce(key: str, annotation: str, value: Any) -> Any:
-    """Convert a TOML or environment value to the field's declared type, or say why not."""
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Convert a TOML or environment value to the field's type hint, or say why not."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))  # X | None: X
     from_env = isinstance(value, str)
-    if annotation == "bool":
+    if hint is bool:
         if isinstance(value, bool):
             return value
-        if from_env and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
+        if from_env and value.lower() in (*_TRUE, *_FALSE):
+            return value.lower() in _TRUE
         raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if annotation == "float":
+    if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if from_env:
@@ -367,21 +378,29 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{key} must be a number, got {value!r}")
-    if annotation == "int":
+    if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if from_env and value.strip().lstrip("-").isdigit():
             return int(value)
         raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if annotation.startswith("Path"):
+    if hint is Path:
         if isinstance(value, (str, Path)) and str(value):
             return Path(value)
         raise ConfigError(f"{key} must be a path, got {value!r}")
-    if annotation == "str":
+    if hint is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key} must be a string, got {value!r}")
-    raise AssertionError(f"no coercion for {annotation}")
+    raise AssertionError(f"no coercion for {hint!r}")
+
+
+def _parsed_types() -> dict[str, type]:
+    """The types of what ``validate`` parses (imported late: they import the settings' neighbours)."""
+    from gateway.backends.remote_config import BackendsConfig
+    from gateway.security.policy import Policy
+
+    return {"BackendsConfig": BackendsConfig, "Policy": Policy}
 
 
 def _apply(settings: Settings, values: Mapping[str, Mapping[str, Any]], origin: str) -> None:
@@ -392,12 +411,13 @@ def _apply(settings: Settings, values: Mapping[str, Mapping[str, Any]], origin: 
         if not isinstance(section_values, Mapping):
             raise ConfigError(f"{origin}: {section_name} must be a table")
         section = getattr(settings, section_name)
-        fields = {f.name: f for f in dataclasses.fields(section)}
+        hints = typing.get_type_hints(type(section), localns=_parsed_types())
+        fields = [f.name for f in dataclasses.fields(section) if f.init]
         for key, value in section_values.items():
             full_key = f"{section_name}.{key}"
             if key not in fields:
                 raise ConfigError(f"{origin}: unknown key {full_key!r} (known: {', '.join(fields)})")
-            setattr(section, key, _coerce(full_key, str(fields[key].type), value))
+            setattr(section, key, _coerce(full_key, hints[key], value))
 
 
 def _environment_values(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:

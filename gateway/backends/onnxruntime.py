@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gateway.routing.repository import RepositoryError, TensorSpec
+from gateway.models.repository import RepositoryError, TensorSpec
 
 
 def _check_tensor(model_path: Path, kind: str, actual: ort.NodeArg, expected: TensorSpec) -> None:

@@ -20,9 +20,9 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from gateway.routing.repository import ModelSpec, RepositoryError
+from gateway.models.repository import ModelSpec, RepositoryError
+from gateway.models.tensors import tensor_metadata
 
-KSERVE_DTYPES = {"float32": "FP32"}
 RECONNECT_OPTIONS = [
     # A restarted replica is reconnected within a second instead of gRPC's default backoff of up to 120 s.
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -100,7 +100,8 @@ def grpc_failure(endpoint: str, code: grpc.StatusCode | None, details: str) -> E
 
 def _expected(spec: ModelSpec) -> RemoteMetadata:
     def tensor(t) -> RemoteTensor:
-        return RemoteTensor(t.name, KSERVE_DTYPES.get(t.dtype, t.dtype), (-1, *t.dims))
+        metadata = tensor_metadata(t)
+        return RemoteTensor(metadata["name"], metadata["datatype"], tuple(metadata["shape"]))
 
     return RemoteMetadata((tensor(spec.input),), (tensor(spec.output),))
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from gateway.backends.remote import ClientTls
 from gateway.backends.replicas import ReplicaSet
-from gateway.routing.repository import ModelSpec
+from gateway.models.repository import ModelSpec
 
 SERVERS = {"triton": "gateway.backends.triton:TritonModel", "tfserving": "gateway.backends.tfserving:TFServingModel"}
 """Imported only when configured: TF Serving's messages (gateway.tfs) must not enter the descriptor pool of a

@@ -28,7 +28,7 @@ import numpy as np
 
 from gateway.backends.remote import ModelServer, RemoteModelError, ReplicaDown, check_metadata
 from gateway.core.errors import Unavailable
-from gateway.routing.repository import ModelSpec, RepositoryError
+from gateway.models.repository import ModelSpec, RepositoryError
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,16 @@ import grpc
 import numpy as np
 
 from gateway.backends.remote import RECONNECT_OPTIONS, ClientTls, RemoteMetadata, RemoteTensor, grpc_failure
+from gateway.models.tensors import KSERVE_BY_TENSORFLOW
 from gateway.tfs import serving_pb2, serving_pb2_grpc, tensor_pb2
 
 SIGNATURE = "serving_default"
-KSERVE_BY_TF_DTYPE = {tensor_pb2.DT_FLOAT: "FP32", tensor_pb2.DT_DOUBLE: "FP64", tensor_pb2.DT_INT32: "INT32"}
+
+
+def kserve_datatype_of(dtype: int) -> str:
+    """The KServe v2 name of a TensorFlow DataType (its TF name when the table has none: DT_STRING)."""
+    name = tensor_pb2.DataType.Name(dtype)
+    return KSERVE_BY_TENSORFLOW.get(name, name)
 
 
 def _shape(proto: tensor_pb2.TensorShapeProto) -> tuple[int, ...]:
@@ -64,11 +70,7 @@ class TFServingModel:
 
         def tensors(infos) -> tuple[RemoteTensor, ...]:
             return tuple(
-                RemoteTensor(
-                    name,
-                    KSERVE_BY_TF_DTYPE.get(info.dtype, tensor_pb2.DataType.Name(info.dtype)),
-                    _shape(info.tensor_shape),
-                )
+                RemoteTensor(name, kserve_datatype_of(info.dtype), _shape(info.tensor_shape))
                 for name, info in sorted(infos.items())
             )
 

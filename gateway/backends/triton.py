@@ -15,6 +15,7 @@ from gateway.backends.remote import (
     RemoteTensor,
     ReplicaDown,
 )
+from gateway.models.tensors import KSERVE_BY_NUMPY
 
 _CODES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
 
@@ -70,7 +71,7 @@ class TritonModel:
             return False
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
-        tensor = InferInput(self._input_name, list(batch.shape), "FP32")
+        tensor = InferInput(self._input_name, list(batch.shape), KSERVE_BY_NUMPY[batch.dtype.name])
         tensor.set_data_from_numpy(batch)
         try:
             result = await self._client.infer(

@@ -28,8 +28,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from gateway.models.repository import load_repository
 from gateway.net import free_port
-from gateway.routing.repository import load_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-triton"

@@ -19,8 +19,8 @@ import numpy as np
 
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.bench.photos import digit_photo, digit_png
+from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 
 DEFAULT_DIGITS = Path("tests/data/mnist_heldout_sample.npz")
 ORIENTATIONS = (1, 3, 6, 8)

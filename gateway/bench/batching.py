@@ -28,7 +28,7 @@ from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_photo
 from gateway.bench.profile import stage_shares, start_py_spy
 from gateway.bench.server_process import start_gateway
-from gateway.routing.repository import load_repository
+from gateway.models.repository import load_repository
 from gateway.security.pki import PkiPaths, init_pki
 from gateway.security.tls import client_context
 

@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from gateway.bench.photos import EXIF_ORIENTATION_TAG, STORED_TRANSPOSE
+from gateway.models.repository import ModelSpec, load_repository
 from gateway.preprocess.imagenet import prepare_imagenet_photo
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import ModelSpec, load_repository
 
 DEFAULT_PHOTO = Path("model_repo/training/hotdog_photos/hotdog/hol_hot_dogs-0001.jpg")
 

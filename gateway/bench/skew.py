@@ -14,11 +14,11 @@ from PIL import Image, ImageFilter
 
 from gateway.bench.photos import digit_photo
 from gateway.config import SkewSettings
+from gateway.models.repository import load_repository
 from gateway.monitoring.baseline import read_baseline
 from gateway.monitoring.features import digit_features
 from gateway.monitoring.skew import SkewThresholds, compute_skew
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 

@@ -29,7 +29,7 @@ from gateway.backends.triton_local import DEFAULT_VENV, ServerTls, build_python_
 from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_png
 from gateway.bench.server_process import start_gateway
-from gateway.routing.repository import load_repository
+from gateway.models.repository import load_repository
 from gateway.security.pki import init_pki, issue_client
 from gateway.security.tls import client_context
 

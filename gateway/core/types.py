@@ -34,22 +34,19 @@ class Route:
     """stable | canary | shadow (pinned by label) | pinned (the request named a version)."""
 
 
-@dataclass
-class ClassifyRequest:
-    """One item to classify, whatever protocol it arrived on: a photo, or an already-preprocessed row."""
+@dataclass(slots=True)
+class PhotoRequest:
+    """One photo to classify, whatever protocol it arrived on (REST, the gateway's gRPC Classifier)."""
 
     model: str
-    image: bytes
+    photo: bytes
+    """As uploaded (JPEG, PNG or WebP): decoded and preprocessed by the data plane."""
     identity: Identity
-    tensor: np.ndarray | None = None
-    """A preprocessed input row (KServe, TF Serving); when set, ``image`` is ignored."""
     version: str | None = None
     label: str | None = None
     """A rollout label to pin (stable, canary, shadow); ``version`` wins when both are set."""
     routing_key: str | None = None
     """Sticky routing key (``x-routing-key``); None: the caller's identity."""
-    route: Route | None = None
-    """Already chosen by the edge (KServe, TF Serving answer with the version before running)."""
     timeout_s: float | None = None
     """The caller's deadline, relative to ``received_at``; None means the model's default."""
     priority: int | None = None
@@ -58,9 +55,48 @@ class ClassifyRequest:
     received_at: float = field(default_factory=time.perf_counter)
 
 
+@dataclass(slots=True)
+class RowRequest:
+    """One already-preprocessed input row to classify (one item of the model's input shape)."""
+
+    model: str
+    row: np.ndarray
+    identity: Identity
+    version: str | None = None
+    label: str | None = None
+    routing_key: str | None = None
+    timeout_s: float | None = None
+    priority: int | None = None
+    request_id: str = field(default_factory=new_request_id)
+    received_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class RowsRequest:
+    """A batch of already-preprocessed rows [N, *dims] (KServe v2, TF Serving): all run on ``route``'s version,
+    which the edge chose (``DataPlane.route``) before parsing, so an unknown version is refused first."""
+
+    model: str
+    rows: np.ndarray
+    identity: Identity
+    route: Route
+    timeout_s: float | None = None
+    request_id: str = field(default_factory=new_request_id)
+    """Row ``i`` is logged as ``{request_id}.{i}``."""
+    received_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class RowsAnswer:
+    """The probabilities [N, classes] of a RowsRequest, in row order, and the version that computed them."""
+
+    route: Route
+    probabilities: np.ndarray
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """The answer to one ClassifyRequest."""
+    """The answer to one PhotoRequest or RowRequest."""
 
     request_id: str
     model: str

@@ -15,16 +15,17 @@ from fastapi import APIRouter, Path, Query, Request
 from gateway.core.errors import InvalidInput
 from gateway.core.types import Identity
 from gateway.ingress.http_common import caller_identity, read_body
+from gateway.models.registry import ModelRegistry
+from gateway.rollout.manager import RolloutManager
 from gateway.rollout.store import ChangeResult, RolloutState
-from gateway.service import GatewayService
 
 MAX_ADMIN_BODY = 64 * 1024
 VersionPath = Annotated[str, Path(pattern=r"^[0-9]{1,9}$")]
 
 
-def _state(service: GatewayService, state: RolloutState) -> dict[str, Any]:
+def _state(registry: ModelRegistry, state: RolloutState) -> dict[str, Any]:
     """The rollout as this replica follows it, with what it has loaded."""
-    described = service.describe_model(state.model)
+    described = registry.describe_model(state.model)
     return {
         **state.policy.to_dict(),
         "model": state.model,
@@ -36,74 +37,77 @@ def _state(service: GatewayService, state: RolloutState) -> dict[str, Any]:
     }
 
 
-def _change(service: GatewayService, result: ChangeResult) -> dict[str, Any]:
+def _change(registry: ModelRegistry, result: ChangeResult) -> dict[str, Any]:
     return {
         "changed": result.changed,
-        "before": _state(service, result.before) | {"loaded_versions": None, "failed_versions": None},
-        "after": _state(service, result.after),
+        "before": _state(registry, result.before) | {"loaded_versions": None, "failed_versions": None},
+        "after": _state(registry, result.after),
     }
 
 
-def admin_router(service: GatewayService, *, mtls: bool) -> APIRouter:
+async def _json_object(request: Request) -> dict:
+    try:
+        body = json.loads(await read_body(request, MAX_ADMIN_BODY) or b"null")
+    except ValueError as exc:
+        raise InvalidInput(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput('the body must be a JSON object like {"stable": "1", "canary": "2", "canary_percent": 10}')
+    return body
+
+
+def admin_router(registry: ModelRegistry, rollout: RolloutManager, *, mtls: bool) -> APIRouter:
     router = APIRouter(prefix="/api/v1/models/{model}")
 
     def operator(request: Request, model: str) -> Identity:
         """The caller, if the authorization policy lets it use the rollout admin API on ``model``."""
         identity = caller_identity(request, mtls)
-        service.rollout.require_operator(identity, model)
+        rollout.require_operator(identity, model)
         return identity
 
     @router.get("/rollout")
     async def show(request: Request, model: str) -> dict:
         operator(request, model)
-        service.require_model(model)
-        return _state(service, service.rollout.state(model))
+        registry.model(model)
+        return _state(registry, rollout.state(model))
 
     @router.put("/rollout")
     async def set_rollout(request: Request, model: str) -> dict:
         """Body: any of ``stable``, ``canary``, ``canary_percent``, ``shadow`` (left out: unchanged);
         optional ``revision``: refuse (409) if the rollout has changed since that revision was read."""
         identity = operator(request, model)
-        service.require_model(model)
-        try:
-            body = json.loads(await read_body(request, MAX_ADMIN_BODY) or b"null")
-        except ValueError as exc:
-            raise InvalidInput(f"the body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidInput(
-                'the body must be a JSON object like {"stable": "1", "canary": "2", "canary_percent": 10}'
-            )
+        registry.model(model)
+        body = await _json_object(request)
         revision = body.pop("revision", None)
         if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int)):
             raise InvalidInput(f"revision must be an integer, got {revision!r}")
-        return _change(service, await service.rollout.set(model, body, identity, expected_revision=revision))
+        return _change(registry, await rollout.set(model, body, identity, expected_revision=revision))
 
     @router.post("/rollout/promote")
     async def promote(request: Request, model: str) -> dict:
         identity = operator(request, model)
-        service.require_model(model)
-        return _change(service, await service.rollout.promote(model, identity))
+        registry.model(model)
+        return _change(registry, await rollout.promote(model, identity))
 
     @router.post("/rollout/rollback")
     async def rollback(request: Request, model: str) -> dict:
         identity = operator(request, model)
-        service.require_model(model)
-        return _change(service, await service.rollout.rollback(model, identity))
+        registry.model(model)
+        return _change(registry, await rollout.rollback(model, identity))
 
     @router.get("/rollout/audit")
     async def audit(request: Request, model: str, count: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
         operator(request, model)
-        service.require_model(model)
-        return {"model": model, "entries": await service.rollout.audit(model, count)}
+        registry.model(model)
+        return {"model": model, "entries": await rollout.audit(model, count)}
 
     @router.post("/versions/{version}/load")
     async def load(request: Request, model: str, version: VersionPath) -> dict:
         """Load a version directory now, whatever the version_policy (400 with the reason if it does not load)."""
-        return _change(service, await service.load_version(model, version, operator(request, model)))
+        return _change(registry, await registry.load_version(model, version, operator(request, model)))
 
     @router.post("/versions/{version}/unload")
     async def unload(request: Request, model: str, version: VersionPath) -> dict:
         """Unload a version (400 while the rollout routes to it)."""
-        return _change(service, await service.unload_version(model, version, operator(request, model)))
+        return _change(registry, await registry.unload_version(model, version, operator(request, model)))
 
     return router

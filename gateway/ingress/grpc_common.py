@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+import functools
+import inspect
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -56,6 +59,34 @@ def _trailers(error: GatewayError) -> tuple[tuple[str, str], ...]:
 
 async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> NoReturn:
     await context.abort(grpc_status_for(error), error.message, trailing_metadata=_trailers(error))
+
+
+Method = TypeVar("Method", bound=Callable)
+
+
+def grpc_errors(method: Method) -> Method:
+    """The one place a servicer's GatewayError becomes the call's status (GRPC_STATUS) and trailing metadata
+    (``gateway-error-code``, and ``grpc-retry-pushback-ms`` when overloaded). Wraps unary and streaming methods."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def streaming(self, request, context: grpc.aio.ServicerContext):
+            try:
+                async for answer in method(self, request, context):
+                    yield answer
+            except GatewayError as exc:
+                await abort(context, exc)
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    async def unary(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except GatewayError as exc:
+            await abort(context, exc)
+
+    return unary  # type: ignore[return-value]
 
 
 ROUTING_KEY_METADATA = "x-routing-key"

@@ -17,15 +17,16 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2 as kserve_pb2
 from tritonclient.grpc import service_pb2_grpc as kserve_pb2_grpc
 
+from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.core.errors import GatewayError
-from gateway.core.types import ClassifyRequest, Identity, Prediction, new_request_id
+from gateway.core.types import Identity, PhotoRequest, Prediction, new_request_id
+from gateway.dataplane import DataPlane
 from gateway.ingress import tfserving_grpc
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, grpc_status_for, routing_key
-from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, request_id_for, shared_calls
+from gateway.ingress.grpc_common import caller_identity, grpc_code, grpc_errors, grpc_status_for, routing_key
+from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, IdempotentCalls, request_id_for
 from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.security.tls_reload import TlsMaterial
-from gateway.service import GatewayService
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
@@ -44,12 +45,10 @@ def _response(prediction: Prediction) -> classifier_pb2.ClassifyResponse:
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, service: GatewayService, *, mtls: bool) -> None:
-        self._service = service
+    def __init__(self, plane: DataPlane, idempotent_calls: IdempotentCalls, *, mtls: bool) -> None:
+        self._plane = plane
+        self._calls = idempotent_calls
         self._mtls = mtls
-
-    def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
-        return caller_identity(context, self._mtls)
 
     async def _classify(
         self, message: classifier_pb2.ClassifyRequest, identity: Identity, context: grpc.aio.ServicerContext
@@ -59,9 +58,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         key = dict(context.invocation_metadata() or ()).get(IDEMPOTENCY_HEADER)
         if key is not None:
             message.request_id = request_id_for(identity, key)
-        request = ClassifyRequest(
+        request = PhotoRequest(
             model=message.model,
-            image=message.image,
+            photo=message.image,
             identity=identity,
             version=message.version or None,
             routing_key=routing_key(context),
@@ -70,22 +69,19 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             request_id=message.request_id or new_request_id(),
             received_at=started,
         )
-        with self._service.observe("grpc", message.model, message.version or None, grpc_code) as observed:
+        with self._plane.meter("grpc", message.model, message.version or None, grpc_code) as meter:
             if key is None:
-                prediction = await self._service.classify(request)
+                prediction = await self._plane.classify(request)
             else:
-                calls = shared_calls(self._service)
-                prediction, _ = await calls.run(request.request_id, lambda: self._service.classify(request))
-            observed.done("OK", prediction.version)
+                prediction, _ = await self._calls.run(request.request_id, lambda: self._plane.classify(request))
+            meter.done("OK", prediction.version)
         return prediction
 
+    @grpc_errors
     async def Classify(  # noqa: N802 - the name is the RPC's
         self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ClassifyResponse:
-        try:
-            return _response(await self._classify(request, self._identity(context), context))
-        except GatewayError as exc:
-            await abort(context, exc)
+        return _response(await self._classify(request, caller_identity(context, self._mtls), context))
 
     async def _stream_answer(
         self, message: classifier_pb2.ClassifyRequest, identity: Identity, context: grpc.aio.ServicerContext
@@ -99,14 +95,12 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             return classifier_pb2.ClassifyStreamResponse(request_id=request_id, error=error)
         return classifier_pb2.ClassifyStreamResponse(request_id=request_id, prediction=_response(prediction))
 
+    @grpc_errors
     async def ClassifyStream(  # noqa: N802 - the name is the RPC's
         self, request_iterator: AsyncIterator[classifier_pb2.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[classifier_pb2.ClassifyStreamResponse]:
         """Photos are classified concurrently as they arrive (so they batch); answers go out as they finish."""
-        try:
-            identity = self._identity(context)
-        except GatewayError as exc:
-            await abort(context, exc)
+        identity = caller_identity(context, self._mtls)
         answers: asyncio.Queue[classifier_pb2.ClassifyStreamResponse | None] = asyncio.Queue()
 
         async def answer(message: classifier_pb2.ClassifyRequest) -> None:
@@ -128,16 +122,18 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
 
 
 async def build_grpc_server(
-    service: GatewayService, settings: Settings, material: TlsMaterial | None = None
+    gateway: Gateway, settings: Settings, material: TlsMaterial | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered and its port bound; returns (server, port).
 
     ``material``: the reloadable TLS files (new handshakes follow a rotation); None: loaded once from settings."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.limits.max_body_bytes + 4096)])
     mtls = settings.tls.enabled
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(service, mtls=mtls), server)
-    kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service, mtls=mtls), server)
-    tfserving_service = tfserving_grpc.add_to_server(service, server, mtls=mtls)
+    classifier = ClassifierServicer(gateway.plane, gateway.idempotent_calls, mtls=mtls)
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, server)
+    kserve = KServeServicer(gateway.plane, gateway.registry, mtls=mtls)
+    kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
+    tfserving_service = tfserving_grpc.add_to_server(gateway.plane, server, mtls=mtls)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", CLASSIFIER_SERVICE, KSERVE_SERVICE, tfserving_service):

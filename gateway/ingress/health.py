@@ -9,6 +9,7 @@ unless ``server.health_port`` is set.
 from __future__ import annotations
 
 import socket
+from typing import Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -17,28 +18,39 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.ingress.http_server import bind_socket
-from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
-from gateway.service import GatewayService
+from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE, GatewayMetrics
 
 
-def readiness(service: GatewayService) -> JSONResponse:
+class Probed(Protocol):
+    """What the probes read: the built gateway (gateway.app.Gateway)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def metrics(self) -> GatewayMetrics: ...
+
+    def model_names(self) -> list[str]: ...
+
+
+def readiness(gateway: Probed) -> JSONResponse:
     """The /readyz answer on both ports: 200 once every model is loaded, else 503."""
-    ready = service.ready
+    ready = gateway.ready
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "models": service.model_names()},
+        {"status": "ready" if ready else "not ready", "models": gateway.model_names()},
         status_code=200 if ready else 503,
     )
 
 
-def create_health_app(service: GatewayService) -> Starlette:
+def create_health_app(gateway: Probed) -> Starlette:
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "live"})
 
     async def readyz(_: Request) -> JSONResponse:
-        return readiness(service)
+        return readiness(gateway)
 
     async def metrics(_: Request) -> Response:
-        return Response(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+        return Response(gateway.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return Starlette(
         routes=[
@@ -56,9 +68,9 @@ class HealthServer:
     SIGTERM, and stops this one after it has drained).
     """
 
-    def __init__(self, service: GatewayService, host: str, port: int) -> None:
+    def __init__(self, gateway: Probed, host: str, port: int) -> None:
         self._socket: socket.socket = bind_socket(host, port)
-        config = uvicorn.Config(create_health_app(service), lifespan="off", log_level="warning", access_log=False)
+        config = uvicorn.Config(create_health_app(gateway), lifespan="off", log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)
 
     @property

@@ -1,9 +1,16 @@
-"""What every HTTP surface of the gateway shares: status mapping, error bodies, identity, bounded bodies."""
+"""What every HTTP surface of the gateway shares: status mapping, error handlers, identity, bounded bodies."""
 
 from __future__ import annotations
 
-from fastapi import Request
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount, get_route_path
+from starlette.types import Scope
 
 from gateway.core.errors import (
     Conflict,
@@ -22,6 +29,8 @@ from gateway.core.types import Identity, Route, new_request_id
 from gateway.security.identity import DEV_IDENTITY, identity_from_peercert, serial_of_peercert
 from gateway.security.tls_reload import check_not_revoked
 
+log = logging.getLogger(__name__)
+
 REQUEST_ID_HEADER = "x-request-id"
 ROUTING_KEY_HEADER = "x-routing-key"
 """Sticky rollout routing by this key instead of the client certificate's identity."""
@@ -36,8 +45,6 @@ def version_headers(route: Route) -> dict[str, str]:
 
 KSERVE_PREFIX = "/v2"
 TFSERVING_PREFIX = "/v1/models"
-PLAIN_ERROR_PREFIXES = (KSERVE_PREFIX, TFSERVING_PREFIX)
-"""Surfaces whose clients expect ``{"error": "message"}`` (KServe v2, TensorFlow Serving)."""
 
 HTTP_STATUS: dict[type[GatewayError], int] = {
     InvalidInput: 400,
@@ -67,17 +74,78 @@ def http_code(error: GatewayError) -> str:
     return str(http_status_for(error))
 
 
-def error_response(request: Request, status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    """The gateway's error shape; KServe and TF Serving routes answer ``{"error": message}`` as their clients expect."""
-    request_id = request_id_of(request)
-    body: dict = {"error": {"code": code, "message": message}, "request_id": request_id}
-    if request.url.path.startswith(PLAIN_ERROR_PREFIXES):
-        body = {"error": message}
-    return JSONResponse(
-        body,
-        status_code=status,
-        headers={REQUEST_ID_HEADER: request_id, "x-gateway-error-code": code, **(headers or {})},
-    )
+ErrorBody = Callable[[str, str, str], dict]
+"""(error code, message, request id) -> the JSON body of an error answer: each surface has its own."""
+
+
+def gateway_error_body(code: str, message: str, request_id: str) -> dict:
+    """The gateway's own error shape."""
+    return {"error": {"code": code, "message": message}, "request_id": request_id}
+
+
+def plain_error_body(code: str, message: str, request_id: str) -> dict:
+    """What KServe v2 and TensorFlow Serving clients expect: ``{"error": "message"}``."""
+    return {"error": message}
+
+
+def error_handlers(body: ErrorBody) -> dict:
+    """The exception handlers of one HTTP application (``FastAPI(exception_handlers=...)``), answering errors
+    in ``body``'s shape; statuses come from HTTP_STATUS, looked up along the error's class hierarchy."""
+
+    def respond(request: Request, status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+        request_id = request_id_of(request)
+        return JSONResponse(
+            body(code, message, request_id),
+            status_code=status,
+            headers={REQUEST_ID_HEADER: request_id, "x-gateway-error-code": code, **(headers or {})},
+        )
+
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, Overloaded):
+            headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+        if getattr(request.state, "body_unread", False):
+            headers["connection"] = "close"  # do not drain a body we refused: drop the connection
+        return respond(request, http_status_for(exc), exc.code, exc.message, headers)
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return respond(request, 400, InvalidInput.code, details)
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: NotFound.code, 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return respond(request, exc.status_code, code, str(exc.detail))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request_id_of(request)
+        log.exception("unexpected error in request %s", request_id)
+        return respond(request, 500, GatewayError.code, f"internal error; quote request id {request_id}")
+
+    return {
+        GatewayError: gateway_error,
+        RequestValidationError: validation_error,
+        StarletteHTTPException: http_error,
+        Exception: unexpected,
+    }
+
+
+def surface_app() -> FastAPI:
+    """An application for a foreign protocol's surface (KServe v2, TF Serving): no docs of its own, and errors
+    in the shape its clients expect."""
+    return FastAPI(openapi_url=None, docs_url=None, redoc_url=None, exception_handlers=error_handlers(plain_error_body))
+
+
+class SurfaceMount(Mount):
+    """Mounts a surface's sub-application at its prefix, and also answers the bare prefix (KServe's ``GET /v2``
+    is its server metadata) as the sub-application's ``/`` instead of redirecting."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and get_route_path(scope) == self.path:
+            match, child = super().matches({**scope, "path": scope["path"] + "/"})
+            if match is Match.FULL:
+                child["path"] = scope["path"] + "/"
+            return match, child
+        return super().matches(scope)
 
 
 def request_id_of(request: Request) -> str:

@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import re
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,6 +53,8 @@ class _Call(Generic[T]):
 
 @dataclass
 class IdempotentCalls(Generic[T]):
+    """One per gateway process (the composition root builds it), shared by the REST and gRPC surfaces."""
+
     ttl_s: float = 600.0
     max_entries: int = 10_000
     _calls: OrderedDict[str, _Call[T]] = field(default_factory=OrderedDict)
@@ -95,13 +96,3 @@ class IdempotentCalls(Generic[T]):
             if now - call.finished_at < self.ttl_s:
                 break
             del self._calls[request_id]
-
-
-_SHARED: weakref.WeakKeyDictionary[object, IdempotentCalls] = weakref.WeakKeyDictionary()
-
-
-def shared_calls(owner: object) -> IdempotentCalls:
-    """One IdempotentCalls per ``owner`` (the service), shared by the REST and gRPC surfaces."""
-    if owner not in _SHARED:
-        _SHARED[owner] = IdempotentCalls()
-    return _SHARED[owner]

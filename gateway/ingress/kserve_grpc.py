@@ -12,26 +12,24 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import gateway
-from gateway.core.errors import GatewayError, InvalidInput, NotFound
-from gateway.core.types import Identity, new_request_id
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, routing_key
-from gateway.preprocess.tensors import KSERVE_DATATYPES, batch_from_raw, batch_from_values, kserve_datatype
-from gateway.routing.repository import ModelSpec
-from gateway.service import GatewayService
+from gateway.core.errors import InvalidInput, NotFound
+from gateway.core.types import Identity, RowsAnswer, RowsRequest, new_request_id
+from gateway.dataplane import DataPlane
+from gateway.ingress.grpc_common import caller_identity, grpc_code, grpc_errors, routing_key
+from gateway.models.registry import ModelRegistry
+from gateway.models.repository import ModelSpec
+from gateway.models.tensors import kserve_datatype, tensor_metadata
+from gateway.preprocess.tensors import batch_from_raw, batch_from_values, check_input_names, check_output_names
 
 SERVER_NAME = "image-gateway"
 EXTENSIONS = ("model_configuration", "binary_tensor_data")
+TensorMetadata = service_pb2.ModelMetadataResponse.TensorMetadata
 
 
 def input_batch(request: service_pb2.ModelInferRequest, spec: ModelSpec) -> np.ndarray:
     """The request's one input as a validated [N, *dims] batch."""
-    if len(request.inputs) != 1:
-        raise InvalidInput(
-            f"model {spec.name!r} takes exactly one input, {spec.input.name!r}; the request has {len(request.inputs)}"
-        )
+    check_input_names([tensor.name for tensor in request.inputs], spec)
     tensor = request.inputs[0]
-    if tensor.name != spec.input.name:
-        raise InvalidInput(f"unknown input {tensor.name!r}; model {spec.name!r} takes {spec.input.name!r}")
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidInput(f"{len(request.raw_input_contents)} raw_input_contents for 1 input")
@@ -39,100 +37,91 @@ def input_batch(request: service_pb2.ModelInferRequest, spec: ModelSpec) -> np.n
     return batch_from_values(tensor.datatype, tensor.shape, tensor.contents.fp32_contents, spec)
 
 
-def check_requested_outputs(request: service_pb2.ModelInferRequest, spec: ModelSpec) -> None:
-    for output in request.outputs:
-        if output.name != spec.output.name:
-            raise InvalidInput(f"unknown output {output.name!r}; model {spec.name!r} has {spec.output.name!r}")
-
-
-def tensor_metadata(name: str, dtype: str, dims: tuple[int, ...]) -> service_pb2.ModelMetadataResponse.TensorMetadata:
-    return service_pb2.ModelMetadataResponse.TensorMetadata(
-        name=name, datatype=KSERVE_DATATYPES[dtype], shape=[-1, *dims]
+def rows_request(
+    request: service_pb2.ModelInferRequest, plane: DataPlane, identity: Identity, context: grpc.aio.ServicerContext
+) -> tuple[ModelSpec, RowsRequest]:
+    """The model and the RowsRequest of an infer call: routed first (an unknown version is refused before
+    the tensors are read), then the input and the requested outputs checked against the model."""
+    spec = plane.spec(request.model_name)
+    route = plane.route(spec.name, request.model_version or None, None, identity, routing_key(context))
+    batch = input_batch(request, spec)
+    check_output_names([output.name for output in request.outputs], spec)
+    rows = RowsRequest(
+        model=spec.name,
+        rows=batch,
+        identity=identity,
+        route=route,
+        timeout_s=context.time_remaining(),
+        request_id=request.id or new_request_id(),
     )
+    return spec, rows
+
+
+def infer_response(request: service_pb2.ModelInferRequest, spec: ModelSpec, answer: RowsAnswer):
+    response = service_pb2.ModelInferResponse(model_name=spec.name, model_version=answer.route.version, id=request.id)
+    output = response.outputs.add()
+    output.name = spec.output.name
+    output.datatype = kserve_datatype(spec.output)
+    output.shape.extend(answer.probabilities.shape)
+    response.raw_output_contents.append(answer.probabilities.astype("<f4").tobytes())
+    return response
 
 
 class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: GatewayService, *, mtls: bool) -> None:
-        self._service = service
+    def __init__(self, plane: DataPlane, registry: ModelRegistry, *, mtls: bool) -> None:
+        self._plane = plane
+        self._registry = registry
         self._mtls = mtls
 
-    async def _guard(self, context: grpc.aio.ServicerContext) -> Identity:
-        try:
-            return caller_identity(context, self._mtls)
-        except GatewayError as exc:
-            await abort(context, exc)
+    def _addressed_model(self, request, context: grpc.aio.ServicerContext) -> ModelSpec:
+        """The model (and version) a metadata or config request names, or NotFound."""
+        caller_identity(context, self._mtls)
+        self._registry.resolve_version(request.name, request.version or None)
+        return self._registry.spec(request.name)
 
+    @grpc_errors
     async def ServerLive(self, request, context):  # noqa: N802 - RPC names
-        await self._guard(context)
+        caller_identity(context, self._mtls)
         return service_pb2.ServerLiveResponse(live=True)
 
+    @grpc_errors
     async def ServerReady(self, request, context):  # noqa: N802
-        await self._guard(context)
-        return service_pb2.ServerReadyResponse(ready=self._service.ready)
+        caller_identity(context, self._mtls)
+        return service_pb2.ServerReadyResponse(ready=self._registry.ready)
 
+    @grpc_errors
     async def ModelReady(self, request, context):  # noqa: N802
-        await self._guard(context)
         try:
-            self._service.resolve_version(request.name, request.version or None)
+            self._addressed_model(request, context)
         except NotFound:
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=True)
 
+    @grpc_errors
     async def ServerMetadata(self, request, context):  # noqa: N802
-        await self._guard(context)
+        caller_identity(context, self._mtls)
         return service_pb2.ServerMetadataResponse(name=SERVER_NAME, version=gateway.__version__, extensions=EXTENSIONS)
 
-    async def _addressed_model(self, request, context: grpc.aio.ServicerContext) -> ModelSpec:
-        """The model (and version) a metadata or config request names, or the call aborts with NOT_FOUND."""
-        await self._guard(context)
-        try:
-            self._service.resolve_version(request.name, request.version or None)
-            return self._service.spec(request.name)
-        except GatewayError as exc:
-            await abort(context, exc)
-
+    @grpc_errors
     async def ModelMetadata(self, request, context):  # noqa: N802
-        spec = await self._addressed_model(request, context)
+        spec = self._addressed_model(request, context)
         return service_pb2.ModelMetadataResponse(
             name=spec.name,
-            versions=self._service.loaded_versions(spec.name),
+            versions=self._registry.loaded_versions(spec.name),
             platform=spec.platform,
-            inputs=[tensor_metadata(spec.input.name, spec.input.dtype, spec.input.dims)],
-            outputs=[tensor_metadata(spec.output.name, spec.output.dtype, spec.output.dims)],
+            inputs=[TensorMetadata(**tensor_metadata(spec.input))],
+            outputs=[TensorMetadata(**tensor_metadata(spec.output))],
         )
 
+    @grpc_errors
     async def ModelConfig(self, request, context):  # noqa: N802
-        spec = await self._addressed_model(request, context)
-        return service_pb2.ModelConfigResponse(config=spec.config)
+        return service_pb2.ModelConfigResponse(config=self._addressed_model(request, context).config)
 
+    @grpc_errors
     async def ModelInfer(self, request, context):  # noqa: N802
-        identity = await self._guard(context)
-        observation = self._service.observe("kserve-grpc", request.model_name, request.model_version or None, grpc_code)
-        try:
-            with observation as observed:
-                spec = self._service.spec(request.model_name)
-                route = self._service.route(
-                    request.model_name, request.model_version or None, None, identity, routing_key(context)
-                )
-                version = route.version
-                batch = input_batch(request, spec)
-                check_requested_outputs(request, spec)
-                probabilities = await self._service.classify_rows(
-                    spec.name,
-                    version,
-                    batch,
-                    identity,
-                    request.id or new_request_id(),
-                    context.time_remaining(),
-                    route=route,
-                )
-                observed.done("OK", version)
-        except GatewayError as exc:
-            await abort(context, exc)
-        response = service_pb2.ModelInferResponse(model_name=spec.name, model_version=version, id=request.id)
-        output = response.outputs.add()
-        output.name = spec.output.name
-        output.datatype = kserve_datatype(spec)
-        output.shape.extend(probabilities.shape)
-        response.raw_output_contents.append(probabilities.astype("<f4").tobytes())
-        return response
+        identity = caller_identity(context, self._mtls)
+        with self._plane.meter("kserve-grpc", request.model_name, request.model_version or None, grpc_code) as meter:
+            spec, rows = rows_request(request, self._plane, identity, context)
+            answer = await self._plane.infer(rows)
+            meter.done("OK", answer.route.version)
+        return infer_response(request, spec, answer)

@@ -13,25 +13,27 @@ import json
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
 
 import gateway
 from gateway.core.errors import InvalidInput, NotFound
-from gateway.core.types import new_request_id
+from gateway.core.types import Identity, RowsAnswer, RowsRequest, new_request_id
+from gateway.dataplane import DataPlane
 from gateway.ingress.http_common import (
-    KSERVE_PREFIX,
     ROUTING_KEY_HEADER,
     caller_identity,
     http_code,
     read_body,
+    surface_app,
     version_headers,
 )
 from gateway.ingress.kserve_grpc import EXTENSIONS, SERVER_NAME
-from gateway.preprocess.tensors import batch_from_raw, batch_from_values, kserve_datatype
-from gateway.routing.repository import ModelSpec
-from gateway.service import GatewayService
+from gateway.models.registry import ModelRegistry
+from gateway.models.repository import ModelSpec
+from gateway.models.tensors import kserve_datatype, tensor_metadata
+from gateway.preprocess.tensors import batch_from_raw, batch_from_values, check_input_names, check_output_names
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -65,12 +67,11 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: ModelSpec)
     else:
         payload, binary = _json_body(body), b""
     inputs = payload.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+    if not isinstance(inputs, list) or not all(isinstance(tensor, dict) for tensor in inputs):
         raise InvalidInput(f"'inputs' must list exactly one tensor, {spec.input.name!r}")
+    check_input_names([tensor.get("name") for tensor in inputs], spec)
     tensor = inputs[0]
     name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
-    if name != spec.input.name:
-        raise InvalidInput(f"unknown input {name!r}; model {spec.name!r} takes {spec.input.name!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape) or not isinstance(datatype, str):
         raise InvalidInput(f"input {name!r} needs an integer list 'shape' and a string 'datatype'")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
@@ -90,102 +91,117 @@ def _wants_binary(payload: dict, spec: ModelSpec) -> bool:
     outputs = payload.get("outputs") or []
     if not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list")
+    check_output_names([output.get("name") if isinstance(output, dict) else None for output in outputs], spec)
     for output in outputs:
-        name = output.get("name") if isinstance(output, dict) else None
-        if name != spec.output.name:
-            raise InvalidInput(f"unknown output {name!r}; model {spec.name!r} has {spec.output.name!r}")
         return bool((output.get("parameters") or {}).get("binary_data", default))
     return default
 
 
-def infer_response(payload: dict, spec: ModelSpec, version: str, probabilities: np.ndarray) -> Response:
+async def infer_request(
+    request: Request, plane: DataPlane, identity: Identity, model: str, version: str | None, max_body_bytes: int
+) -> tuple[ModelSpec, dict, bool, RowsRequest]:
+    """(the model, the JSON part, whether the output goes back as binary, the RowsRequest) of an infer call.
+    Routed first: an unknown version is refused before the body is read."""
+    spec = plane.spec(model)
+    route = plane.route(spec.name, version, None, identity, request.headers.get(ROUTING_KEY_HEADER))
+    body = await read_body(request, max_body_bytes)
+    payload, batch = parse_infer_request(body, request.headers.get(HEADER_LENGTH), spec)
+    binary = _wants_binary(payload, spec)
+    rows = RowsRequest(
+        model=spec.name,
+        rows=batch,
+        identity=identity,
+        route=route,
+        request_id=str(payload.get("id") or new_request_id()),
+    )
+    return spec, payload, binary, rows
+
+
+def infer_response(payload: dict, binary: bool, spec: ModelSpec, answer: RowsAnswer) -> Response:
+    probabilities = answer.probabilities
     output: dict[str, Any] = {
         "name": spec.output.name,
-        "datatype": kserve_datatype(spec),
+        "datatype": kserve_datatype(spec.output),
         "shape": list(probabilities.shape),
     }
-    answer: dict[str, Any] = {"model_name": spec.name, "model_version": version, "outputs": [output]}
+    reply: dict[str, Any] = {"model_name": spec.name, "model_version": answer.route.version, "outputs": [output]}
     if "id" in payload:
-        answer["id"] = payload["id"]
-    if not _wants_binary(payload, spec):
+        reply["id"] = payload["id"]
+    headers = version_headers(answer.route)
+    if not binary:
         output["data"] = probabilities.ravel().tolist()
-        return JSONResponse(answer)
+        return JSONResponse(reply, headers=headers)
     raw = probabilities.astype("<f4").tobytes()
     output["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps(answer).encode()
-    return Response(header + raw, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))})
+    header = json.dumps(reply).encode()
+    headers[HEADER_LENGTH] = str(len(header))
+    return Response(header + raw, media_type="application/octet-stream", headers=headers)
 
 
-def _tensor_metadata(name: str, dims: tuple[int, ...]) -> dict:
-    return {"name": name, "datatype": "FP32", "shape": [-1, *dims]}
+def kserve_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+    """The KServe v2 surface, mounted at ``/v2``; its errors are ``{"error": message}``."""
+    app = surface_app()
+    _add_metadata_routes(app, registry, mtls)
+
+    @app.post("/models/{model}/infer")
+    @app.post("/models/{model}/versions/{version}/infer")
+    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+        with plane.meter("kserve-http", model, version, http_code) as meter:
+            identity = caller_identity(request, mtls)
+            spec, payload, binary, rows = await infer_request(request, plane, identity, model, version, max_body_bytes)
+            answer = await plane.infer(rows)
+            meter.done("200", answer.route.version)
+        return infer_response(payload, binary, spec, answer)
+
+    return app
 
 
-def kserve_router(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> APIRouter:
-    router = APIRouter(prefix=KSERVE_PREFIX)
+def _add_metadata_routes(app: FastAPI, registry: ModelRegistry, mtls: bool) -> None:
+    """Health, server and model metadata, model readiness and config."""
 
-    def model_and_version(request: Request, model: str, version: str | None) -> tuple[ModelSpec, str]:
+    def addressed(request: Request, model: str, version: str | None) -> ModelSpec:
+        """The model a metadata, readiness or config request names (and its version must be loaded)."""
         caller_identity(request, mtls)
-        return service.spec(model), service.resolve_version(model, version)
+        registry.resolve_version(model, version)
+        return registry.spec(model)
 
-    @router.get("/health/live")
+    @app.get("/health/live")
     async def live(request: Request) -> dict:
         caller_identity(request, mtls)
         return {}
 
-    @router.get("/health/ready")
+    @app.get("/health/ready")
     async def ready(request: Request) -> Response:
         caller_identity(request, mtls)
-        return Response(status_code=200 if service.ready else 400)
+        return Response(status_code=200 if registry.ready else 400)
 
-    @router.get("")
+    @app.get("/")
     async def server_metadata(request: Request) -> dict:
         caller_identity(request, mtls)
         return {"name": SERVER_NAME, "version": gateway.__version__, "extensions": list(EXTENSIONS)}
 
-    @router.get("/models/{model}")
-    @router.get("/models/{model}/versions/{version}")
+    @app.get("/models/{model}")
+    @app.get("/models/{model}/versions/{version}")
     async def model_metadata(request: Request, model: str, version: str | None = None) -> dict:
-        spec, _ = model_and_version(request, model, version)
+        spec = addressed(request, model, version)
         return {
             "name": spec.name,
-            "versions": service.loaded_versions(spec.name),
+            "versions": registry.loaded_versions(spec.name),
             "platform": spec.platform,
-            "inputs": [_tensor_metadata(spec.input.name, spec.input.dims)],
-            "outputs": [_tensor_metadata(spec.output.name, spec.output.dims)],
+            "inputs": [tensor_metadata(spec.input)],
+            "outputs": [tensor_metadata(spec.output)],
         }
 
-    @router.get("/models/{model}/ready")
-    @router.get("/models/{model}/versions/{version}/ready")
+    @app.get("/models/{model}/ready")
+    @app.get("/models/{model}/versions/{version}/ready")
     async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
         try:
-            model_and_version(request, model, version)
+            addressed(request, model, version)
         except NotFound:
             return Response(status_code=400)
         return Response(status_code=200)
 
-    @router.get("/models/{model}/config")
-    @router.get("/models/{model}/versions/{version}/config")
+    @app.get("/models/{model}/config")
+    @app.get("/models/{model}/versions/{version}/config")
     async def model_config(request: Request, model: str, version: str | None = None) -> dict:
-        spec, _ = model_and_version(request, model, version)
-        return json_format.MessageToDict(spec.config, preserving_proto_field_name=True)
-
-    @router.post("/models/{model}/infer")
-    @router.post("/models/{model}/versions/{version}/infer")
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        with service.observe("kserve-http", model, version, http_code) as observed:
-            identity = caller_identity(request, mtls)
-            spec = service.spec(model)
-            route = service.route(model, version, None, identity, request.headers.get(ROUTING_KEY_HEADER))
-            chosen = route.version
-            body = await read_body(request, max_body_bytes)
-            payload, batch = parse_infer_request(body, request.headers.get(HEADER_LENGTH), spec)
-            request_id = str(payload.get("id") or new_request_id())
-            probabilities = await service.classify_rows(
-                spec.name, chosen, batch, identity, request_id, None, route=route
-            )
-            response = infer_response(payload, spec, chosen, probabilities)
-            response.headers.update(version_headers(route))
-            observed.done("200", chosen)
-        return response
-
-    return router
+        return json_format.MessageToDict(addressed(request, model, version).config, preserving_proto_field_name=True)

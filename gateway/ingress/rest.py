@@ -9,43 +9,41 @@ import time
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Header, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.core.errors import (
-    GatewayError,
-    InvalidInput,
-    NotFound,
-    Overloaded,
-    UnsupportedMediaType,
-)
-from gateway.core.types import ClassifyRequest, Route
+from gateway.app import Gateway
+from gateway.core.errors import GatewayError, InvalidInput, UnsupportedMediaType
+from gateway.core.types import PhotoRequest, Prediction, Route
 from gateway.ingress.admin import admin_router
 from gateway.ingress.health import readiness
 from gateway.ingress.http_common import (
+    KSERVE_PREFIX,
     REQUEST_ID_HEADER,
     ROUTING_KEY_HEADER,
+    TFSERVING_PREFIX,
+    SurfaceMount,
     caller_identity,
-    error_response,
+    error_handlers,
+    gateway_error_body,
     http_code,
     http_status_for,
     read_body,
     request_id_of,
     version_headers,
 )
-from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, request_id_for, shared_calls
-from gateway.ingress.kserve_http import kserve_router
-from gateway.ingress.tfserving_http import tfserving_router
+from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, request_id_for
+from gateway.ingress.kserve_http import kserve_app
+from gateway.ingress.tfserving_http import tfserving_app
 from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
+from gateway.monitoring.monitor import Monitor
 from gateway.preprocess.image import ACCEPTED_FORMATS
-from gateway.service import GatewayService
 
 log = logging.getLogger(__name__)
+__all__ = ["create_app", "http_status_for"]
 
 RAW_IMAGE_TYPES = frozenset(ACCEPTED_FORMATS.values())
 MULTIPART = "multipart/form-data"
@@ -150,6 +148,34 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) 
     raise ClientDisconnected
 
 
+async def read_photo(request: Request, max_body_bytes: int) -> bytes:
+    """The uploaded photo: the raw body, or the multipart field ``image``; refuses a bad Content-Type first."""
+    content_type = request.headers.get("content-type", "")
+    media_type = _media_type(content_type)
+    body = await read_body(request, max_body_bytes)
+    return _image_from_multipart(body, content_type) if media_type == MULTIPART else body
+
+
+def prediction_response(prediction: Prediction, request_id: str, replayed: bool) -> JSONResponse:
+    replay_headers = {REPLAYED_HEADER: "true"} if replayed else {}
+    return JSONResponse(
+        {
+            "model": prediction.model,
+            "version": prediction.version,
+            "label": prediction.label,
+            "probabilities": prediction.probabilities,
+            "request_id": prediction.request_id,
+            "latency_ms": round(prediction.latency_ms, 3),
+            "arm": prediction.arm,
+        },
+        headers={
+            REQUEST_ID_HEADER: request_id,
+            **replay_headers,
+            **version_headers(Route(prediction.version, prediction.arm)),
+        },
+    )
+
+
 def _media_type(content_type: str) -> str:
     """Refuse an unsupported Content-Type before reading the body."""
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -166,90 +192,78 @@ def _media_type(content_type: str) -> str:
     )
 
 
-def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> FastAPI:
-    """Build the REST application around an already-loaded service."""
-    app = FastAPI(title="Image classifier gateway", version="1")
+PredictionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 
-    @app.exception_handler(GatewayError)
-    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        headers = {}
-        if isinstance(exc, Overloaded):
-            headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-        if getattr(request.state, "body_unread", False):
-            headers["connection"] = "close"  # do not drain a body we refused: drop the connection
-        return error_response(request, http_status_for(exc), exc.code, exc.message, headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return error_response(request, 400, InvalidInput.code, details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: NotFound.code, 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request_id_of(request)
-        log.exception("unexpected error in request %s", request_id)
-        return error_response(request, 500, GatewayError.code, f"internal error; quote request id {request_id}")
-
-    app.include_router(kserve_router(service, mtls=mtls, max_body_bytes=max_body_bytes))
-    app.include_router(tfserving_router(service, mtls=mtls, max_body_bytes=max_body_bytes))
-    app.include_router(admin_router(service, mtls=mtls))
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "live"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        return readiness(service)
-
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        caller_identity(request, mtls)
-        return Response(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+def create_app(gateway: Gateway, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+    """The REST application around a built gateway: the photo API, admin, health, and the KServe v2 and
+    TF Serving surfaces mounted as sub-applications (each answers errors in its clients' shape)."""
+    app = FastAPI(title="Image classifier gateway", version="1", exception_handlers=error_handlers(gateway_error_body))
+    plane, registry = gateway.plane, gateway.registry
+    surfaces = (
+        (KSERVE_PREFIX, kserve_app(plane, registry, mtls=mtls, max_body_bytes=max_body_bytes)),
+        (TFSERVING_PREFIX, tfserving_app(plane, registry, mtls=mtls, max_body_bytes=max_body_bytes)),
+    )
+    app.router.routes.extend(SurfaceMount(prefix, surface) for prefix, surface in surfaces)
+    app.include_router(admin_router(registry, gateway.rollout, mtls=mtls))
+    app.include_router(_health_router(gateway, mtls))
+    app.include_router(_monitoring_router(gateway.monitor, mtls))
+    app.include_router(_classify_router(gateway, mtls, max_body_bytes))
 
     @app.get("/api/v1/models")
     async def list_models(request: Request) -> dict:
         caller_identity(request, mtls)
-        return {"models": service.describe_models()}
+        return {"models": registry.describe_models()}
 
     @app.get("/api/v1/models/{model}")
     async def describe_model(request: Request, model: str) -> dict:
         caller_identity(request, mtls)
-        return service.describe_model(model)
+        return registry.describe_model(model)
 
-    @app.post("/api/v1/predictions/{request_id}/feedback")
-    async def feedback(
-        request: Request,
-        request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")],
-        body: Feedback,
-    ) -> dict:
+    return app
+
+
+def _health_router(gateway: Gateway, mtls: bool) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "live"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        return readiness(gateway)
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        caller_identity(request, mtls)
+        return Response(gateway.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return router
+
+
+def _monitoring_router(monitor: Monitor, mtls: bool) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+
+    @router.post("/predictions/{request_id}/feedback")
+    async def feedback(request: Request, request_id: PredictionId, body: Feedback) -> dict:
         """The true label of an answered prediction (from the client that asked, or an operator)."""
-        return await service.record_feedback(request_id, body.label, caller_identity(request, mtls))
+        return await monitor.record_feedback(request_id, body.label, caller_identity(request, mtls))
 
-    @app.get("/api/v1/predictions/{request_id}/photo")
-    async def sampled_photo(
-        request: Request, request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
-    ) -> Response:
+    @router.get("/predictions/{request_id}/photo")
+    async def sampled_photo(request: Request, request_id: PredictionId) -> Response:
         """The photo a prediction was made from, as uploaded, if it was sampled for retraining (operators only)."""
-        photo = await service.sampled_photo(request_id, caller_identity(request, mtls))
-        return Response(
-            photo.photo,
-            media_type=photo.content_type,
-            headers={"x-model": photo.model, "x-model-version": photo.version, "x-photo-id": photo.photo_id},
-        )
+        photo = await monitor.sampled_photo(request_id, caller_identity(request, mtls))
+        headers = {"x-model": photo.model, "x-model-version": photo.version, "x-photo-id": photo.photo_id}
+        return Response(photo.photo, media_type=photo.content_type, headers=headers)
 
-    @app.get("/api/v1/models/{model}/accuracy")
+    @router.get("/models/{model}/accuracy")
     async def live_accuracy(request: Request, model: str) -> dict:
         """Live accuracy per version, from the feedback received so far."""
         caller_identity(request, mtls)
-        return {"model": model, "versions": await service.live_accuracy(model)}
+        return {"model": model, "versions": await monitor.live_accuracy(model)}
 
-    @app.get("/api/v1/models/{model}/skew")
+    @router.get("/models/{model}/skew")
     async def skew(
         request: Request,
         model: str,
@@ -261,9 +275,15 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
     ) -> dict:
         """Training/serving skew of the newest logged predictions against the version's training baseline."""
         caller_identity(request, mtls)
-        return await service.skew(model, version, window, window_s)
+        return await monitor.skew(model, version, window, window_s)
 
-    @app.post("/api/v1/models/{model}/classify")
+    return router
+
+
+def _classify_router(gateway: Gateway, mtls: bool, max_body_bytes: int) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/api/v1/models/{model}/classify")
     async def classify(
         request: Request,
         model: str,
@@ -283,58 +303,30 @@ def create_app(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> F
         idempotency_key: Annotated[
             str | None, Header(alias=IDEMPOTENCY_HEADER, description="a retry with the same key is answered once")
         ] = None,
-    ) -> JSONResponse:
-        request_id = request_id_of(request)
+    ) -> Response:
         started = time.perf_counter()
-        replayed = False
-        with service.observe("rest", model, version, http_code) as observed:
+        plane = gateway.plane
+        with plane.meter("rest", model, version, http_code) as meter:
             try:
                 identity = caller_identity(request, mtls)
+                request_id = request_id_of(request)
                 if idempotency_key is not None:
                     request_id = request.state.request_id = request_id_for(identity, idempotency_key)
-                service.require_model(model)
-                content_type = request.headers.get("content-type", "")
-                media_type = _media_type(content_type)
-                body = await read_body(request, max_body_bytes)
-                photo = _image_from_multipart(body, content_type) if media_type == MULTIPART else body
-                classify_request = ClassifyRequest(
-                    model=model,
-                    image=photo,
-                    identity=identity,
-                    version=version,
-                    label=label,
-                    routing_key=routing_key,
-                    timeout_s=None if timeout_ms is None else timeout_ms / 1000.0,
-                    priority=priority,
-                    request_id=request_id,
-                    received_at=started,
+                plane.spec(model)
+                photo = await read_photo(request, max_body_bytes)
+                timeout_s = None if timeout_ms is None else timeout_ms / 1000.0
+                call = PhotoRequest(
+                    model, photo, identity, version, label, routing_key, timeout_s, priority, request_id, started
                 )
                 if idempotency_key is None:
-                    prediction = await _unless_client_leaves(request, service.classify(classify_request))
+                    prediction, replayed = await _unless_client_leaves(request, plane.classify(call)), False
                 else:
-                    calls = shared_calls(service)
-                    work = calls.run(request_id, lambda: service.classify(classify_request))
+                    work = gateway.idempotent_calls.run(request_id, lambda: plane.classify(call))
                     prediction, replayed = await _unless_client_leaves(request, work)
             except ClientDisconnected:
-                observed.done(CLIENT_CLOSED_REQUEST)
+                meter.done(CLIENT_CLOSED_REQUEST)
                 return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
-            observed.done("200", prediction.version)
-        replay_headers = {REPLAYED_HEADER: "true"} if replayed else {}
-        return JSONResponse(
-            {
-                "model": prediction.model,
-                "version": prediction.version,
-                "label": prediction.label,
-                "probabilities": prediction.probabilities,
-                "request_id": prediction.request_id,
-                "latency_ms": round(prediction.latency_ms, 3),
-                "arm": prediction.arm,
-            },
-            headers={
-                REQUEST_ID_HEADER: request_id,
-                **replay_headers,
-                **version_headers(Route(prediction.version, prediction.arm)),
-            },
-        )
+            meter.done("200", prediction.version)
+        return prediction_response(prediction, request_id, replayed)
 
-    return app
+    return router

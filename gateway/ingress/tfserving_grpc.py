@@ -10,16 +10,15 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from gateway.core.errors import GatewayError, InvalidInput
-from gateway.core.types import new_request_id
-from gateway.ingress.grpc_common import abort, caller_identity, grpc_code, routing_key
-from gateway.ingress.tfserving_common import DEFAULT_SIGNATURE, PREDICT_METHOD, resolve
-from gateway.preprocess.tensors import batch_from_raw, batch_from_values
-from gateway.routing.repository import ModelSpec
-from gateway.service import GatewayService
+from gateway.core.errors import InvalidInput
+from gateway.core.types import Identity, RowsAnswer, RowsRequest
+from gateway.dataplane import DataPlane
+from gateway.ingress.grpc_common import caller_identity, grpc_code, grpc_errors, routing_key
+from gateway.ingress.tfserving_common import DEFAULT_SIGNATURE, PREDICT_METHOD, metadata_route, predict_spec
+from gateway.models.repository import ModelSpec, TensorSpec
+from gateway.models.tensors import KSERVE_BY_TENSORFLOW, TENSORFLOW_BY_KSERVE, kserve_datatype
+from gateway.preprocess.tensors import batch_from_raw, batch_from_values, check_input_names, check_output_names
 from gateway.tfs import serving_pb2, serving_pb2_grpc, tensor_pb2
-
-KSERVE_BY_TF_DTYPE = {tensor_pb2.DT_FLOAT: "FP32", tensor_pb2.DT_DOUBLE: "FP64", tensor_pb2.DT_INT32: "INT32"}
 
 
 def _shape(proto: tensor_pb2.TensorShapeProto) -> list[int]:
@@ -30,11 +29,15 @@ def _shape_proto(shape: tuple[int, ...] | list[int]) -> tensor_pb2.TensorShapePr
     return tensor_pb2.TensorShapeProto(dim=[tensor_pb2.TensorShapeProto.Dim(size=size) for size in shape])
 
 
+def _tf_dtype(tensor: TensorSpec) -> int:
+    return tensor_pb2.DataType.Value(TENSORFLOW_BY_KSERVE[kserve_datatype(tensor)])
+
+
 def input_batch(request: serving_pb2.PredictRequest, spec: ModelSpec) -> np.ndarray:
-    if len(request.inputs) != 1 or spec.input.name not in request.inputs:
-        raise InvalidInput(f"model {spec.name!r} takes one input, {spec.input.name!r}; got {sorted(request.inputs)}")
+    check_input_names(sorted(request.inputs), spec)
     tensor = request.inputs[spec.input.name]
-    datatype = KSERVE_BY_TF_DTYPE.get(tensor.dtype, tensor_pb2.DataType.Name(tensor.dtype))
+    dtype_name = tensor_pb2.DataType.Name(tensor.dtype)
+    datatype = KSERVE_BY_TENSORFLOW.get(dtype_name, dtype_name)
     shape = _shape(tensor.tensor_shape)
     if tensor.tensor_content:
         return batch_from_raw(datatype, shape, tensor.tensor_content, spec)
@@ -57,74 +60,69 @@ def _requested_version(model_spec: serving_pb2.ModelSpec) -> tuple[str | None, s
 
 
 def signature_def(spec: ModelSpec) -> tensor_pb2.SignatureDef:
-    def info(name: str, dims: tuple[int, ...]) -> tensor_pb2.TensorInfo:
-        return tensor_pb2.TensorInfo(name=name, dtype=tensor_pb2.DT_FLOAT, tensor_shape=_shape_proto([-1, *dims]))
+    def info(tensor: TensorSpec) -> tensor_pb2.TensorInfo:
+        shape = _shape_proto([-1, *tensor.dims])
+        return tensor_pb2.TensorInfo(name=tensor.name, dtype=_tf_dtype(tensor), tensor_shape=shape)
 
     return tensor_pb2.SignatureDef(
-        inputs={spec.input.name: info(spec.input.name, spec.input.dims)},
-        outputs={spec.output.name: info(spec.output.name, spec.output.dims)},
+        inputs={spec.input.name: info(spec.input)},
+        outputs={spec.output.name: info(spec.output)},
         method_name=PREDICT_METHOD,
     )
 
 
+def rows_request(
+    request: serving_pb2.PredictRequest, plane: DataPlane, identity: Identity, context: grpc.aio.ServicerContext
+) -> tuple[ModelSpec, RowsRequest]:
+    version, label = _requested_version(request.model_spec)
+    spec = predict_spec(plane, request.model_spec.name, request.model_spec.signature_name)
+    route = plane.route(spec.name, version, label or None, identity, routing_key(context))
+    batch = input_batch(request, spec)
+    check_output_names(request.output_filter, spec)
+    rows = RowsRequest(spec.name, batch, identity, route, timeout_s=context.time_remaining())
+    return spec, rows
+
+
+def predict_response(spec: ModelSpec, answer: RowsAnswer) -> serving_pb2.PredictResponse:
+    output = tensor_pb2.TensorProto(
+        dtype=_tf_dtype(spec.output),
+        tensor_shape=_shape_proto(answer.probabilities.shape),
+        tensor_content=answer.probabilities.astype("<f4").tobytes(),
+    )
+    model_spec = _model_spec(spec, answer.route.version)
+    return serving_pb2.PredictResponse(model_spec=model_spec, outputs={spec.output.name: output})
+
+
 class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, service: GatewayService, *, mtls: bool) -> None:
-        self._service = service
+    def __init__(self, plane: DataPlane, *, mtls: bool) -> None:
+        self._plane = plane
         self._mtls = mtls
 
+    @grpc_errors
     async def Predict(self, request, context):  # noqa: N802 - RPC names
-        version, label = _requested_version(request.model_spec)
-        observation = self._service.observe("tfserving-grpc", request.model_spec.name, version, grpc_code)
-        try:
-            with observation as observed:
-                identity = caller_identity(context, self._mtls)
-                spec, route = resolve(
-                    self._service,
-                    request.model_spec.name,
-                    version,
-                    label,
-                    request.model_spec.signature_name,
-                    identity,
-                    routing_key(context),
-                )
-                chosen = route.version
-                batch = input_batch(request, spec)
-                unknown = set(request.output_filter) - {spec.output.name}
-                if unknown:
-                    raise InvalidInput(
-                        f"unknown outputs {sorted(unknown)}; model {spec.name!r} has {spec.output.name!r}"
-                    )
-                probabilities = await self._service.classify_rows(
-                    spec.name, chosen, batch, identity, new_request_id(), context.time_remaining(), route=route
-                )
-                observed.done("OK", chosen)
-        except GatewayError as exc:
-            await abort(context, exc)
-        output = tensor_pb2.TensorProto(
-            dtype=tensor_pb2.DT_FLOAT,
-            tensor_shape=_shape_proto(probabilities.shape),
-            tensor_content=probabilities.astype("<f4").tobytes(),
-        )
-        return serving_pb2.PredictResponse(model_spec=_model_spec(spec, chosen), outputs={spec.output.name: output})
+        version, _ = _requested_version(request.model_spec)
+        with self._plane.meter("tfserving-grpc", request.model_spec.name, version, grpc_code) as meter:
+            identity = caller_identity(context, self._mtls)
+            spec, rows = rows_request(request, self._plane, identity, context)
+            answer = await self._plane.infer(rows)
+            meter.done("OK", answer.route.version)
+        return predict_response(spec, answer)
 
+    @grpc_errors
     async def GetModelMetadata(self, request, context):  # noqa: N802
         version, label = _requested_version(request.model_spec)
-        try:
-            caller_identity(context, self._mtls)
-            spec, route = resolve(self._service, request.model_spec.name, version, label, None)
-            chosen = route.version
-            if list(request.metadata_field) != ["signature_def"]:
-                raise InvalidInput(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
-        except GatewayError as exc:
-            await abort(context, exc)
-        response = serving_pb2.GetModelMetadataResponse(model_spec=_model_spec(spec, chosen))
+        caller_identity(context, self._mtls)
+        spec, route = metadata_route(self._plane, request.model_spec.name, version, label)
+        if list(request.metadata_field) != ["signature_def"]:
+            raise InvalidInput(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
+        response = serving_pb2.GetModelMetadataResponse(model_spec=_model_spec(spec, route.version))
         response.metadata["signature_def"].Pack(
             serving_pb2.SignatureDefMap(signature_def={DEFAULT_SIGNATURE: signature_def(spec)})
         )
         return response
 
 
-def add_to_server(service: GatewayService, server: grpc.aio.Server, *, mtls: bool) -> str:
+def add_to_server(plane: DataPlane, server: grpc.aio.Server, *, mtls: bool) -> str:
     """Register the servicer; returns its full service name (for health and reflection)."""
-    serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(service, mtls=mtls), server)
+    serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(plane, mtls=mtls), server)
     return serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name

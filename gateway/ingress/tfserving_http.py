@@ -8,23 +8,24 @@ import json
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway.core.errors import InvalidInput
-from gateway.core.types import new_request_id
+from gateway.core.types import Identity, RowsRequest
+from gateway.dataplane import DataPlane
 from gateway.ingress.http_common import (
     ROUTING_KEY_HEADER,
-    TFSERVING_PREFIX,
     caller_identity,
     http_code,
     read_body,
+    surface_app,
     version_headers,
 )
-from gateway.ingress.tfserving_common import resolve
-from gateway.preprocess.tensors import batch_from_values
-from gateway.routing.repository import ModelSpec
-from gateway.service import GatewayService
+from gateway.ingress.tfserving_common import metadata_route, predict_spec
+from gateway.models.registry import ModelRegistry
+from gateway.models.repository import ModelSpec
+from gateway.preprocess.tensors import batch_from_values, check_input_names
 
 
 def _numbers(value: Any, what: str) -> np.ndarray:
@@ -37,8 +38,7 @@ def _numbers(value: Any, what: str) -> np.ndarray:
 def _unwrap(value: Any, spec: ModelSpec, what: str) -> Any:
     """A named input ({"image": ...}) or the bare input (the model has one)."""
     if isinstance(value, dict):
-        if set(value) != {spec.input.name}:
-            raise InvalidInput(f"{what} names inputs {sorted(value)}; model {spec.name!r} takes {spec.input.name!r}")
+        check_input_names(sorted(value), spec)
         return value[spec.input.name]
     return value
 
@@ -61,17 +61,36 @@ def _batch(array: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return batch_from_values("FP32", list(array.shape), array.ravel().tolist(), spec)
 
 
-def tfserving_router(service: GatewayService, *, mtls: bool, max_body_bytes: int) -> APIRouter:
-    router = APIRouter(prefix=TFSERVING_PREFIX)
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"the predict request is not valid JSON: {exc}") from None
 
-    @router.get("/{model}")
-    @router.get("/{model}/versions/{version}")
-    @router.get("/{model}/labels/{label}")
+
+def predict_request(
+    request: Request, plane: DataPlane, body: bytes, identity: Identity, model: str, version, label
+) -> tuple[str, RowsRequest]:
+    """("instances" or "inputs", the RowsRequest) of a predict call."""
+    payload = _json(body)
+    signature = payload.get("signature_name") if isinstance(payload, dict) else None
+    spec = predict_spec(plane, model, signature)
+    route = plane.route(spec.name, version, label or None, identity, request.headers.get(ROUTING_KEY_HEADER))
+    layout, batch = parse_predict(payload, spec)
+    return layout, RowsRequest(spec.name, batch, identity, route)
+
+
+def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+    """TensorFlow Serving's REST API, mounted at ``/v1/models``; its errors are ``{"error": message}``."""
+    app = surface_app()
+
+    @app.get("/{model}")
+    @app.get("/{model}/versions/{version}")
+    @app.get("/{model}/labels/{label}")
     async def version_status(request: Request, model: str, version: str | None = None, label: str | None = None):
         caller_identity(request, mtls)
-        _, route = resolve(service, model, version, label, None)
-        chosen = route.version
-        versions = [chosen] if version or label else service.loaded_versions(model)
+        _, route = metadata_route(plane, model, version, label)
+        versions = [route.version] if version or label else registry.loaded_versions(model)
         return {
             "model_version_status": [
                 {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
@@ -79,30 +98,20 @@ def tfserving_router(service: GatewayService, *, mtls: bool, max_body_bytes: int
             ]
         }
 
-    @router.post("/{model}:predict")
-    @router.post("/{model}/versions/{version}:predict")
-    @router.post("/{model}/labels/{label}:predict")
+    @app.post("/{model}:predict")
+    @app.post("/{model}/versions/{version}:predict")
+    @app.post("/{model}/labels/{label}:predict")
     async def predict(
         request: Request, model: str, version: str | None = None, label: str | None = None
     ) -> JSONResponse:
-        with service.observe("tfserving-http", model, version, http_code) as observed:
+        with plane.meter("tfserving-http", model, version, http_code) as meter:
             identity = caller_identity(request, mtls)
             body = await read_body(request, max_body_bytes)
-            try:
-                payload = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InvalidInput(f"the predict request is not valid JSON: {exc}") from None
-            signature = payload.get("signature_name") if isinstance(payload, dict) else None
-            routing_key = request.headers.get(ROUTING_KEY_HEADER)
-            spec, route = resolve(service, model, version, label, signature, identity, routing_key)
-            layout, batch = parse_predict(payload, spec)
-            probabilities = await service.classify_rows(
-                spec.name, route.version, batch, identity, new_request_id(), None, route=route
-            )
-            observed.done("200", route.version)
-        rows = probabilities.tolist()
-        return JSONResponse(
-            {"predictions": rows} if layout == "instances" else {"outputs": rows}, headers=version_headers(route)
-        )
+            layout, rows = predict_request(request, plane, body, identity, model, version or None, label)
+            answer = await plane.infer(rows)
+            meter.done("200", answer.route.version)
+        probabilities = answer.probabilities.tolist()
+        predictions = {"predictions": probabilities} if layout == "instances" else {"outputs": probabilities}
+        return JSONResponse(predictions, headers=version_headers(answer.route))
 
-    return router
+    return app

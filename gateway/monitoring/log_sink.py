@@ -64,45 +64,71 @@ class EmbeddedRedis:
             client.shutdown(save=True)
 
 
-@dataclass
-class LogSink:
-    """The prediction log, the feedback store on the same Redis, and the embedded server if any."""
+class SharedRedis:
+    """The Redis every replica shares (prediction log, feedback, rollout state, rate limits).
 
-    log: PredictionLog
-    feedback: FeedbackStore
-    reader: LogReader
-    embedded: EmbeddedRedis | None
-    connect: Callable[[], aioredis.Redis]
-    """A new client of the same Redis (the rollout state and shadow counters live there too)."""
+    ``predictions.redis_url``, or (unset) an embedded redis-server that ``start`` launches.
+    ``connect()`` makes a new client; before an embedded server is started it raises
+    ``redis.ConnectionError`` (callers treat it as Redis being unreachable).
+    """
 
-    async def aclose(self) -> None:
-        await self.log.aclose()
-        await self.feedback.aclose()
-        await self.reader.aclose()
+    def __init__(self, settings: PredictionLogSettings) -> None:
+        self._url = settings.redis_url
+        self._db_path = settings.embedded_db
+        self.embedded: EmbeddedRedis | None = None
+
+    def start(self) -> None:
+        if not self._url and self.embedded is None:
+            self.embedded = EmbeddedRedis(self._db_path)
+
+    def connect(self) -> aioredis.Redis:
+        if self._url:
+            return aioredis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+        if self.embedded is None:
+            raise redis.ConnectionError("the embedded Redis is not started yet")
+        return aioredis.Redis(unix_socket_path=self.embedded.socket_path, socket_timeout=2, socket_connect_timeout=2)
+
+    def close(self) -> None:
         if self.embedded is not None:
             self.embedded.close()
 
 
-def build_log_sink(settings: PredictionLogSettings) -> LogSink:
-    embedded = None
-    if settings.redis_url:
-        url = settings.redis_url
+@dataclass
+class PredictionStores:
+    """The Redis-backed stores of predictions: the log (and its spool), feedback, and their reader."""
 
-        def connect() -> aioredis.Redis:
-            return aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    else:
-        embedded = EmbeddedRedis(settings.embedded_db)
-        socket_path = embedded.socket_path
+    log: PredictionLog
+    feedback: FeedbackStore
+    reader: LogReader
+    redis: SharedRedis
+    owns_redis: bool
+    """Stop the Redis on close (it was started for these stores alone)."""
 
-        def connect() -> aioredis.Redis:
-            return aioredis.Redis(unix_socket_path=socket_path, socket_timeout=2, socket_connect_timeout=2)
+    @property
+    def embedded(self) -> EmbeddedRedis | None:
+        return self.redis.embedded
 
+    async def aclose(self) -> None:
+        """Close the stores, then stop an embedded Redis of their own (its data is saved)."""
+        await self.log.aclose()
+        await self.feedback.aclose()
+        await self.reader.aclose()
+        if self.owns_redis:
+            self.redis.close()
+
+
+def build_log_sink(settings: PredictionLogSettings, redis_link: SharedRedis | None = None) -> PredictionStores:
+    """The prediction stores on ``redis_link`` (started here; None: a new one from ``settings``)."""
+    shared = redis_link or SharedRedis(settings)
+    shared.start()
     log = PredictionLog(
-        connect,
+        shared.connect,
         settings.spool_dir / "predictions.jsonl",
         buffer_size=settings.buffer_size,
         stream_maxlen=settings.stream_maxlen,
         photo_maxlen=settings.photo_maxlen,
         enrich=add_features,
     )
-    return LogSink(log, FeedbackStore(connect), LogReader(connect), embedded, connect)
+    return PredictionStores(
+        log, FeedbackStore(shared.connect), LogReader(shared.connect), shared, owns_redis=redis_link is None
+    )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.batching.batcher import BatchStats
+from gateway.core.errors import GatewayError
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
-__all__ = ["GatewayMetrics", "PROMETHEUS_CONTENT_TYPE"]
+__all__ = ["GatewayMetrics", "PROMETHEUS_CONTENT_TYPE", "RequestMeter"]
 
 
 class GatewayMetrics:
@@ -181,3 +185,40 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RequestMeter:
+    """Counts one request in the request metrics however it ends: ``done(code)``, or a GatewayError raised
+    inside the ``with`` block (counted under ``error_code(error)``: each edge names its own status codes)."""
+
+    __slots__ = ("_metrics", "_labels", "_protocol", "_model", "_version", "_error_code", "_started", "_counted")
+
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        labels: Callable[[str, str | None], tuple[str, str]],
+        protocol: str,
+        model: str,
+        version: str | None,
+        error_code: Callable[[GatewayError], str],
+    ) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._protocol = protocol
+        self._model = model
+        self._version = version
+        self._error_code = error_code
+        self._started = time.perf_counter()
+        self._counted = False
+
+    def done(self, code: str, version: str | None = None) -> None:
+        model, version = self._labels(self._model, version or self._version)
+        self._metrics.observe_request(self._protocol, model, version, code, time.perf_counter() - self._started)
+        self._counted = True
+
+    def __enter__(self) -> RequestMeter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if isinstance(exc, GatewayError) and not self._counted:
+            self.done(self._error_code(exc))

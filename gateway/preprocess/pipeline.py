@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 
 from gateway.core.types import PreparedInput
+from gateway.models.repository import ModelSpec, RepositoryError
 from gateway.preprocess.digits import prepare_digit
 from gateway.preprocess.image import decode_image
 from gateway.preprocess.imagenet import prepare_imagenet_photo
-from gateway.routing.repository import ModelSpec, RepositoryError
 
 
 @dataclass(frozen=True)

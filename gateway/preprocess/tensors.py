@@ -7,15 +7,30 @@ batch [N, *dims] as the model's dtype, or raises InvalidInput saying what is wro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from gateway.core.errors import InvalidInput
-from gateway.routing.repository import ModelSpec
+from gateway.models.repository import ModelSpec
+from gateway.models.tensors import kserve_datatype
 
-KSERVE_DATATYPES = {"float32": "FP32"}
-"""numpy dtype name -> KServe v2 datatype name, for the input types models here declare."""
+
+def check_input_names(names: Sequence[str], spec: ModelSpec) -> None:
+    """Every surface's one check of a request's inputs: exactly one tensor, named as config.pbtxt says."""
+    if len(names) != 1:
+        raise InvalidInput(
+            f"model {spec.name!r} takes exactly one tensor, input {spec.input.name!r}; the request has {len(names)}"
+        )
+    if names[0] != spec.input.name:
+        raise InvalidInput(f"unknown input {names[0]!r}; model {spec.name!r} takes {spec.input.name!r}")
+
+
+def check_output_names(names: Iterable[object], spec: ModelSpec) -> None:
+    """Every surface's one check of the outputs a request asks for: only the model's one output."""
+    for name in names:
+        if name != spec.output.name:
+            raise InvalidInput(f"unknown output {name!r}; model {spec.name!r} has {spec.output.name!r}")
 
 
 def _check_shape(shape: Sequence[int], spec: ModelSpec) -> int:
@@ -31,23 +46,15 @@ def _check_shape(shape: Sequence[int], spec: ModelSpec) -> int:
     return rows
 
 
-def kserve_datatype(spec: ModelSpec) -> str:
-    return KSERVE_DATATYPES[spec.input.dtype]
-
-
 def _check_datatype(datatype: str, spec: ModelSpec) -> None:
-    expected = kserve_datatype(spec)
+    expected = kserve_datatype(spec.input)
     if datatype != expected:
         raise InvalidInput(f"input {spec.input.name!r} has datatype {datatype}; model {spec.name!r} expects {expected}")
 
 
 def batch_from_raw(datatype: str, shape: Sequence[int], raw: bytes, spec: ModelSpec) -> np.ndarray:
     """A batch from little-endian raw bytes (KServe raw_input_contents / binary tensor data)."""
-    expected_type = kserve_datatype(spec)
-    if datatype != expected_type:
-        raise InvalidInput(
-            f"input {spec.input.name!r} has datatype {datatype}; model {spec.name!r} expects {expected_type}"
-        )
+    _check_datatype(datatype, spec)
     rows = _check_shape(shape, spec)
     dtype = np.dtype(spec.input.dtype).newbyteorder("<")
     expected_bytes = rows * int(np.prod(spec.input.dims)) * dtype.itemsize
@@ -63,11 +70,7 @@ def batch_from_raw(datatype: str, shape: Sequence[int], raw: bytes, spec: ModelS
 
 def batch_from_values(datatype: str, shape: Sequence[int], values: Sequence[float], spec: ModelSpec) -> np.ndarray:
     """A batch from a flat list of numbers (KServe JSON ``data``, typed protobuf contents)."""
-    expected_type = kserve_datatype(spec)
-    if datatype != expected_type:
-        raise InvalidInput(
-            f"input {spec.input.name!r} has datatype {datatype}; model {spec.name!r} expects {expected_type}"
-        )
+    _check_datatype(datatype, spec)
     rows = _check_shape(shape, spec)
     expected = rows * int(np.prod(spec.input.dims))
     if len(values) != expected:

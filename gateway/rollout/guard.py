@@ -45,7 +45,7 @@ class ArmWindow:
         self._failed: deque[bool] = deque(maxlen=size)
         self._latency_s: deque[float] = deque(maxlen=size)
 
-    def observe(self, failed: bool, latency_s: float) -> None:
+    def add(self, failed: bool, latency_s: float) -> None:
         self._failed.append(failed)
         self._latency_s.append(latency_s)
 

@@ -53,7 +53,22 @@ def bounds_from(settings: RolloutSettings) -> GuardBounds:
 
 
 class RolloutManager:
-    def __init__(self, settings: RolloutSettings, metrics: GatewayMetrics, loaded: LoadedVersions) -> None:
+    """Routes each request by the followed rollout state, records arm outcomes, and runs the guard.
+
+    ``loaded``: the versions of a model this replica has loaded (the registry's); ``authorize``: the
+    policy check of the ``rollout`` action (identity, model), None: operators only; ``on_change``:
+    called with a model's name when an adopted state changes its explicit loads or unloads.
+    """
+
+    def __init__(
+        self,
+        settings: RolloutSettings,
+        metrics: GatewayMetrics,
+        loaded: LoadedVersions,
+        *,
+        authorize: Callable[[Identity, str], None] | None = None,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._loaded = loaded
@@ -64,10 +79,8 @@ class RolloutManager:
         self.shadow: ShadowTracker | None = None
         self._accuracy: Accuracy | None = None
         self._tasks: list[asyncio.Task] = []
-        self.on_change: Callable[[str], None] | None = None
-        """Called with the model's name when a newer state is adopted (the service re-syncs its versions)."""
-        self.authorize: Callable[[Identity, str], None] | None = None
-        """The policy check of the ``rollout`` action (identity, model); None: operators only."""
+        self._on_change = on_change
+        self._authorize = authorize
 
     # -- state -----------------------------------------------------------------------------------------
 
@@ -100,12 +113,16 @@ class RolloutManager:
         self._metrics.rollout_revision.labels(state.model).set(state.revision)
         if current is not None and state.revision > 0:
             log.info("rollout of %s now revision %d: %s", state.model, state.revision, policy.to_dict())
-            if self.on_change is not None and (current.policy.load, current.policy.unload, current.policy.versions) != (
+            if self._on_change is not None and (
+                current.policy.load,
+                current.policy.unload,
+                current.policy.versions,
+            ) != (
                 policy.load,
                 policy.unload,
                 policy.versions,
             ):
-                self.on_change(state.model)
+                self._on_change(state.model)
         return True
 
     # -- routing ---------------------------------------------------------------------------------------
@@ -123,7 +140,7 @@ class RolloutManager:
             return Route(chosen, label)
         return choose(model, policy, routing_key, loaded)
 
-    def observe(self, model: str, route: Route, failed: bool, latency_s: float) -> None:
+    def record_outcome(self, model: str, route: Route, failed: bool, latency_s: float) -> None:
         """Count a finished request by arm; canary outcomes feed the guard's window."""
         self._metrics.routed.labels(model, route.version, route.arm).inc()
         if route.arm == CANARY:
@@ -131,7 +148,7 @@ class RolloutManager:
             window = self._windows.get(key)
             if window is None:
                 window = self._windows[key] = ArmWindow(self._bounds.window)
-            window.observe(failed, latency_s)
+            window.add(failed, latency_s)
 
     def needed_versions(self, model: str) -> set[str]:
         """Versions the policy routes to: never unloaded by a repository scan."""
@@ -156,7 +173,7 @@ class RolloutManager:
             loop.create_task(self._poll(), name="rollout-poll"),
         ]
         if self._settings.guard_enabled:
-            self._tasks.append(loop.create_task(self._guard(), name="rollout-guard"))
+            self._tasks.append(loop.create_task(self._guard_loop(), name="rollout-guard"))
 
     def _store_or_fail(self) -> RolloutStore:
         if self._store is None:
@@ -215,8 +232,8 @@ class RolloutManager:
 
     def require_operator(self, identity: Identity, model: str) -> None:
         """Changing a rollout needs the policy's ``rollout`` action on the model (by default: operators)."""
-        if self.authorize is not None:
-            self.authorize(identity, model)
+        if self._authorize is not None:
+            self._authorize(identity, model)
         elif not identity.is_operator:
             raise PermissionDenied(
                 f"changing a rollout needs the operator role; {identity.name!r} has {identity.role!r}"
@@ -261,7 +278,7 @@ class RolloutManager:
 
     # -- the guard -------------------------------------------------------------------------------------
 
-    async def _guard(self) -> None:
+    async def _guard_loop(self) -> None:
         while True:
             await asyncio.sleep(self._settings.guard_interval_s)
             for model in list(self._states):

@@ -160,13 +160,15 @@ class Authorizer:
         reload_s: float = 1.0,
         on_denied: Denied | None = None,
         clock: Callable[[], float] = time.monotonic,
+        initial: Policy | None = None,
     ) -> None:
+        """``initial``: the file as already parsed at start-up (None: parse ``path`` now)."""
         self._path = path
         self._reload_s = reload_s
         self._on_denied = on_denied
         self._clock = clock
         self._state = _file_state(path) if path is not None else None
-        self._policy = load_policy(path) if path is not None else DEFAULT_POLICY
+        self._policy = initial or (load_policy(path) if path is not None else DEFAULT_POLICY)
         self._checked_at = clock()
         self.reload_failures = 0
 

@@ -11,7 +11,7 @@ import pytest
 from gateway.backends.remote import RemoteMetadata, RemoteModelError, RemoteTensor, ReplicaDown, check_metadata
 from gateway.backends.replicas import ReplicaSet
 from gateway.core.errors import Unavailable
-from gateway.routing.repository import RepositoryError, load_repository
+from gateway.models.repository import RepositoryError, load_repository
 from tests.conftest import MODEL_REPO
 
 SPEC = load_repository(MODEL_REPO)["mnist"]

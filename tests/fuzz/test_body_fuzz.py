@@ -14,7 +14,7 @@ from gateway.ingress.kserve_grpc import input_batch
 from gateway.ingress.kserve_http import parse_infer_request
 from gateway.ingress.rest import _image_from_multipart
 from gateway.ingress.tfserving_http import parse_predict
-from gateway.routing.repository import load_repository
+from gateway.models.repository import load_repository
 from tests.conftest import MODEL_REPO
 from tests.fuzz.strategies import FUZZ, decodes_or_refuses, json_values
 

@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.models.repository import load_repository
 from gateway.preprocess.image import decode_image
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 from tests.conftest import MODEL_REPO
 from tests.fuzz.strategies import FUZZ, decodes_or_refuses, mutated_images
 

@@ -12,8 +12,8 @@ import tritonclient.grpc as triton
 from PIL import Image
 
 from gateway.bench.photo_path import phone_jpeg
+from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway
 

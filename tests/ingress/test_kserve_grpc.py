@@ -10,8 +10,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from gateway.bench.photos import digit_png
+from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 from tests.conftest import MODEL_REPO, RunningGateway
 
 

@@ -11,8 +11,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from gateway.bench.photos import digit_png
+from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway
 
 

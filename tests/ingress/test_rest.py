@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.bench.photos import digit_photo, digit_png
-from gateway.routing.repository import load_repository
+from gateway.models.repository import load_repository
 from gateway.security.pki import PkiPaths
 from gateway.security.tls import client_context
 from tests.badinputs import image_bytes, png_bomb, truncated_jpeg

@@ -6,10 +6,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.core import errors
-from gateway.core.types import ClassifyRequest
+from gateway.core.types import PhotoRequest
+from gateway.ingress.idempotency import IdempotentCalls
 from gateway.ingress.rest import create_app, http_status_for
-from gateway.monitoring.metrics import GatewayMetrics
-from gateway.service import ObservedRequest
+from gateway.monitoring.metrics import GatewayMetrics, RequestMeter
 
 
 @pytest.mark.parametrize(
@@ -31,24 +31,34 @@ def test_every_error_class_has_one_status(error: type[errors.GatewayError], stat
     assert http_status_for(error("x")) == status
 
 
-class RaisingService:
-    """Stands in for GatewayService: its classify raises the error under test."""
+class RaisingPlane:
+    """Stands in for the data plane: its classify raises the error under test."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, metrics: GatewayMetrics) -> None:
         self.error = error
-        self.metrics = GatewayMetrics()
+        self.metrics = metrics
 
-    def require_model(self, name: str) -> None:
+    def spec(self, name: str) -> None:
         return None
 
     def metric_labels(self, model: str, version: str | None) -> tuple[str, str]:
         return model, version or ""
 
-    def observe(self, protocol, model, version, error_code) -> ObservedRequest:
-        return ObservedRequest(self, protocol, model, version, error_code)
+    def meter(self, protocol, model, version, error_code) -> RequestMeter:
+        return RequestMeter(self.metrics, self.metric_labels, protocol, model, version, error_code)
 
-    async def classify(self, request: ClassifyRequest):
+    async def classify(self, request: PhotoRequest):
         raise self.error
+
+
+class RaisingService:
+    """Stands in for the built gateway (gateway.app.Gateway) around a RaisingPlane."""
+
+    def __init__(self, error: Exception) -> None:
+        self.metrics = GatewayMetrics()
+        self.plane = RaisingPlane(error, self.metrics)
+        self.registry = self.monitor = self.rollout = None
+        self.idempotent_calls = IdempotentCalls()
 
 
 def post(service: RaisingService, **headers: str):

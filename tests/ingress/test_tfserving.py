@@ -13,8 +13,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from gateway.bench.photos import digit_png
+from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway
 
 

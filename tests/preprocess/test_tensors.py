@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from gateway.core.errors import InvalidInput
+from gateway.models.repository import load_repository
 from gateway.preprocess.tensors import batch_from_raw, batch_from_values
-from gateway.routing.repository import load_repository
 from tests.conftest import MODEL_REPO
 
 SPEC = load_repository(MODEL_REPO)["mnist"]

@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from gateway.app import Gateway, build_gateway
 from gateway.config import load_settings
 from gateway.core.errors import InvalidInput, PermissionDenied
-from gateway.core.types import ClassifyRequest, Identity
-from gateway.service import GatewayService
+from gateway.core.types import Identity, RowRequest
 from tests.redis_server import RedisServer
 from tests.rollout.broken_model import add_version, model_repo_with_versions
 
@@ -18,7 +18,7 @@ OPERATOR = Identity("ops", "operator")
 APP = Identity("phone", "app")
 
 
-def make_service(repo, redis_server: RedisServer, tmp_path, **rollout) -> GatewayService:
+def make_service(repo, redis_server: RedisServer, tmp_path, **rollout) -> Gateway:
     settings = load_settings(
         overrides={
             "tls": {"enabled": False},
@@ -28,18 +28,14 @@ def make_service(repo, redis_server: RedisServer, tmp_path, **rollout) -> Gatewa
         },
         environ={},
     )
-    service = GatewayService(settings)
-    service.load()
-    return service
+    return build_gateway(settings)
 
 
-async def classify_all(service: GatewayService, x: np.ndarray, key: str = "k", **fields) -> list:
+async def classify_all(service: Gateway, x: np.ndarray, key: str = "k", **fields) -> list:
     rows = (x.astype(np.float32) / 255.0)[:, np.newaxis]
     return await asyncio.gather(
         *(
-            service.classify(
-                ClassifyRequest(model="mnist", image=b"", identity=APP, tensor=row, routing_key=f"{key}-{i}", **fields)
-            )
+            service.plane.classify(RowRequest(model="mnist", row=row, identity=APP, routing_key=f"{key}-{i}", **fields))
             for i, row in enumerate(rows)
         )
     )
@@ -59,10 +55,10 @@ def test_guard_rolls_back_a_canary_that_answers_wrongly(redis_server, tmp_path, 
             answers = await classify_all(service, x[:40])
             assert {a.version for a in answers} == {"2"} and {a.arm for a in answers} == {"canary"}
             assert np.mean([a.label == str(t) for a, t in zip(answers, y[:40], strict=True)]) < 0.2
-            await service.flush_log()
+            await service.monitor.flush_log()
             assert await service.rollout.check("mnist") is None, "no verdict before enough feedback"
             for answer, truth in zip(answers, y[:40], strict=True):
-                await service.record_feedback(answer.request_id, str(truth), APP)
+                await service.monitor.record_feedback(answer.request_id, str(truth), APP)
             verdict = await service.rollout.check("mnist")
             assert verdict is not None and verdict.reason == "accuracy"
             state = service.rollout.state("mnist")
@@ -75,7 +71,7 @@ def test_guard_rolls_back_a_canary_that_answers_wrongly(redis_server, tmp_path, 
             assert 'gateway_rollout_guard_rollbacks_total{model="mnist",reason="accuracy",version="2"} 1.0' in metrics
             after = await classify_all(service, x[40:60])
             assert {a.version for a in after} == {"1"}
-            await service.flush_log()
+            await service.monitor.flush_log()
             arms = [r["arm"] for r in redis_server.records("mnist")]
             assert arms.count("canary") == 40 and arms.count("stable") == 20
         finally:
@@ -99,7 +95,7 @@ def test_shadow_gets_copies_after_the_answer_and_a_disagreeing_shadow_is_dropped
             await service.rollout.set("mnist", {"shadow": "3"}, OPERATOR)
             answers = await classify_all(service, x[:30])
             assert {(a.version, a.arm) for a in answers} == {("1", "stable")}
-            await asyncio.gather(*service._shadows)
+            await asyncio.gather(*service.shadows.in_flight)
             assert (await service.rollout.shadow.agreement("mnist"))["3"] == {
                 "compared": 30,
                 "agreed": 30,
@@ -109,7 +105,7 @@ def test_shadow_gets_copies_after_the_answer_and_a_disagreeing_shadow_is_dropped
             await service.rollout.set("mnist", {"shadow": "2"}, OPERATOR)
             answers = await classify_all(service, x[30:60])
             assert np.mean([a.label == str(t) for a, t in zip(answers, y[30:60], strict=True)]) > 0.9
-            await asyncio.gather(*service._shadows)
+            await asyncio.gather(*service.shadows.in_flight)
             verdict = await service.rollout.check("mnist")
             assert verdict is not None and verdict.reason == "agreement"
             assert service.rollout.policy("mnist").shadow is None
@@ -132,8 +128,8 @@ def test_a_corrupt_version_never_replaces_a_working_one(redis_server, tmp_path, 
         try:
             model_dir = repo / "mnist"
             add_version(model_dir, "3", "corrupt")
-            await service.sync_versions("mnist")
-            described = service.describe_model("mnist")
+            await service.registry.sync_versions("mnist")
+            described = service.registry.describe_model("mnist")
             assert (
                 described["versions"] == ["1", "2"]
                 and "ONNX Runtime cannot load it" in described["failed_versions"]["3"]
@@ -141,18 +137,18 @@ def test_a_corrupt_version_never_replaces_a_working_one(redis_server, tmp_path, 
             with pytest.raises(InvalidInput, match="no loaded version '3'"):
                 await service.rollout.set("mnist", {"canary": "3", "canary_percent": 5}, OPERATOR)
             with pytest.raises(InvalidInput, match="does not load"):
-                await service.load_version("mnist", "3", OPERATOR)
+                await service.registry.load_version("mnist", "3", OPERATOR)
             assert {a.version for a in await classify_all(service, x[:5])} == {"1"}
             (model_dir / "3" / "model.onnx").unlink()
             add_version(model_dir, "4", "1")  # a good one arrives: latest 2 now selects 2 and 4
-            await service.sync_versions("mnist")
-            described = service.describe_model("mnist")
+            await service.registry.sync_versions("mnist")
+            described = service.registry.describe_model("mnist")
             assert described["versions"] == ["1", "2", "4"], "1 stays loaded: it is the stable version"
             assert described["failed_versions"] == {}
-            await service.unload_version("mnist", "2", OPERATOR)
-            assert service.loaded_versions("mnist") == ["1", "4"]
-            await service.load_version("mnist", "2", OPERATOR)
-            assert service.loaded_versions("mnist") == ["1", "2", "4"]
+            await service.registry.unload_version("mnist", "2", OPERATOR)
+            assert service.registry.loaded_versions("mnist") == ["1", "4"]
+            await service.registry.load_version("mnist", "2", OPERATOR)
+            assert service.registry.loaded_versions("mnist") == ["1", "2", "4"]
         finally:
             await service.aclose()
 

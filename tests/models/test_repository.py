@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing.repository import RepositoryError, load_model_spec, load_repository
+from gateway.models.repository import RepositoryError, load_model_spec, load_repository
 from tests.conftest import MODEL_REPO
 
 

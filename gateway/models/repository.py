@@ -45,8 +45,13 @@ class ModelSpec:
     labels: tuple[str, ...]
     preprocessing: str
     versions: dict[str, Path]
-    """Loaded versions (after version_policy) -> model file."""
+    """What the version_policy selected on disk when the repository was read (version -> model file).
+    Static: which versions are loaded now is the registry's business (``gateway.models.registry``)."""
     config: mc.ModelConfig
+
+    def model_file(self, version: str) -> Path:
+        """Where the model file of ``version`` is (whether or not it exists)."""
+        return self.directory / version / model_filename(self.config)
 
     @property
     def latest_version(self) -> str:
@@ -57,6 +62,11 @@ class ModelSpec:
         """The config's ``gateway.stable_version`` parameter, if set."""
         parameter = self.config.parameters.get(STABLE_VERSION_PARAMETER)
         return parameter.string_value if parameter is not None and parameter.string_value else None
+
+
+def model_filename(config: mc.ModelConfig) -> str:
+    """The one rule for a version's model file name: the config's default_model_filename, else the platform's."""
+    return config.default_model_filename or DEFAULT_MODEL_FILENAMES.get(config.platform, "model.onnx")
 
 
 def parse_config(path: Path) -> mc.ModelConfig:
@@ -103,7 +113,7 @@ def version_paths(
     """Version -> model file for what the version_policy selects now, over the version directories on disk
     minus ``exclude`` (versions that failed to load, or were unloaded explicitly), plus ``include`` (loaded
     explicitly) where its file exists."""
-    filename = config.default_model_filename or DEFAULT_MODEL_FILENAMES.get(config.platform, "model.onnx")
+    filename = model_filename(config)
     available = [v for v in _available_versions(directory, filename) if str(v) not in exclude]
     chosen = {str(v) for v in _apply_version_policy(config, available)}
     chosen |= {v for v in include if v not in exclude and (directory / v / filename).is_file()}
@@ -150,7 +160,7 @@ def load_model_spec(directory: Path) -> ModelSpec:
         raise RepositoryError(
             f'{config_path}: parameters {{ key: "{PREPROCESSING_PARAMETER}" ... }} must name the preprocessing'
         )
-    filename = config.default_model_filename or DEFAULT_MODEL_FILENAMES[config.platform]
+    filename = model_filename(config)
     versions = _apply_version_policy(config, _available_versions(directory, filename))
     if not versions:
         raise RepositoryError(f"{directory}: no version directory contains {filename}")

@@ -1,4 +1,4 @@
-"""GatewayService: the protocol-free pipeline, on the real model, driven directly."""
+"""The data plane (and the parts the composition root wires to it), on the real model, driven directly."""
 
 from __future__ import annotations
 
@@ -9,30 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gateway.service as service_module
+import gateway.dataplane as dataplane_module
+from gateway.app import Gateway, build_gateway
 from gateway.bench.photos import digit_png
 from gateway.config import load_settings
 from gateway.core.errors import DeadlineExceeded, NotFound, Overloaded, PermissionDenied
-from gateway.core.types import ClassifyRequest, Identity
+from gateway.core.types import Identity, PhotoRequest, Route, RowsRequest
 from gateway.monitoring.log_sink import INPUT_KEY
 from gateway.monitoring.photos import PHOTO_KEY
 from gateway.security.identity import DEV_IDENTITY
-from gateway.service import GatewayService
 from tests.conftest import MODEL_REPO
 from tests.redis_server import RedisServer
 
+STABLE = Route("1", "stable")
+"""Where rows without a version run (mnist's stable version): the edge routes before the data plane."""
 
-def make_service(**limits) -> GatewayService:
+
+def make_service(**limits) -> Gateway:
     settings = load_settings(
         overrides={"tls": {"enabled": False}, "models": {"repo": MODEL_REPO}, "limits": limits}, environ={}
     )
-    service = GatewayService(settings)
-    service.load()
-    return service
+    return build_gateway(settings)
 
 
-def request(photo: bytes, **fields) -> ClassifyRequest:
-    return ClassifyRequest(model="mnist", image=photo, identity=DEV_IDENTITY, **fields)
+def request(photo: bytes, **fields) -> PhotoRequest:
+    return PhotoRequest(model="mnist", photo=photo, identity=DEV_IDENTITY, **fields)
 
 
 def test_classifies_and_reports_batching_settings(heldout_sample) -> None:
@@ -40,9 +41,9 @@ def test_classifies_and_reports_batching_settings(heldout_sample) -> None:
 
     async def scenario() -> None:
         service = make_service()
-        prediction = await service.classify(request(digit_png(x[42])))
+        prediction = await service.plane.classify(request(digit_png(x[42])))
         assert prediction.label == str(y[42]) and prediction.version == "1"
-        description = service.describe_model("mnist")
+        description = service.registry.describe_model("mnist")
         assert description["batching"]["max_batch_size"] == 64
         assert description["batching"]["max_queue_delay_microseconds"] == 2000
         await service.aclose()
@@ -54,9 +55,9 @@ def test_unknown_model_and_version_name_what_exists(heldout_sample) -> None:
     async def scenario() -> None:
         service = make_service()
         with pytest.raises(NotFound, match="available: hotdog, mnist"):
-            await service.classify(ClassifyRequest(model="cifar", image=b"", identity=DEV_IDENTITY))
+            await service.plane.classify(PhotoRequest(model="cifar", photo=b"", identity=DEV_IDENTITY))
         with pytest.raises(NotFound, match="loaded: 1"):
-            await service.classify(request(b"", version="7"))
+            await service.plane.classify(request(b"", version="7"))
         await service.aclose()
 
     asyncio.run(scenario())
@@ -67,7 +68,7 @@ def test_deadline_spent_before_batching_is_504(heldout_sample) -> None:
         service = make_service()
         photo = digit_png(heldout_sample[0][0])
         with pytest.raises(DeadlineExceeded, match="before batching"):
-            await service.classify(request(photo, timeout_s=1e-9))
+            await service.plane.classify(request(photo, timeout_s=1e-9))
         await service.aclose()
 
     asyncio.run(scenario())
@@ -75,22 +76,22 @@ def test_deadline_spent_before_batching_is_504(heldout_sample) -> None:
 
 def test_photos_waiting_for_decoding_are_bounded(monkeypatch, heldout_sample) -> None:
     entered, release = threading.Event(), threading.Event()
-    real_prepare = service_module.prepare_photo
+    real_prepare = dataplane_module.prepare_photo
 
     def held_prepare(*args, **kwargs):
         entered.set()
         release.wait(timeout=30)
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(service_module, "prepare_photo", held_prepare)
+    monkeypatch.setattr(dataplane_module, "prepare_photo", held_prepare)
     photo = digit_png(heldout_sample[0][5])
 
     async def scenario() -> None:
         service = make_service(max_pending_photos=1)
-        first = asyncio.create_task(service.classify(request(photo)))
+        first = asyncio.create_task(service.plane.classify(request(photo)))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
         with pytest.raises(Overloaded, match="1 photos are waiting"):
-            await service.classify(request(photo))
+            await service.plane.classify(request(photo))
         release.set()
         assert (await first).label == str(heldout_sample[1][5])
         await service.aclose()
@@ -98,7 +99,7 @@ def test_photos_waiting_for_decoding_are_bounded(monkeypatch, heldout_sample) ->
     asyncio.run(scenario())
 
 
-def make_logged_service(redis_server: RedisServer, tmp_path: Path, **sections: dict) -> GatewayService:
+def make_logged_service(redis_server: RedisServer, tmp_path: Path, **sections: dict) -> Gateway:
     """A service whose prediction log goes to ``redis_server`` (not started: ``await service.start()``)."""
     predictions = {"redis_url": f"redis://127.0.0.1:{redis_server.port}/0", "spool_dir": tmp_path / "spool"}
     overrides = {
@@ -107,9 +108,7 @@ def make_logged_service(redis_server: RedisServer, tmp_path: Path, **sections: d
         **sections,
         "predictions": {**predictions, **sections.get("predictions", {})},
     }
-    service = GatewayService(load_settings(overrides=overrides, environ={}))
-    service.load()
-    return service
+    return build_gateway(load_settings(overrides=overrides, environ={}))
 
 
 def digit_rows(x: np.ndarray, count: int) -> np.ndarray:
@@ -122,8 +121,8 @@ def test_records_carry_the_size_of_the_batch_their_row_ran_in(redis_server, tmp_
     async def scenario() -> None:
         service = make_logged_service(redis_server, tmp_path)
         await service.start()
-        await service.classify_rows("mnist", None, digit_rows(x, 5), DEV_IDENTITY, "rows", None)
-        await service.classify(request(digit_png(x[5]), request_id="alone"))
+        await service.plane.infer(RowsRequest("mnist", digit_rows(x, 5), DEV_IDENTITY, STABLE, request_id="rows"))
+        await service.plane.classify(request(digit_png(x[5]), request_id="alone"))
         await service.aclose()
 
     asyncio.run(scenario())
@@ -138,7 +137,9 @@ def test_unbatched_records_have_batch_size_one(redis_server, tmp_path, heldout_s
     async def scenario() -> None:
         service = make_logged_service(redis_server, tmp_path, batching={"enabled": False})
         await service.start()
-        await service.classify_rows("mnist", None, digit_rows(heldout_sample[0], 4), DEV_IDENTITY, "rows", None)
+        await service.plane.infer(
+            RowsRequest("mnist", digit_rows(heldout_sample[0], 4), DEV_IDENTITY, STABLE, request_id="rows")
+        )
         await service.aclose()
 
     asyncio.run(scenario())
@@ -152,15 +153,15 @@ def test_sampled_photos_are_kept_as_uploaded_for_operators(redis_server, tmp_pat
     async def scenario() -> None:
         service = make_logged_service(redis_server, tmp_path, predictions={"sample_photos": 1.0})
         await service.start()
-        await service.classify(request(photo, request_id="photo"))
-        await service.classify_rows("mnist", None, digit_rows(x, 1), DEV_IDENTITY, "tensor", None)
-        await service.flush_log()
-        stored = await service.sampled_photo("photo", DEV_IDENTITY)
+        await service.plane.classify(request(photo, request_id="photo"))
+        await service.plane.infer(RowsRequest("mnist", digit_rows(x, 1), DEV_IDENTITY, STABLE, request_id="tensor"))
+        await service.monitor.flush_log()
+        stored = await service.monitor.sampled_photo("photo", DEV_IDENTITY)
         assert (stored.photo, stored.content_type, stored.model, stored.version) == (photo, "image/png", "mnist", "1")
         with pytest.raises(PermissionDenied, match="may not read_photos"):
-            await service.sampled_photo("photo", Identity("app", "app"))
+            await service.monitor.sampled_photo("photo", Identity("app", "app"))
         with pytest.raises(NotFound, match="no sampled photo"):
-            await service.sampled_photo("tensor.0", DEV_IDENTITY)
+            await service.monitor.sampled_photo("tensor.0", DEV_IDENTITY)
         await service.aclose()
 
     asyncio.run(scenario())
@@ -175,8 +176,8 @@ def test_the_skew_window_leaves_out_records_older_than_window_s(redis_server, tm
     async def scenario() -> None:
         service = make_logged_service(redis_server, tmp_path, skew={"window_s": 600})
         await service.start()
-        limited = await service.skew("mnist", None, None)
-        unlimited = await service.skew("mnist", None, None, window_s=0)
+        limited = await service.monitor.skew("mnist", None, None)
+        unlimited = await service.monitor.skew("mnist", None, None, window_s=0)
         await service.aclose()
         assert (limited["window"], limited["window_s"]) == (4, 600)
         assert (unlimited["window"], unlimited["window_s"]) == (7, 0)

@@ -1,1 +1,0 @@
-"""Model repository, versions, and (later) rollout policy."""
