@@ -143,10 +143,7 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Inference serving gateway for image classifiers")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve the models over mTLS REST")
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.add_argument("--model-repo", type=Path)
@@ -163,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
+
+def _add_pki_parser(commands: argparse._SubParsersAction) -> None:
     pki_parser = commands.add_parser("pki", help="development PKI")
     pki_commands = pki_parser.add_subparsers(dest="pki_command", required=True)
     init = pki_commands.add_parser("init", help="create a CA, a server certificate, app and operator clients")
@@ -189,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
             which.add_argument("--cert", type=Path, help="any certificate file issued by the CA")
         command.set_defaults(handler=handler)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Inference serving gateway for image classifiers")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    _add_serve_parser(commands)
+    _add_pki_parser(commands)
     models = commands.add_parser("models", help="inspect the model repository")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     listing = models_commands.add_parser("list", help="list models and loadable versions")

@@ -223,6 +223,30 @@ class TritonServer:
             region.unlink(missing_ok=True)
 
 
+def _python_backend(server_dir: Path, python_version: str, backends: Path) -> Path:
+    """A backend directory holding Triton's python backend built for this venv's Python (copied once)."""
+    python_backend = backends / "python"
+    if not (python_backend / "triton_python_backend_stub").exists():
+        python_backend.mkdir(parents=True, exist_ok=True)
+        for source in ("libtriton_python.so", "triton_python_backend_utils.py"):
+            shutil.copy2(server_dir / "backends" / "python" / source, python_backend / source)
+        stub = server_dir / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+        shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    return backends
+
+
+def _tls_args(tls: ServerTls | None) -> list[str]:
+    if tls is None:
+        return []
+    return [
+        "--grpc-use-ssl=true",
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={tls.cert}",
+        f"--grpc-server-key={tls.key}",
+        f"--grpc-root-cert={tls.client_ca}",
+    ]
+
+
 def start_triton(
     repository: Path,
     *,
@@ -239,14 +263,7 @@ def start_triton(
     """
     facts = _venv_facts(venv)
     server_dir = _pytriton_dir(Path(facts["site_packages"]))
-    backends = (workdir or repository.parent) / "triton-backends"
-    python_backend = backends / "python"
-    if not (python_backend / "triton_python_backend_stub").exists():
-        python_backend.mkdir(parents=True, exist_ok=True)
-        for source in ("libtriton_python.so", "triton_python_backend_utils.py"):
-            shutil.copy2(server_dir / "backends" / "python" / source, python_backend / source)
-        stub = server_dir / "python_backend_stubs" / facts["version"] / "triton_python_backend_stub"
-        shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    backends = _python_backend(server_dir, facts["version"], (workdir or repository.parent) / "triton-backends")
     port = grpc_port or free_port()
     shm_prefix = f"gwtriton_{uuid.uuid4().hex[:12]}_"
     command = [
@@ -262,15 +279,7 @@ def start_triton(
         "--strict-readiness=true",
         "--log-verbose=0",
     ]
-    if tls is not None:
-        command += [
-            "--grpc-use-ssl=true",
-            "--grpc-use-ssl-mutual=true",
-            f"--grpc-server-cert={tls.cert}",
-            f"--grpc-server-key={tls.key}",
-            f"--grpc-root-cert={tls.client_ca}",
-        ]
-    command += extra_args or []
+    command += _tls_args(tls) + (extra_args or [])
     libs = [facts["libdir"], str(Path(facts["site_packages"]) / "nvidia_pytriton.libs")]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")])}
     env.pop("PYTHONPATH", None)

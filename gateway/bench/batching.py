@@ -234,6 +234,19 @@ def main(args: argparse.Namespace) -> int:
             profile = (Path(tmp) / "profile.raw", args.warmup + args.duration)
             run_gateway(pki, args.model_repo, True, loaded, profile)
             shares = stage_shares(profile[0])
+    return _report(args, max_delay_ms, idle, on, off, paced_on, shares)
+
+
+def _report(
+    args: argparse.Namespace,
+    max_delay_ms: float,
+    idle: RunResult,
+    on: RunResult,
+    off: RunResult,
+    paced_on: RunResult,
+    shares: dict[str, float],
+) -> int:
+    """The table, the ratios and the p99 bound of one run, then the same as one JSON line."""
     threads = os.cpu_count() or 1
     ceiling = ceiling_rps(args.model_repo, args.model, max(1, round(on.mean_batch)), args.duration / 3, threads)
     bound_ms = max_delay_ms + 2 * on.mean_execution_ms + idle.p99_ms

@@ -25,12 +25,18 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 
-from gateway.backends.triton_local import DEFAULT_VENV, ServerTls, build_python_repository, start_triton
+from gateway.backends.triton_local import (
+    DEFAULT_VENV,
+    ServerTls,
+    TritonServer,
+    build_python_repository,
+    start_triton,
+)
 from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_png
 from gateway.bench.server_process import start_gateway
 from gateway.models.repository import load_repository
-from gateway.security.pki import init_pki, issue_client
+from gateway.security.pki import PkiPaths, init_pki, issue_client
 from gateway.security.tls import client_context
 
 SAMPLE = Path(__file__).resolve().parents[2] / "tests" / "data" / "mnist_heldout_sample.npz"
@@ -115,11 +121,31 @@ def _row(name: str, result: dict, batch: float) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
-    models_pki = init_pki(work / "models-pki")
-    issue_client(models_pki, "gateway", "app")
-    gateway_pki = init_pki(work / "pki")
+def _clients(triton, models_pki, gateway_pki) -> tuple:
+    """Credentials towards Triton and the gateway, the REST TLS context, and a Triton statistics client."""
+    triton_creds = triton_grpc.grpc.ssl_channel_credentials(
+        models_pki.ca_cert.read_bytes(),
+        models_pki.client_key("gateway").read_bytes(),
+        models_pki.client_cert("gateway").read_bytes(),
+    )
+    gateway_creds = triton_grpc.grpc.ssl_channel_credentials(
+        gateway_pki.ca_cert.read_bytes(),
+        gateway_pki.client_key("app").read_bytes(),
+        gateway_pki.client_cert("app").read_bytes(),
+    )
+    rest_context = client_context(gateway_pki.ca_cert, gateway_pki.client_cert("app"), gateway_pki.client_key("app"))
+    stats_client = triton_grpc.InferenceServerClient(
+        triton.grpc_target,
+        ssl=True,
+        root_certificates=str(models_pki.ca_cert),
+        private_key=str(models_pki.client_key("gateway")),
+        certificate_chain=str(models_pki.client_cert("gateway")),
+    )
+    return triton_creds, gateway_creds, rest_context, stats_client
+
+
+def _start_triton(args: argparse.Namespace, work: Path, models_pki: PkiPaths) -> TritonServer:
+    """Triton serving mnist from a python-backend copy of the repository, over mTLS from ``models_pki``."""
     repo = work / "triton-models"
     build_python_repository(
         args.model_repo,
@@ -129,17 +155,30 @@ def run(args: argparse.Namespace) -> dict:
         threads=args.triton_threads,
         dynamic_batching=args.triton_batching,
     )
-    triton = start_triton(
-        repo, tls=ServerTls(models_pki.server_cert, models_pki.server_key, models_pki.ca_cert), venv=args.venv
+    tls = ServerTls(models_pki.server_cert, models_pki.server_key, models_pki.ca_cert)
+    return start_triton(repo, tls=tls, venv=args.venv)
+
+
+def _backends_file(work: Path, models_pki: PkiPaths, target: str, inflight: int) -> Path:
+    """The gateway's backends file: mnist on the one Triton replica, over mTLS."""
+    backends = work / "backends.toml"
+    backends.write_text(
+        f'[tls]\nca = "{models_pki.ca_cert}"\ncert = "{models_pki.client_cert("gateway")}"\n'
+        f'key = "{models_pki.client_key("gateway")}"\n[models.mnist]\nserver = "triton"\n'
+        f'replicas = ["{target}"]\nmax_inflight_per_replica = {inflight}\n'
     )
+    return backends
+
+
+def run(args: argparse.Namespace) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
+    models_pki = init_pki(work / "models-pki")
+    issue_client(models_pki, "gateway", "app")
+    gateway_pki = init_pki(work / "pki")
+    triton = _start_triton(args, work, models_pki)
     gateway = None
     try:
-        backends = work / "backends.toml"
-        backends.write_text(
-            f'[tls]\nca = "{models_pki.ca_cert}"\ncert = "{models_pki.client_cert("gateway")}"\n'
-            f'key = "{models_pki.client_key("gateway")}"\n[models.mnist]\nserver = "triton"\n'
-            f'replicas = ["{triton.grpc_target}"]\nmax_inflight_per_replica = {args.inflight}\n'
-        )
+        backends = _backends_file(work, models_pki, triton.grpc_target, args.inflight)
         env = {} if args.gateway_batching else {"GATEWAY_BATCHING_ENABLED": "false"}
         gateway = start_gateway(
             ["--pki-dir", str(gateway_pki.root), "--model-repo", str(args.model_repo), "--backends", str(backends)],
@@ -151,26 +190,7 @@ def run(args: argparse.Namespace) -> dict:
         with np.load(SAMPLE) as data:
             digit = data["x"][0]
         row = (digit / 255.0).astype(np.float32)[np.newaxis, np.newaxis]
-        triton_creds = triton_grpc.grpc.ssl_channel_credentials(
-            models_pki.ca_cert.read_bytes(),
-            models_pki.client_key("gateway").read_bytes(),
-            models_pki.client_cert("gateway").read_bytes(),
-        )
-        gateway_creds = triton_grpc.grpc.ssl_channel_credentials(
-            gateway_pki.ca_cert.read_bytes(),
-            gateway_pki.client_key("app").read_bytes(),
-            gateway_pki.client_cert("app").read_bytes(),
-        )
-        rest_context = client_context(
-            gateway_pki.ca_cert, gateway_pki.client_cert("app"), gateway_pki.client_key("app")
-        )
-        stats_client = triton_grpc.InferenceServerClient(
-            triton.grpc_target,
-            ssl=True,
-            root_certificates=str(models_pki.ca_cert),
-            private_key=str(models_pki.client_key("gateway")),
-            certificate_chain=str(models_pki.client_cert("gateway")),
-        )
+        triton_creds, gateway_creds, rest_context, stats_client = _clients(triton, models_pki, gateway_pki)
         phases = {
             "direct": lambda: _kserve_phase(triton.grpc_target, triton_creds, args, row, version),
             "via_gateway": lambda: _kserve_phase(gateway.grpc_target, gateway_creds, args, row, version),
@@ -198,6 +218,12 @@ def run(args: argparse.Namespace) -> dict:
         if gateway is not None:
             gateway.stop()
         triton.stop()
+    summary = _summary(args, results)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def _summary(args: argparse.Namespace, results: dict[str, dict]) -> dict:
     direct, via, rest = results["direct"], results["via_gateway"], results["via_gateway_rest"]
     summary = {
         "direct_rps": round(direct["rps"], 1),
@@ -215,7 +241,6 @@ def run(args: argparse.Namespace) -> dict:
         "triton_batch": {name: round(result["triton_batch"], 1) for name, result in results.items()},
         "p99_ms": {name: round(result["p99_ms"], 2) for name, result in results.items()},
     }
-    print(json.dumps(summary), flush=True)
     return summary
 
 

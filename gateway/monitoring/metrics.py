@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from gateway.batching.batcher import BatchStats
 from gateway.core.errors import GatewayError
+from gateway.rollout.policy import RolloutPolicy
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -22,6 +23,14 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._serving()
+        self._monitoring()
+        self._rollout()
+        self._shadow()
+        self._security()
+
+    def _serving(self) -> None:
+        """Requests, batches, queues and version loads."""
         version_labels = ("model", "version")
         self.requests = Counter(
             "gateway_requests", "Answered requests", ("protocol", "model", "version", "code"), registry=self.registry
@@ -57,6 +66,19 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "gateway_queue_depth", "Requests waiting in the batcher's queue", version_labels, registry=self.registry
         )
+        self.batch_failures = Counter(
+            "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
+        )
+        self.version_loads = Counter(
+            "gateway_version_loads",
+            "Version loads from the repository, by result",
+            ("model", "version", "result"),
+            registry=self.registry,
+        )
+
+    def _monitoring(self) -> None:
+        """Live accuracy and training/serving skew."""
+        version_labels = ("model", "version")
         self.live_accuracy = Gauge(
             "gateway_live_accuracy",
             "Share of predictions with feedback that were right",
@@ -75,10 +97,9 @@ class GatewayMetrics:
             version_labels,
             registry=self.registry,
         )
-        self.batch_failures = Counter(
-            "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
-        )
 
+    def _rollout(self) -> None:
+        """Routing by arm, the followed rollout state and the guard."""
         self.routed = Counter(
             "gateway_routed",
             "Requests by the rollout arm that answered them",
@@ -121,6 +142,10 @@ class GatewayMetrics:
             buckets=SECONDS_BUCKETS,
             registry=self.registry,
         )
+
+    def _shadow(self) -> None:
+        """Shadow traffic compared with stable."""
+        version_labels = ("model", "version")
         self.shadow_comparisons = Counter(
             "gateway_shadow_comparisons",
             "Shadowed requests compared with stable",
@@ -139,13 +164,9 @@ class GatewayMetrics:
             ("model", "why"),
             registry=self.registry,
         )
-        self.version_loads = Counter(
-            "gateway_version_loads",
-            "Version loads from the repository, by result",
-            ("model", "version", "result"),
-            registry=self.registry,
-        )
 
+    def _security(self) -> None:
+        """Authorization denials and rate limits."""
         self.authz_denied = Counter(
             "gateway_authorization_denied",
             "Requests refused by the authorization policy (the audit log line names the client)",
@@ -178,6 +199,14 @@ class GatewayMetrics:
             if result["distance"] is not None:
                 self.skew_distance.labels(model, version, feature).set(result["distance"])
         self.skew_alarm.labels(model, version).set(int(report["alarm"]))
+
+    def observe_rollout(self, model: str, policy: RolloutPolicy, revision: int) -> None:
+        """The rollout state this replica now follows for ``model``."""
+        for arm in ("stable", "canary", "shadow"):
+            version = getattr(policy, arm)
+            self.rollout_version.labels(model, arm).set(int(version) if version else 0)
+        self.canary_percent.labels(model).set(policy.canary_percent)
+        self.rollout_revision.labels(model).set(revision)
 
     def observe_request(self, protocol: str, model: str, version: str, code: str, seconds: float) -> None:
         self.requests.labels(protocol, model, version, code).inc()

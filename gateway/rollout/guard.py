@@ -9,9 +9,12 @@ counters in Redis that all replicas share.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from gateway.rollout.policy import RolloutPolicy
 
 
 @dataclass(frozen=True)
@@ -105,3 +108,50 @@ def judge_agreement(bounds: GuardBounds, agreement: dict | None) -> Verdict | No
             f"(bound {bounds.min_agreement:.1%})",
         )
     return None
+
+
+class CanaryJudge:
+    """The guard's judgement on this replica: a window of outcomes per canary version, and the verdict on
+    a model's canary (error rate, p99, live accuracy, shadow agreement) and its shadow (agreement)."""
+
+    def __init__(self, bounds: GuardBounds) -> None:
+        self.bounds = bounds
+        self._windows: dict[tuple[str, str], ArmWindow] = {}
+
+    def add(self, model: str, version: str, failed: bool, latency_s: float) -> None:
+        """One finished canary request of ``model`` on ``version``."""
+        window = self._windows.get((model, version))
+        if window is None:
+            window = self._windows[(model, version)] = ArmWindow(self.bounds.window)
+        window.add(failed, latency_s)
+
+    def forget(self, model: str, version: str) -> None:
+        """Drop the window of a version that is no longer the canary."""
+        self._windows.pop((model, version), None)
+
+    def verdict(
+        self, model: str, policy: RolloutPolicy, accuracy: dict | None, agreement: dict[str, dict]
+    ) -> tuple[str, str, Verdict] | None:
+        """(arm, version, why) of what must go, canary first, or None. ``accuracy``: the canary's counters;
+        ``agreement``: the shadow counters of every version."""
+        if policy.canary is not None:
+            window = self._windows.get((model, policy.canary))
+            verdict = judge_canary(self.bounds, window, accuracy, agreement.get(policy.canary))
+            if verdict is not None:
+                return "canary", policy.canary, verdict
+        if policy.shadow is not None:
+            verdict = judge_agreement(self.bounds, agreement.get(policy.shadow))
+            if verdict is not None:
+                return "shadow", policy.shadow, verdict
+        return None
+
+
+def removal(arm: str, version: str) -> Callable[[RolloutPolicy], RolloutPolicy | None]:
+    """The change that removes ``version`` from ``arm`` (canary or shadow); None if it is no longer there."""
+
+    def compute(policy: RolloutPolicy) -> RolloutPolicy | None:
+        if getattr(policy, arm) != version:
+            return None  # someone (or another replica's guard) already changed it
+        return policy.with_changes({arm: None})
+
+    return compute

@@ -24,7 +24,7 @@ from gateway.config import RolloutSettings
 from gateway.core.errors import GatewayError, InvalidInput, NotFound, PermissionDenied, Unavailable
 from gateway.core.types import Identity
 from gateway.monitoring.metrics import GatewayMetrics
-from gateway.rollout.guard import ArmWindow, GuardBounds, Verdict, judge_agreement, judge_canary
+from gateway.rollout.guard import CanaryJudge, GuardBounds, Verdict, removal
 from gateway.rollout.policy import RolloutPolicy
 from gateway.rollout.router import CANARY, PINNED, Route, choose
 from gateway.rollout.shadow import ShadowTracker
@@ -37,6 +37,11 @@ GUARD = f"guard@{REPLICA}"
 
 LoadedVersions = Callable[[str], Collection[str]]
 Accuracy = Callable[[str], Awaitable[dict[str, dict[str, Any]]]]
+
+
+def _selection(policy: RolloutPolicy) -> tuple:
+    """What a policy says about which versions are loaded (a change makes the registry sync)."""
+    return (policy.load, policy.unload, policy.versions)
 
 
 def bounds_from(settings: RolloutSettings) -> GuardBounds:
@@ -53,12 +58,9 @@ def bounds_from(settings: RolloutSettings) -> GuardBounds:
 
 
 class RolloutManager:
-    """Routes each request by the followed rollout state, records arm outcomes, and runs the guard.
-
-    ``loaded``: the versions of a model this replica has loaded (the registry's); ``authorize``: the
-    policy check of the ``rollout`` action (identity, model), None: operators only; ``on_change``:
-    called with a model's name when an adopted state changes its explicit loads or unloads.
-    """
+    """Routes requests by the followed rollout state, records arm outcomes, runs the guard. ``loaded``: a model's
+    loaded versions; ``authorize``: the ``rollout`` policy check (None: operators only); ``on_change``: called
+    with a model's name when an adopted state changes which versions are loaded."""
 
     def __init__(
         self,
@@ -72,9 +74,8 @@ class RolloutManager:
         self._settings = settings
         self._metrics = metrics
         self._loaded = loaded
-        self._bounds = bounds_from(settings)
+        self._judge = CanaryJudge(bounds_from(settings))
         self._states: dict[str, RolloutState] = {}
-        self._windows: dict[tuple[str, str], ArmWindow] = {}
         self._store: RolloutStore | None = None
         self.shadow: ShadowTracker | None = None
         self._accuracy: Accuracy | None = None
@@ -103,25 +104,13 @@ class RolloutManager:
         if current is not None and state.revision <= current.revision:
             return False
         if current is not None and current.policy.canary != state.policy.canary:
-            self._windows.pop((state.model, current.policy.canary or ""), None)
+            self._judge.forget(state.model, current.policy.canary or "")
         self._states[state.model] = state
         policy = state.policy
-        for arm in ("stable", "canary", "shadow"):
-            version = getattr(policy, arm)
-            self._metrics.rollout_version.labels(state.model, arm).set(int(version) if version else 0)
-        self._metrics.canary_percent.labels(state.model).set(policy.canary_percent)
-        self._metrics.rollout_revision.labels(state.model).set(state.revision)
+        self._metrics.observe_rollout(state.model, policy, state.revision)
         if current is not None and state.revision > 0:
             log.info("rollout of %s now revision %d: %s", state.model, state.revision, policy.to_dict())
-            if self._on_change is not None and (
-                current.policy.load,
-                current.policy.unload,
-                current.policy.versions,
-            ) != (
-                policy.load,
-                policy.unload,
-                policy.versions,
-            ):
+            if self._on_change is not None and _selection(current.policy) != _selection(policy):
                 self._on_change(state.model)
         return True
 
@@ -144,11 +133,7 @@ class RolloutManager:
         """Count a finished request by arm; canary outcomes feed the guard's window."""
         self._metrics.routed.labels(model, route.version, route.arm).inc()
         if route.arm == CANARY:
-            key = (model, route.version)
-            window = self._windows.get(key)
-            if window is None:
-                window = self._windows[key] = ArmWindow(self._bounds.window)
-            window.add(failed, latency_s)
+            self._judge.add(model, route.version, failed, latency_s)
 
     def needed_versions(self, model: str) -> set[str]:
         """Versions the policy routes to: never unloaded by a repository scan."""
@@ -245,24 +230,22 @@ class RolloutManager:
         self.require_operator(identity, model)
         if not isinstance(changes, Mapping):
             raise InvalidInput("the rollout body must be a JSON object")
-        loaded = self._loaded(model)
-        return await self._change(
-            model,
-            identity,
-            "set",
-            lambda policy: policy.with_changes(changes).validate(model, loaded),
-            expected_revision=expected_revision,
-        )
+        return await self._validated(model, identity, "set", lambda p: p.with_changes(changes), expected_revision)
 
     async def promote(self, model: str, identity: Identity) -> ChangeResult:
-        self.require_operator(identity, model)
-        loaded = self._loaded(model)
-        return await self._change(model, identity, "promote", lambda p: p.promoted().validate(model, loaded))
+        return await self._validated(model, identity, "promote", RolloutPolicy.promoted)
 
     async def rollback(self, model: str, identity: Identity) -> ChangeResult:
+        return await self._validated(model, identity, "rollback", RolloutPolicy.rolled_back)
+
+    async def _validated(
+        self, model: str, identity: Identity, action: str, transform: Callable, expected_revision: int | None = None
+    ) -> ChangeResult:
+        """An operator's change: ``transform`` of the current policy, validated against the loaded versions."""
         self.require_operator(identity, model)
         loaded = self._loaded(model)
-        return await self._change(model, identity, "rollback", lambda p: p.rolled_back().validate(model, loaded))
+        validated = lambda policy: transform(policy).validate(model, loaded)  # noqa: E731
+        return await self._change(model, identity, action, validated, expected_revision=expected_revision)
 
     async def explicit(self, model: str, version: str, identity: Identity, *, load: bool) -> ChangeResult:
         """Record an explicit load (or unload) of ``version``; every replica's repository sync follows it."""
@@ -296,31 +279,22 @@ class RolloutManager:
         for version, counts in agreement.items():
             if counts["agreement"] is not None:
                 self._metrics.shadow_agreement.labels(model, version).set(counts["agreement"])
-        if policy.canary is not None:
-            accuracy = (await self._accuracy(model)).get(policy.canary) if self._accuracy else None
-            verdict = judge_canary(
-                self._bounds, self._windows.get((model, policy.canary)), accuracy, agreement.get(policy.canary)
-            )
-            if verdict is not None:
-                await self._guard_change(model, policy.canary, verdict, "canary")
-                return verdict
-        if policy.shadow is not None:
-            verdict = judge_agreement(self._bounds, agreement.get(policy.shadow))
-            if verdict is not None:
-                await self._guard_change(model, policy.shadow, verdict, "shadow")
-                return verdict
-        return None
+        accuracy = None
+        if policy.canary is not None and self._accuracy is not None:
+            accuracy = (await self._accuracy(model)).get(policy.canary)
+        found = self._judge.verdict(model, policy, accuracy, agreement)
+        if found is None:
+            return None
+        arm, version, verdict = found
+        await self._guard_change(model, version, verdict, arm)
+        return verdict
 
     async def _guard_change(self, model: str, version: str, verdict: Verdict, arm: str) -> None:
-        def compute(policy: RolloutPolicy) -> RolloutPolicy | None:
-            if getattr(policy, arm) != version:
-                return None  # someone (or another replica's guard) already changed it
-            return policy.with_changes({"canary": None} if arm == CANARY else {"shadow": None})
-
         guard = Identity(name=GUARD, role="operator")
         action = "guard-rollback" if arm == CANARY else "guard-drop-shadow"
-        result = await self._change(model, guard, action, compute, reason=f"{arm} {version}: {verdict.message}")
-        self._windows.pop((model, version), None)
+        reason = f"{arm} {version}: {verdict.message}"
+        result = await self._change(model, guard, action, removal(arm, version), reason=reason)
+        self._judge.forget(model, version)
         if result.changed:
             self._metrics.guard_rollbacks.labels(model, version, verdict.reason).inc()
             log.warning("rollout guard: %s of %s version %s removed: %s", arm, model, version, verdict.message)
