@@ -17,9 +17,9 @@ from gateway.ingress.idempotency import IdempotentCalls
 from gateway.models.loader import VersionLoader
 from gateway.models.registry import ModelRegistry
 from gateway.models.repository import load_repository
-from gateway.monitoring.log_sink import SharedRedis
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.monitor import Monitor
+from gateway.monitoring.stores import SharedRedis
 from gateway.rollout.manager import RolloutManager
 from gateway.rollout.shadowing import ShadowCopies
 from gateway.security.policy import Authorizer

@@ -15,8 +15,8 @@ from gateway.bench.photos import digit_png
 from gateway.config import load_settings
 from gateway.core.errors import DeadlineExceeded, NotFound, Overloaded, PermissionDenied
 from gateway.core.types import Identity, PhotoRequest, Route, RowsRequest
-from gateway.monitoring.log_sink import INPUT_KEY
 from gateway.monitoring.photos import PHOTO_KEY
+from gateway.monitoring.stores import INPUT_KEY
 from gateway.security.identity import DEV_IDENTITY
 from tests.conftest import MODEL_REPO
 from tests.redis_server import RedisServer

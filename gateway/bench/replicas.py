@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gateway.bench.batching import DEFAULT_DIGITS, RunResult, make_photos, measure
 from gateway.bench.server_process import GatewayProcess, start_gateway
-from gateway.monitoring.log_sink import EmbeddedRedis
+from gateway.monitoring.stores import EmbeddedRedis
 from gateway.net import free_port
 from gateway.security.pki import PkiPaths, init_pki
 

@@ -18,11 +18,11 @@ from gateway.core.errors import GatewayError, NotFound, Unavailable
 from gateway.core.types import Identity
 from gateway.models.registry import ModelRegistry
 from gateway.monitoring.baseline import read_baseline
-from gateway.monitoring.log_sink import PredictionStores, SharedRedis, build_log_sink
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.photos import PhotoSampler, StoredPhoto
 from gateway.monitoring.record import PredictionRecord
 from gateway.monitoring.skew import SkewThresholds, compute_skew
+from gateway.monitoring.stores import PredictionStores, SharedRedis, open_prediction_stores
 from gateway.security.policy import Authorizer
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Monitor:
 
     async def start(self) -> None:
         """Open the stores (replaying any spool a previous run left) and start the skew watch."""
-        self._stores = build_log_sink(self._predictions, self._redis)
+        self._stores = open_prediction_stores(self._predictions, self._redis)
         self._stores.log.start()
         self._skew_task = asyncio.get_running_loop().create_task(self._watch_skew(), name="skew-watch")
 

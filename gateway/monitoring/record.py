@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.monitoring.log_sink import INPUT_KEY
 from gateway.monitoring.photos import PHOTO_KEY
+from gateway.monitoring.stores import INPUT_KEY
 
 
 @dataclass(slots=True)

@@ -5,8 +5,8 @@ import redis
 
 from gateway.config import PredictionLogSettings
 from gateway.monitoring.features import DIGIT_FEATURES, PHOTO_FEATURES, SOURCE_FEATURES
-from gateway.monitoring.log_sink import INPUT_KEY, add_features, build_log_sink
 from gateway.monitoring.prediction_log import stream_name
+from gateway.monitoring.stores import INPUT_KEY, add_features, open_prediction_stores
 
 
 def test_features_replace_the_input_row() -> None:
@@ -38,14 +38,14 @@ def test_the_embedded_redis_keeps_the_log_across_a_restart(tmp_path) -> None:
     settings = PredictionLogSettings(embedded_db=tmp_path / "redis" / "gateway.db", spool_dir=tmp_path / "spool")
 
     async def write_one() -> None:
-        sink = build_log_sink(settings)
-        sink.log.start()
-        sink.log.record({"model": "mnist", "request_id": "kept", "preprocessing": "none"})
-        await sink.log.flush()
-        await sink.aclose()
+        stores = open_prediction_stores(settings)
+        stores.log.start()
+        stores.log.record({"model": "mnist", "request_id": "kept", "preprocessing": "none"})
+        await stores.log.flush()
+        await stores.aclose()
 
     asyncio.run(write_one())
-    embedded = build_log_sink(settings).embedded
+    embedded = open_prediction_stores(settings).embedded
     try:
         entries = redis.Redis(unix_socket_path=embedded.socket_path).xrange(stream_name("mnist"))
         assert [fields[b"record"] for _, fields in entries] == [

