@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 
 from gateway.backends.remote import RECONNECT_OPTIONS, ClientTls, RemoteMetadata, RemoteTensor, grpc_failure
-from gateway.models.tensors import KSERVE_BY_TENSORFLOW
+from gateway.models.tensors import KSERVE_BY_NUMPY, KSERVE_BY_TENSORFLOW, TENSORFLOW_BY_KSERVE
 from gateway.tfs import serving_pb2, serving_pb2_grpc, tensor_pb2
 
 SIGNATURE = "serving_default"
@@ -86,11 +86,11 @@ class TFServingModel:
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
         tensor = tensor_pb2.TensorProto(
-            dtype=tensor_pb2.DT_FLOAT,
+            dtype=tensor_pb2.DataType.Value(TENSORFLOW_BY_KSERVE[KSERVE_BY_NUMPY[batch.dtype.name]]),
             tensor_shape=tensor_pb2.TensorShapeProto(
                 dim=[tensor_pb2.TensorShapeProto.Dim(size=n) for n in batch.shape]
             ),
-            tensor_content=np.ascontiguousarray(batch, dtype="<f4").tobytes(),
+            tensor_content=np.ascontiguousarray(batch, dtype=batch.dtype.newbyteorder("<")).tobytes(),
         )
         request = serving_pb2.PredictRequest(
             model_spec=self._spec, inputs={self._input_name: tensor}, output_filter=[self._output_name]
