@@ -57,7 +57,9 @@ def rows_request(
     return spec, rows
 
 
-def infer_response(request: service_pb2.ModelInferRequest, spec: ModelSpec, answer: RowsAnswer):
+def infer_response(
+    request: service_pb2.ModelInferRequest, spec: ModelSpec, answer: RowsAnswer
+) -> service_pb2.ModelInferResponse:
     response = service_pb2.ModelInferResponse(model_name=spec.name, model_version=answer.route.version, id=request.id)
     output = response.outputs.add()
     output.name = spec.output.name

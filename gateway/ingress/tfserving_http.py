@@ -69,7 +69,13 @@ def _json(body: bytes) -> Any:
 
 
 def predict_request(
-    request: Request, plane: DataPlane, body: bytes, identity: Identity, model: str, version, label
+    request: Request,
+    plane: DataPlane,
+    body: bytes,
+    identity: Identity,
+    model: str,
+    version: str | None,
+    label: str | None,
 ) -> tuple[str, RowsRequest]:
     """("instances" or "inputs", the RowsRequest) of a predict call."""
     payload = _json(body)

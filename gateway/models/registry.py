@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.batching.policy import BatchingPolicy
 from gateway.core.errors import InvalidInput, NotFound
@@ -162,7 +164,7 @@ class ModelRegistry:
         if name in self._models:
             self._spawn(self._sync_logged(name), f"sync-{name}")
 
-    def _spawn(self, work, name: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -109,13 +109,15 @@ class Monitor:
     async def record_feedback(self, request_id: str, label: str, identity: Identity) -> dict:
         """Join the true ``label`` to a logged prediction; updates the live accuracy of its model version."""
         self._authz.check(identity, "feedback")
-        labels = lambda name: self._registry.spec(name).labels  # noqa: E731 - a lookup handed to the store
-        result = await self._running().feedback.record(request_id, label, identity, labels)
+        result = await self._running().feedback.record(request_id, label, identity, self._labels)
         if not result["already_recorded"]:
             accuracy = (await self.live_accuracy(result["model"])).get(result["version"], {}).get("accuracy")
             if accuracy is not None:
                 self._metrics.live_accuracy.labels(result["model"], result["version"]).set(accuracy)
         return result
+
+    def _labels(self, model: str) -> tuple[str, ...]:
+        return self._registry.spec(model).labels
 
     async def sampled_photo(self, request_id: str, identity: Identity) -> StoredPhoto:
         """The photo sampled for retraining from prediction ``request_id`` (operators only: it is user data)."""

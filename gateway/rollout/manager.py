@@ -39,6 +39,13 @@ LoadedVersions = Callable[[str], Collection[str]]
 Accuracy = Callable[[str], Awaitable[dict[str, dict[str, Any]]]]
 
 
+def _validating(
+    transform: Callable[[RolloutPolicy], RolloutPolicy], model: str, loaded: Collection[str]
+) -> Callable[[RolloutPolicy], RolloutPolicy]:
+    """``transform``, then the result validated against the versions loaded here."""
+    return lambda policy: transform(policy).validate(model, loaded)
+
+
 def _selection(policy: RolloutPolicy) -> tuple:
     """What a policy says about which versions are loaded (a change makes the registry sync)."""
     return (policy.load, policy.unload, policy.versions)
@@ -243,8 +250,7 @@ class RolloutManager:
     ) -> ChangeResult:
         """An operator's change: ``transform`` of the current policy, validated against the loaded versions."""
         self.require_operator(identity, model)
-        loaded = self._loaded(model)
-        validated = lambda policy: transform(policy).validate(model, loaded)  # noqa: E731
+        validated = _validating(transform, model, self._loaded(model))
         return await self._change(model, identity, action, validated, expected_revision=expected_revision)
 
     async def explicit(self, model: str, version: str, identity: Identity, *, load: bool) -> ChangeResult:
