@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import numpy as np
 import pytest
@@ -62,8 +64,9 @@ def test_guard_rolls_back_a_canary_that_answers_wrongly(redis_server, tmp_path, 
             verdict = await service.rollout.check("mnist")
             assert verdict is not None and verdict.reason == "accuracy"
             state = service.rollout.state("mnist")
-            assert (state.policy.stable, state.policy.canary, state.updated_by) == ("1", None, state.updated_by)
-            assert state.updated_by.startswith("guard@")
+            # the change is the guard's, on this replica (this process), not the operator's who set the canary
+            guard_here = f"guard@{socket.gethostname()}:{os.getpid()}"
+            assert (state.policy.stable, state.policy.canary, state.updated_by) == ("1", None, guard_here)
             audit = await service.rollout.audit("mnist", 10)
             assert audit[-1]["action"] == "guard-rollback" and "live accuracy" in audit[-1]["reason"]
             assert audit[-1]["before"]["canary"] == "2" and audit[-1]["after"]["canary"] is None
