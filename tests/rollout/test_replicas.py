@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -90,10 +92,12 @@ def test_canary_share_stickiness_and_a_change_followed_by_the_other_replica(repl
     with a.client("operator") as ops_a, b.client("operator") as ops_b, a.client() as app_a, b.client() as app_b:
         changed = put(ops_a, {"stable": "1", "canary": "2", "canary_percent": 10, "shadow": None})
         revision = changed["after"]["revision"]
+        # how fast b follows is measured and reported, not asserted (a busy machine stretches it); that it
+        # follows is asserted, with a bound far above the pub/sub push and the 0.2 s scan
         started = time.monotonic()
-        followed = wait_for(lambda: ops_b.get(ROLLOUT).json()["revision"] >= revision, timeout_s=1.0)
+        followed = wait_for(lambda: ops_b.get(ROLLOUT).json()["revision"] >= revision, timeout_s=30.0)
         follow_s = time.monotonic() - started
-        assert followed, "replica b did not follow within a second"
+        assert followed, f"replica b did not follow a change made through a within {follow_s:.0f} s"
         print(f"\nreplica b followed a change made through a in {follow_s * 1000:.0f} ms")
 
         def one(i: int) -> str:
@@ -115,38 +119,67 @@ def test_canary_share_stickiness_and_a_change_followed_by_the_other_replica(repl
         assert 'gateway_routed_total{arm="canary",model="mnist",version="2"}' in metrics
 
 
+class Traffic:
+    """Every answer the hammering clients got, tagged with its replica and the rollout phase it was sent in."""
+
+    def __init__(self) -> None:
+        self.phase = "canary"
+        self.answers: list[tuple[str, str, int, str | None]] = []  # (phase, replica, status, "arm:version")
+        self._lock = threading.Lock()
+
+    def record(self, phase: str, replica: str, response: httpx.Response) -> None:
+        body = response.json()
+        version = f"{body['arm']}:{body['version']}" if response.status_code == 200 else None
+        with self._lock:
+            self.answers.append((phase, replica, response.status_code, version))
+
+    def start(self, phase: str) -> None:
+        with self._lock:
+            self.phase = phase
+
+    def versions(self, phase: str, replica: str) -> Counter[str | None]:
+        with self._lock:
+            return Counter(version for p, r, _, version in self.answers if p == phase and r == replica)
+
+
 def test_promote_and_rollback_without_a_failed_request(replicas, photo) -> None:
     a, b, _ = replicas
     with a.client("operator") as ops, a.client() as app_a, b.client() as app_b:
         put(ops, {"stable": "1", "canary": "2", "canary_percent": 50, "shadow": None})
-        statuses: list[int] = []
-        seen: set[str] = set()
-        stop = False
+        traffic = Traffic()
+        stop = threading.Event()
 
-        def hammer(client: httpx.Client, worker: int) -> None:
+        def hammer(client: httpx.Client, replica: str, worker: int) -> None:
             i = 0
-            while not stop:
-                response = classify(client, photo, key=f"w{worker}-{i}")
-                statuses.append(response.status_code)
-                if response.status_code == 200:
-                    seen.add(response.json()["version"])
+            while not stop.is_set():
+                phase = traffic.phase
+                traffic.record(phase, replica, classify(client, photo, key=f"w{worker}-{i}"))
                 i += 1
 
+        def followed(phase: str, *versions: str, at_least: int = 10) -> bool:
+            """Both replicas answered ``at_least`` requests sent in ``phase`` from each of ``versions``."""
+            return all(traffic.versions(phase, r)[v] >= at_least for r in ("a", "b") for v in versions)
+
+        def switch(phase: str, change: Callable[[], dict], stable: str, *versions: str) -> None:
+            assert change()["after"]["stable"] == stable
+            traffic.start(phase)
+            assert wait_for(lambda: followed(phase, *versions), 30), f"{phase}: {traffic.versions(phase, 'b')} on b"
+
+        clients = (("a", app_a), ("b", app_b), ("a", app_a), ("b", app_b))
         with ThreadPoolExecutor(4) as pool:
-            workers = [pool.submit(hammer, client, w) for w, client in enumerate((app_a, app_b, app_a, app_b))]
+            workers = [pool.submit(hammer, client, replica, w) for w, (replica, client) in enumerate(clients)]
             try:
-                for _ in range(3):
-                    assert ops.post(ROLLOUT + "/promote").json()["after"]["stable"] == "2"
-                    wait_for(lambda: len(statuses) > 20)
-                    assert ops.post(ROLLOUT + "/rollback").json()["after"]["stable"] == "1"
-                    wait_for(lambda: len(statuses) > 40)
-                    put(ops, {"canary": "2", "canary_percent": 50})
+                for round_ in range(3):  # every phase must see traffic on both replicas from the versions it names
+                    switch(f"promoted-{round_}", lambda: ops.post(ROLLOUT + "/promote").json(), "2", "stable:2")
+                    switch(f"rolled-back-{round_}", lambda: ops.post(ROLLOUT + "/rollback").json(), "1", "stable:1")
+                    canary = {"canary": "2", "canary_percent": 50}
+                    switch(f"canary-{round_}", lambda c=canary: put(ops, c), "1", "stable:1", "canary:2")
             finally:
-                stop = True
+                stop.set()
             for worker in workers:
                 worker.result()
-        assert statuses and set(statuses) == {200}, f"failed requests during the switches: {set(statuses)}"
-        assert seen == {"1", "2"}
+        statuses = Counter(status for _, _, status, _ in traffic.answers)
+        assert set(statuses) == {200}, f"failed requests during the switches: {statuses}"
         audit = ops.get(ROLLOUT + "/audit", params={"count": 50}).json()["entries"]
         assert [e["action"] for e in audit[-3:]] == ["promote", "rollback", "set"]
         assert all(e["who"] == "operator" and e["time"] > 0 for e in audit[-3:])
@@ -157,20 +190,28 @@ def test_two_operators_at_once_lose_no_update(replicas) -> None:
     with a.client("operator") as ops_a, b.client("operator") as ops_b:
         put(ops_a, {"stable": "1", "canary": None, "shadow": None})
         before = ops_a.get(ROLLOUT).json()["revision"]
+        changes = 40
 
-        def toggle(args: tuple[httpx.Client, int]) -> int:
-            client, i = args
-            body = {"canary": "2", "canary_percent": i % 100} if i % 2 else {"shadow": "2" if i % 4 == 0 else None}
-            return client.put(ROLLOUT, json=body).status_code
+        def change(i: int) -> httpx.Response:
+            # every change is distinct from every state before it (a percent no other change asks for), so each
+            # must land as its own revision; odd ones through replica a, even ones through b
+            return (ops_a if i % 2 else ops_b).put(ROLLOUT, json={"canary": "2", "canary_percent": i + 1})
 
         with ThreadPoolExecutor(4) as pool:
-            codes = list(pool.map(toggle, [(ops_a if i % 2 else ops_b, i) for i in range(40)]))
-        assert set(codes) == {200}
+            responses = list(pool.map(change, range(changes)))
+        assert [r.status_code for r in responses] == [200] * changes, [r.text for r in responses if r.is_error]
+        assert all(r.json()["changed"] for r in responses)
+        landed = {r.json()["after"]["revision"]: r.json()["after"]["canary_percent"] for r in responses}
+        assert sorted(landed) == list(range(before + 1, before + 1 + changes)), "a change was answered 200 but lost"
         audit = ops_a.get(ROLLOUT + "/audit", params={"count": 1000}).json()["entries"]
         mine = [e for e in audit if e["revision"] > before]
-        assert [e["revision"] for e in mine] == list(range(before + 1, before + 1 + len(mine)))
+        assert [e["revision"] for e in mine] == list(range(before + 1, before + 1 + changes))
+        assert {e["revision"]: e["after"]["canary_percent"] for e in mine} == landed
+        assert sorted(landed.values()) == [float(i + 1) for i in range(changes)], "every one of the changes landed"
         for previous, entry in zip(mine, mine[1:], strict=False):
             assert entry["before"] == previous["after"], "every change was computed on the one before it"
+        final = ops_b.get(ROLLOUT).json()
+        assert (final["revision"], final["canary_percent"]) == (before + changes, landed[before + changes])
 
 
 def test_a_corrupt_version_directory_is_refused_while_stable_keeps_serving(replicas, photo) -> None:
