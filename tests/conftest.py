@@ -77,9 +77,6 @@ class RunningGateway:
     def assert_alive(self) -> None:
         assert self.server.alive(), "gateway died:\n" + "".join(self.output[-50:])
 
-    def peak_rss_kib(self) -> int:
-        return self.server.peak_rss_kib()
-
 
 def start_gateway(pki: PkiPaths, *args: str, env: dict | None = None) -> RunningGateway:
     return RunningGateway(start_gateway_process(["--pki-dir", str(pki.root), *args], env=env, cwd=REPO_ROOT), pki)

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import socket
 import ssl
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -22,7 +23,8 @@ from gateway.models.repository import load_repository
 from gateway.security.pki import PkiPaths
 from gateway.security.tls import client_context
 from tests.badinputs import image_bytes, png_bomb, truncated_jpeg
-from tests.conftest import BODY_LIMIT, MODEL_REPO, RunningGateway
+from tests.conftest import BODY_LIMIT, MODEL_REPO, RunningGateway, start_gateway, stop_gateway
+from tests.memory import peak_growth
 
 CLASSIFY = "/api/v1/models/mnist/classify"
 STREAMED_BYTES = 64 * 1024 * 1024
@@ -228,14 +230,26 @@ def test_bad_requests_get_precise_errors_and_the_gateway_keeps_serving(
     assert_still_serving(gateway, *good)
 
 
-def test_bomb_does_not_spike_server_memory(gateway: RunningGateway, good) -> None:
+@pytest.fixture
+def own_gateway(pki: PkiPaths) -> Iterator[RunningGateway]:
+    """A gateway started for this test alone: what its memory does is this test's doing."""
+    running = start_gateway(
+        pki, "--model-repo", str(MODEL_REPO), env={"GATEWAY_LIMITS_MAX_BODY_BYTES": str(BODY_LIMIT)}
+    )
+    yield running
+    stop_gateway(running)
+
+
+def test_bomb_does_not_spike_server_memory(own_gateway: RunningGateway, good) -> None:
+    gateway = own_gateway
     with gateway.client() as client:
-        assert_still_serving(gateway, *good)
-        before = gateway.peak_rss_kib()
+        assert_still_serving(gateway, *good)  # warmed up: the model and the decoder pool are loaded
         for size in ((50_000, 50_000), (12_000, 12_000), (6_500, 6_500)):
-            response = client.post(CLASSIFY, content=png_bomb(*size), headers={"content-type": "image/png"})
+            with peak_growth(gateway.server.process.pid) as growth:
+                response = client.post(CLASSIFY, content=png_bomb(*size), headers={"content-type": "image/png"})
             assert response.status_code == 413
-    assert gateway.peak_rss_kib() - before < 50_000
+            print(f"\n{size[0]}x{size[1]} bomb: the gateway's RSS peaked {growth.peak_kib:,} KiB above its start")
+            assert growth.peak_kib < 50_000, f"refusing a {size[0]}x{size[1]} bomb took {growth.peak_kib:,} KiB"
 
 
 def raw_tls_socket(gateway: RunningGateway) -> ssl.SSLSocket:
@@ -276,17 +290,18 @@ def test_wrong_content_type_is_refused_before_the_body_is_sent(gateway: RunningG
     assert_still_serving(gateway, *good)
 
 
-def test_streamed_oversize_body_is_refused_at_the_limit_without_buffering_it(gateway: RunningGateway, good) -> None:
+def test_streamed_oversize_body_is_refused_at_the_limit_without_buffering_it(own_gateway: RunningGateway, good) -> None:
     def body():
         chunk = b"\xff" * 65536
         for _ in range(STREAMED_BYTES // len(chunk)):
             yield chunk
 
+    gateway = own_gateway
     assert_still_serving(gateway, *good)
-    before = gateway.peak_rss_kib()
-    with gateway.client() as client:
+    with gateway.client() as client, peak_growth(gateway.server.process.pid) as growth:
         response = client.post(CLASSIFY, content=body(), headers={"content-type": "image/jpeg"})
     assert_error(response, 413, "payload_too_large", f"exceeds the limit of {BODY_LIMIT:,} bytes")
     assert response.headers["connection"] == "close"
-    assert gateway.peak_rss_kib() - before < STREAMED_BYTES // 1024 // 4
+    print(f"\nstreaming {STREAMED_BYTES:,} bytes: the gateway's RSS peaked {growth.peak_kib:,} KiB above its start")
+    assert growth.peak_kib < STREAMED_BYTES // 1024 // 4, f"the gateway buffered the body: {growth.peak_kib:,} KiB"
     assert_still_serving(gateway, *good)

@@ -1,14 +1,19 @@
 import io
-import resource
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from gateway.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from gateway.core.errors import InvalidInput, UnsupportedMediaType
 from gateway.preprocess.image import decode_image
-from tests.badinputs import image_bytes, png_bomb, truncated_jpeg
+from tests.badinputs import image_bytes, truncated_jpeg
 
 LIMIT = 40_000_000
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def decode(data: bytes, min_side: int = 64, mode: str = "L") -> Image.Image:
@@ -45,13 +50,39 @@ def test_bad_images_raise_clear_errors(data: bytes, error: type, message: str) -
         decode(data)
 
 
+REFUSE_IN_A_FRESH_PROCESS = """
+import json, os, sys
+from gateway.core.errors import PayloadTooLarge
+from gateway.preprocess.image import decode_image
+from tests.badinputs import png_bomb
+from tests.memory import peak_growth
+
+bomb = png_bomb(int(sys.argv[1]), int(sys.argv[2]))
+with peak_growth(os.getpid()) as growth:
+    try:
+        decode_image(bomb, max_pixels=int(sys.argv[3]), min_side=64, mode="L")
+        refused = ""
+    except PayloadTooLarge as exc:
+        refused = exc.message
+print(json.dumps({"refused": refused, "peak_kib": growth.peak_kib}))
+"""
+
+
 @pytest.mark.parametrize("size", [(50_000, 50_000), (10_000, 10_000), (7_000, 7_000)])
 def test_decompression_bombs_are_refused_from_the_header(size: tuple[int, int]) -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(PayloadTooLarge, match="pixels"):
-        decode(png_bomb(*size))
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert grown_kib < 50_000, f"peak RSS grew by {grown_kib} KiB refusing a bomb"
+    """Refused before decoding: measured in a fresh process, whose peak RSS is reset right before the decode."""
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSE_IN_A_FRESH_PROCESS, str(size[0]), str(size[1]), str(LIMIT)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert "pixels" in result["refused"], result
+    assert result["peak_kib"] < 50_000, f"peak RSS grew by {result['peak_kib']:,} KiB refusing a bomb"
 
 
 def test_exif_orientation_is_applied() -> None:
