@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +100,57 @@ def start_gateway_on_redis(
 
 def stop_gateway(gateway: RunningGateway) -> None:
     gateway.server.stop()
+
+
+SLOW_BATCH_DELAY_US = 3_000_000
+
+
+def slow_batching_repo(root: Path, queue_policy: str = "") -> Path:
+    """The real mnist model, but a batch waits up to 3 s to fill: a lone request sits in the batcher's queue.
+
+    ``queue_policy``: the body of a Triton ``default_queue_policy`` block (max_queue_size, default timeout).
+    """
+    repo = root / "slow-repo"
+    shutil.copytree(MODEL_REPO / "mnist", repo / "mnist")
+    config = repo / "mnist" / "config.pbtxt"
+    batching = f"max_queue_delay_microseconds: {SLOW_BATCH_DELAY_US}"
+    if queue_policy:
+        batching += f"\n  default_queue_policy {{ {queue_policy} }}"
+    text = re.sub(r"max_queue_delay_microseconds: \d+", batching, config.read_text())
+    config.write_text(text.replace("preferred_batch_size: [ 16, 32 ]", ""))
+    return repo
+
+
+@pytest.fixture
+def slow_batching_gateway(pki: PkiPaths, tmp_path: Path) -> Iterator[RunningGateway]:
+    """A gateway whose mnist batches wait up to 3 s to fill (see ``slow_batching_repo``)."""
+    running = start_gateway(pki, "--model-repo", str(slow_batching_repo(tmp_path)))
+    yield running
+    stop_gateway(running)
+
+
+def metrics(gateway: RunningGateway) -> str:
+    """The gateway's /metrics page now."""
+    with gateway.client() as client:
+        return client.get("/metrics").text
+
+
+def executed(gateway: RunningGateway, model: str = "mnist", version: str = "1") -> tuple[float, float]:
+    """(batches run, requests run in them) of one model version, from the batcher's histogram on /metrics."""
+    text = metrics(gateway)
+    labels = f'{{model="{model}",version="{version}"}}'
+    found = [
+        re.search(rf"^gateway_batch_size_{kind}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+        for kind in ("count", "sum")
+    ]
+    count, total = (float(match.group(1)) if match else 0.0 for match in found)
+    return count, total
+
+
+def requests_counted(gateway: RunningGateway, protocol: str, code: str, model: str = "mnist") -> float:
+    """How many requests the gateway answered with ``code`` on ``protocol`` (its own request counter)."""
+    pattern = rf'^gateway_requests_total{{code="{code}",model="{model}",protocol="{protocol}",version="[^"]*"}} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, metrics(gateway), re.MULTILINE))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,15 @@ from gateway.bench.photos import digit_photo, digit_png
 from gateway.security.pki import PkiPaths
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.badinputs import png_bomb, truncated_jpeg
-from tests.conftest import REPO_ROOT, RunningGateway
+from tests.conftest import (
+    REPO_ROOT,
+    RunningGateway,
+    executed,
+    requests_counted,
+    slow_batching_repo,
+    start_gateway,
+    stop_gateway,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +63,31 @@ def test_bad_requests_get_precise_status_codes(stub, model, image, version, code
     assert dict(raised.value.trailing_metadata())["gateway-error-code"]
 
 
-def test_a_deadline_too_short_is_deadline_exceeded(stub, heldout_sample) -> None:
-    with pytest.raises(grpc.RpcError) as raised:
-        stub.Classify(
-            classifier_pb2.ClassifyRequest(model="mnist", image=digit_png(heldout_sample[0][1])), timeout=1e-4
-        )
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+def test_a_deadline_too_short_is_deadline_exceeded_by_the_gateway_and_never_run(pki, tmp_path, heldout_sample) -> None:
+    """Batches wait 3 s to fill. A call whose deadline passes in the queue is answered DEADLINE_EXCEEDED and its
+    photo never runs: the caller's own deadline, and the model's queue-policy timeout for a caller without one
+    (no client timer at all, so that answer can only be the gateway's)."""
+    repo = slow_batching_repo(tmp_path, queue_policy="default_timeout_microseconds: 300000")
+    gateway = start_gateway(pki, "--model-repo", str(repo))
+    request = classifier_pb2.ClassifyRequest(model="mnist", image=digit_png(heldout_sample[0][1]))
+    try:
+        with gateway.grpc_channel() as channel:
+            stub = classifier_pb2_grpc.ClassifierStub(channel)
+            with pytest.raises(grpc.RpcError) as by_the_model:
+                stub.Classify(request)
+            assert by_the_model.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no answer within the deadline of 300 ms" in by_the_model.value.details()
+            assert dict(by_the_model.value.trailing_metadata())["gateway-error-code"] == "deadline_exceeded"
+            assert requests_counted(gateway, "grpc", "DEADLINE_EXCEEDED") == 1
+            with pytest.raises(grpc.RpcError) as by_the_caller:
+                stub.Classify(request, timeout=0.5)
+            assert by_the_caller.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert executed(gateway) == (0, 0)
+            on_time = stub.Classify(request, timeout=30)  # alone in the queue: runs when the 3 s are up
+        assert on_time.label == str(heldout_sample[1][1])
+        assert executed(gateway) == (1, 1), "a call whose deadline passed in the queue was run too"
+    finally:
+        stop_gateway(gateway)
 
 
 def test_stream_answers_every_photo_and_survives_a_bad_one(stub, heldout_sample) -> None:

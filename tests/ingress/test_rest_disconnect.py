@@ -1,39 +1,17 @@
-"""A caller that hangs up is dropped from its batch: it is never executed."""
+"""A caller that hangs up, or whose deadline passes while it waits for its batch, is dropped: never executed."""
 
 from __future__ import annotations
 
-import re
-import shutil
 import socket
 import ssl
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 from gateway.bench.photos import digit_png
-from gateway.security.pki import PkiPaths
 from gateway.security.tls import client_context
-from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import SLOW_BATCH_DELAY_US, RunningGateway, executed, metrics, requests_counted
 
-SLOW_DELAY_US = 3_000_000
-
-
-@pytest.fixture
-def slow_batching_gateway(pki: PkiPaths, tmp_path: Path):
-    """The real model, but a batch waits up to 3 s to fill: a lone request sits in the queue."""
-    repo = tmp_path / "repo"
-    shutil.copytree(MODEL_REPO / "mnist", repo / "mnist")
-    config = repo / "mnist" / "config.pbtxt"
-    config.write_text(
-        re.sub(
-            r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {SLOW_DELAY_US}", config.read_text()
-        ).replace("preferred_batch_size: [ 16, 32 ]", "")
-    )
-    gateway = start_gateway(pki, "--model-repo", str(repo))
-    yield gateway
-    stop_gateway(gateway)
+CLASSIFY = "/api/v1/models/mnist/classify"
 
 
 def send_and_wait_until_queued(gateway: RunningGateway, photo: bytes) -> ssl.SSLSocket:
@@ -53,17 +31,12 @@ def send_and_wait_until_queued(gateway: RunningGateway, photo: bytes) -> ssl.SSL
     return sock
 
 
-def metrics(gateway: RunningGateway) -> str:
-    with gateway.client() as client:
-        return client.get("/metrics").text
-
-
 def test_a_client_that_hangs_up_is_dropped_before_execution(slow_batching_gateway, heldout_sample) -> None:
     gateway = slow_batching_gateway
     photo = digit_png(heldout_sample[0][0])
     with send_and_wait_until_queued(gateway, photo):
         pass  # hang up while the request waits for its batch
-    deadline = time.monotonic() + SLOW_DELAY_US / 1e6
+    deadline = time.monotonic() + SLOW_BATCH_DELAY_US / 1e6
     while 'code="499"' not in (text := metrics(gateway)):
         assert time.monotonic() < deadline, "the hang-up was not noticed while the request was queued"
     assert 'gateway_requests_total{code="499",model="mnist",protocol="rest",version="1"} 1.0' in text
@@ -80,9 +53,27 @@ def test_sigterm_finishes_requests_in_flight_then_exits(slow_batching_gateway, h
     gateway = slow_batching_gateway
     with send_and_wait_until_queued(gateway, digit_png(heldout_sample[0][30])) as sock:
         gateway.server.process.terminate()
-        sock.settimeout(SLOW_DELAY_US / 1e6 + 10)
+        sock.settimeout(SLOW_BATCH_DELAY_US / 1e6 + 10)
         answer = b""
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert gateway.server.process.wait(timeout=30) == 0
+
+
+def test_a_deadline_that_passes_in_the_queue_is_504_from_the_gateway_and_never_run(
+    slow_batching_gateway, heldout_sample
+) -> None:
+    """The client waits far longer than its deadline: the 504 is the gateway's own answer, not the client's timer."""
+    gateway = slow_batching_gateway
+    photo = digit_png(heldout_sample[0][0])
+    headers = {"content-type": "image/png"}
+    with gateway.client() as client:
+        late = client.post(CLASSIFY, content=photo, headers={**headers, "x-request-timeout-ms": "300"}, timeout=30)
+        assert late.status_code == 504, late.text
+        assert late.json()["error"]["code"] == "deadline_exceeded", late.text
+        assert requests_counted(gateway, "rest", "504") == 1
+        assert executed(gateway) == (0, 0)
+        on_time = client.post(CLASSIFY, content=photo, headers=headers, timeout=30)  # runs alone, 3 s later
+    assert on_time.status_code == 200, on_time.text
+    assert executed(gateway) == (1, 1), "the request whose deadline passed in the queue was run too"
