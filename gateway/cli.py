@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway.backends import triton_local
-from gateway.bench import accuracy, batching, onnx_throughput, photo_path, replicas
+from gateway.bench import accuracy, batching, onnx_throughput, overhead, photo_path, replicas
 from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     accuracy.add_parser(bench_commands)
     batching.add_parser(bench_commands)
+    overhead.add_parser(bench_commands)
     skew_bench.add_parser(bench_commands)
     photo_path.add_parser(bench_commands)
     onnx_throughput.add_parser(bench_commands)

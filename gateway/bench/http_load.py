@@ -30,9 +30,12 @@ class Connection:
         )
         return cls(reader, writer, url.netloc)
 
-    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    async def post(
+        self, path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: {content_type}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: {content_type}\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode("ascii")
         self._writer.write(head + body)

