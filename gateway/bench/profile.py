@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 STAGES = (
-    ("decode (Pillow)", ("decode_image",)),
+    ("decode (OpenCV, Pillow)", ("decode_image",)),
     ("digit preprocessing (numpy)", ("prepare_digit",)),
     ("model (ONNX Runtime)", ("infer_sync",)),
     ("batcher", ("batching/batcher.py",)),

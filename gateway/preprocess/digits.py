@@ -5,10 +5,14 @@ aspect ratio) and placed in a 28 x 28 field so that their centre of mass is at t
 centre. A phone photo is dark ink on light, unevenly lit paper, any size. The steps
 below undo that difference: grey, flatten the lighting, invert when the paper is light,
 crop to the ink, fit into 20 x 20, centre by mass.
+
+The photo is reduced to the working size in uint8; the analysis after that runs on at
+most 160 x 160 float pixels.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -22,13 +26,20 @@ GRID = 8
 """The lighting is estimated on a GRID x GRID grid of tiles."""
 
 
-def _to_work_array(image: Image.Image) -> np.ndarray:
-    grey = image if image.mode == "L" else image.convert("L")
-    width, height = grey.size
+def _grey_pixels(photo: Image.Image | np.ndarray) -> np.ndarray:
+    """uint8 [height, width] grey pixels of a decoded photo (the gateway hands over arrays already grey)."""
+    if isinstance(photo, np.ndarray):
+        return photo if photo.ndim == 2 else cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    return np.asarray(photo if photo.mode == "L" else photo.convert("L"))
+
+
+def _to_work_array(grey: np.ndarray) -> np.ndarray:
+    height, width = grey.shape
     scale = WORK_SIDE / max(width, height)
     if scale < 1:
-        grey = grey.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-    return np.asarray(grey, dtype=np.float32) / 255.0
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BOX))
+    return grey.astype(np.float32) / np.float32(255)
 
 
 def _quantile(values: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
@@ -116,9 +127,9 @@ def _normalise(digit: np.ndarray) -> np.ndarray:
     return np.clip(digit / float(_quantile(ink, 0.5)), 0.0, 1.0)
 
 
-def prepare_digit(image: Image.Image) -> np.ndarray:
+def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
     """Return a float32 [1, 28, 28] array in [0, 1], white ink on black, MNIST-style."""
-    pixels = _to_work_array(image)
+    pixels = _to_work_array(_grey_pixels(photo))
     ink = 1.0 - pixels if _ink_is_dark(pixels) else pixels
     ink = _flatten_lighting(ink)
     peak = float(_quantile(ink.ravel(), 0.995))

@@ -24,9 +24,10 @@ def centre_crop_box(width: int, height: int) -> tuple[float, float, float, float
     return (left, top, left + side, top + side)
 
 
-def prepare_imagenet_photo(image: Image.Image) -> np.ndarray:
-    """An upright RGB photo -> float32 [3, 224, 224] in [0, 1]."""
-    square = image.resize((CROP, CROP), Image.Resampling.BILINEAR, box=centre_crop_box(*image.size))
-    pixels = np.asarray(square, dtype=np.float32)
-    pixels *= 1.0 / 255.0
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+def prepare_imagenet_photo(photo: Image.Image | np.ndarray) -> np.ndarray:
+    """An upright RGB photo (a Pillow image or uint8 [H, W, 3]) -> float32 [3, 224, 224] in [0, 1]."""
+    image = Image.fromarray(photo) if isinstance(photo, np.ndarray) else photo
+    square = np.asarray(image.resize((CROP, CROP), Image.Resampling.BILINEAR, box=centre_crop_box(*image.size)))
+    tensor = np.empty((3, CROP, CROP), np.float32)
+    np.multiply(square.transpose(2, 0, 1), np.float32(1 / 255), out=tensor)  # one pass: planar, scaled
+    return tensor

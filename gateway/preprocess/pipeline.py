@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from gateway.core.types import PreparedInput
 from gateway.models.repository import ModelSpec, RepositoryError
@@ -20,10 +19,11 @@ class Preparation:
     """How to decode a photo for one kind of model and turn it into one input row."""
 
     mode: str
-    """Pillow mode the photo is decoded into."""
+    """Mode the photo is decoded into: L (grey) or RGB."""
     min_side: int
     """Smallest short side worth decoding; JPEGs are draft-decoded down towards it."""
-    prepare: Callable[[Image.Image], np.ndarray]
+    prepare: Callable[[np.ndarray], np.ndarray]
+    """uint8 pixels in ``mode`` ([H, W] or [H, W, 3]) -> one input row."""
 
 
 PREPARATIONS: dict[str, Preparation] = {
@@ -46,7 +46,7 @@ def prepare_photo(data: bytes, spec: ModelSpec, *, max_pixels: int) -> PreparedI
     """Decode and preprocess one photo into exactly the model's input shape."""
     preparation = preparation_for(spec)
     photo = decode_image(data, max_pixels=max_pixels, min_side=preparation.min_side, mode=preparation.mode)
-    tensor = preparation.prepare(photo.image)
+    tensor = preparation.prepare(photo.pixels)
     if tensor.shape != spec.input.dims:
         raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")
     return PreparedInput(
