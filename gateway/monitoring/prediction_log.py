@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -79,7 +79,7 @@ class PredictionLog:
         stream_maxlen: int = 1_000_000,
         photo_maxlen: int = 1_000,
         max_pending_photo_bytes: int = MAX_PENDING_PHOTO_BYTES,
-        enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        enrich: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._connect = connect
         self._redis: aioredis.Redis | None = None
@@ -92,7 +92,8 @@ class PredictionLog:
         self._max_photo_bytes = max_pending_photo_bytes
         self._photo_bytes = 0
         """Bytes of sampled photos handed in and not yet stored or dropped."""
-        self._enrich = enrich or (lambda record: record)
+        self._enrich = enrich or (lambda records: records)
+        """Turns a chunk of handed-in records into what is stored (features instead of input rows)."""
         self._writer: asyncio.Task | None = None
         self._in_flight: list[dict[str, Any]] = []
         self._next_retry = 0.0
@@ -120,7 +121,7 @@ class PredictionLog:
         try:
             self._buffer.put_nowait(record)
         except asyncio.QueueFull:
-            self._append_to_spool([self._enrich(record)])
+            self._append_to_spool(self._enrich([record]))
 
     # -- life cycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -144,7 +145,7 @@ class PredictionLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
-        leftover = self._in_flight + self._drain_buffer(len_limit=None)
+        leftover = self._in_flight + self._enrich(self._drain_buffer(len_limit=None))
         self._in_flight = []
         if leftover:
             self._append_to_spool(leftover)
@@ -163,9 +164,10 @@ class PredictionLog:
 
     # -- the writer ---------------------------------------------------------------------------------------
     def _drain_buffer(self, len_limit: int | None) -> list[dict[str, Any]]:
+        """Up to ``len_limit`` handed-in records (all with None), as handed in: not enriched yet."""
         records = []
         while not self._buffer.empty() and (len_limit is None or len(records) < len_limit):
-            records.append(self._enrich(self._buffer.get_nowait()))
+            records.append(self._buffer.get_nowait())
         return records
 
     async def _write_forever(self) -> None:
@@ -177,7 +179,7 @@ class PredictionLog:
                 first = await asyncio.wait_for(self._buffer.get(), RETRY_S if self.spooled else None)
             except TimeoutError:
                 continue
-            records = [self._enrich(first), *self._drain_buffer(self._write_batch - 1)]
+            records = self._enrich([first, *self._drain_buffer(self._write_batch - 1)])
             self._in_flight = records
             await self._write(records)
             self._in_flight = []
@@ -216,7 +218,7 @@ class PredictionLog:
                 for record in records:
                     pipe.xadd(
                         stream_name(record["model"]),
-                        {"record": json.dumps(record, separators=(",", ":"))},
+                        {"record": orjson.dumps(record)},
                         maxlen=self._maxlen,
                         approximate=True,
                     )
@@ -243,7 +245,7 @@ class PredictionLog:
             if photo is not None:
                 self._photo_bytes -= len(photo)
                 mark_dropped(record, DROPPED_SPOOLED)
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
         try:
             append_whole(self._spool, data)
         except OSError as exc:
@@ -274,7 +276,7 @@ class PredictionLog:
             with self._spool.open("rb") as handle:
                 lines = handle.read().splitlines()
             while self._replayed < len(lines):
-                chunk = [json.loads(line) for line in lines[self._replayed : self._replayed + self._write_batch]]
+                chunk = [orjson.loads(line) for line in lines[self._replayed : self._replayed + self._write_batch]]
                 if not await self._xadd(chunk):
                     return
                 self._replayed += len(chunk)
