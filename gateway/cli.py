@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.backends import triton_local
@@ -31,16 +32,27 @@ def _serve(args: argparse.Namespace) -> int:
             "backends": {"file": args.backends},
         },
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
+    if settings.server.effective_workers > 1:
+        from gateway.supervisor import Supervisor
+
+        return Supervisor(settings, _print_banner).run()
     from gateway.ingress.http_server import event_loop_factory
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(_run(settings))
+        runner.run(run_gateway(settings))
     return 0
 
 
-async def _run(settings: Settings) -> None:
-    """Load the models, then serve REST and gRPC from one event loop until SIGTERM/SIGINT."""
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Load the models, then serve REST and gRPC from one event loop until SIGTERM/SIGINT.
+
+    ``on_ready``: called once the ports are served instead of printing the banner (a supervised worker).
+    """
     from gateway.app import build_gateway
     from gateway.ingress.grpc_server import build_grpc_server
     from gateway.ingress.health import HealthServer
@@ -59,11 +71,16 @@ async def _run(settings: Settings) -> None:
         await grpc_server.start()
         health = None
         if settings.server.health_port:
-            health = HealthServer(gateway, settings.server.host, settings.server.health_port)
+            server = settings.server
+            health = HealthServer(gateway, server.host, server.health_port, reuse_port=server.reuse_port)
             await health.start()
-            print(f"gateway: health on http://{settings.server.host}:{health.port} (/healthz /readyz /metrics)")
-        _print_banner(settings, sock.getsockname()[1], grpc_port)
+            if on_ready is None:
+                print(f"gateway: health on http://{server.host}:{health.port} (/healthz /readyz /metrics)")
         app = create_app(gateway, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
+        if on_ready is None:
+            _print_banner(settings, sock.getsockname()[1], grpc_port)
+        else:
+            on_ready()  # the socket listens: connections wait in its backlog until uvicorn accepts them
         try:
             await build_server(app, settings, material).serve(sockets=[sock])
         finally:

@@ -34,8 +34,16 @@ class ServerSettings:
     """Plain-HTTP /healthz, /readyz and /metrics for probes without a client certificate; 0: off."""
     reuse_port: bool = False
     """Let several gateway processes share http_port (SO_REUSEPORT): replicas on one machine, one port."""
+    workers: int = 0
+    """Gateway processes serving the same ports, started and supervised by `gateway serve`; 0: one per core."""
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     def validate(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"server.workers must be >= 0 (0: one per core), got {self.workers}")
         _check_port("server.http_port", self.http_port)
         _check_port("server.grpc_port", self.grpc_port)
         _check_port("server.health_port", self.health_port)

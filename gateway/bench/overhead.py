@@ -259,9 +259,9 @@ def main(args: argparse.Namespace) -> int:
                 "GATEWAY_BATCHING_ENABLED": modes[mode],
                 "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(redis_dir / "gateway.db"),
             }
-            if args.workers:
-                env["GATEWAY_SERVER_WORKERS"] = str(args.workers)
-            server = start_gateway(["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)], env=env)
+            server = start_gateway(
+                ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)], env=env, workers=args.workers
+            )
             try:
                 for surface in chosen:
                     results[surface.name][mode] = row = drive(server, redis_dir, pki, surface, args)

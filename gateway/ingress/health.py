@@ -68,8 +68,8 @@ class HealthServer:
     SIGTERM, and stops this one after it has drained).
     """
 
-    def __init__(self, gateway: Probed, host: str, port: int) -> None:
-        self._socket: socket.socket = bind_socket(host, port)
+    def __init__(self, gateway: Probed, host: str, port: int, *, reuse_port: bool = False) -> None:
+        self._socket: socket.socket = bind_socket(host, port, reuse_port=reuse_port)
         config = uvicorn.Config(create_health_app(gateway), lifespan="off", log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)
 

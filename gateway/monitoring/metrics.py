@@ -1,12 +1,19 @@
-"""Prometheus metrics of one gateway process (text format on ``GET /metrics``)."""
+"""Prometheus metrics of the gateway (text format on ``GET /metrics``).
+
+One process: its own registry. Supervised workers (server.workers > 1): prometheus_client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before any worker starts)
+keeps every worker's values in memory-mapped files, and ``render`` sums them, so any
+worker's /metrics is the whole gateway's. Each gauge says how its workers' values combine.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from gateway.batching.batcher import BatchStats
 from gateway.core.errors import GatewayError
@@ -15,7 +22,9 @@ from gateway.rollout.policy import RolloutPolicy
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
-__all__ = ["GatewayMetrics", "PROMETHEUS_CONTENT_TYPE", "RequestMeter"]
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+__all__ = ["MULTIPROCESS_DIR_ENV", "GatewayMetrics", "PROMETHEUS_CONTENT_TYPE", "RequestMeter"]
 
 
 class GatewayMetrics:
@@ -64,7 +73,11 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "gateway_queue_depth", "Requests waiting in the batcher's queue", version_labels, registry=self.registry
+            "gateway_queue_depth",
+            "Requests waiting in the batcher's queue",
+            version_labels,
+            multiprocess_mode="livesum",
+            registry=self.registry,
         )
         self.batch_failures = Counter(
             "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
@@ -83,18 +96,21 @@ class GatewayMetrics:
             "gateway_live_accuracy",
             "Share of predictions with feedback that were right",
             version_labels,
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.skew_distance = Gauge(
             "gateway_skew_distance",
             "Distance of the live window from the training baseline (PSI; L-inf for labels)",
             ("model", "version", "feature"),
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.skew_alarm = Gauge(
             "gateway_skew_alarm",
             "1 when any feature of the live window crosses its threshold",
             version_labels,
+            multiprocess_mode="max",
             registry=self.registry,
         )
 
@@ -110,18 +126,21 @@ class GatewayMetrics:
             "gateway_rollout_version",
             "Version each rollout arm points at, as this replica follows it (0: none)",
             ("model", "arm"),
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.canary_percent = Gauge(
             "gateway_rollout_canary_percent",
             "Share of routing keys sent to the canary",
             ("model",),
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.rollout_revision = Gauge(
             "gateway_rollout_revision",
             "Revision of the rollout state this replica follows",
             ("model",),
+            multiprocess_mode="min",
             registry=self.registry,
         )
         self.rollout_changes = Counter(
@@ -156,6 +175,7 @@ class GatewayMetrics:
             "gateway_shadow_agreement",
             "Share of shadowed requests that agreed with stable (all replicas)",
             version_labels,
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.shadow_dropped = Counter(
@@ -213,7 +233,12 @@ class GatewayMetrics:
         self.request_latency.labels(protocol, model).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker, path=directory)
+        return generate_latest(every_worker)
 
 
 class RequestMeter:
