@@ -5,11 +5,13 @@ file declaring 50,000 x 50,000 pixels costs nothing. Large JPEGs are decoded at 
 reduced scale (DCT scaling), so a 12-megapixel photo that becomes 28 x 28 is never
 decoded at full size.
 
-Pillow reads every header (format allow-list, size, mode). Baseline JPEGs in grey or
-RGB, what phones and the mobile client send, are then decoded by OpenCV (libjpeg-turbo
-with DCT scaling and EXIF orientation, the GIL released throughout): the same pixels
-Pillow's draft decode gives, bit for bit, in about half the CPU. Everything else (PNG,
-WebP, CMYK JPEGs, transparency, and any file OpenCV refuses) takes Pillow's path.
+8-bit Huffman JPEGs in grey or colour, what phones and the mobile client send, take a
+fast path: their frame header is read here (size, components: the pixel limit applies
+before any decoding) and OpenCV decodes them (libjpeg-turbo with DCT scaling and EXIF
+orientation, the GIL released throughout): the same pixels Pillow's draft decode gives,
+bit for bit, for about half the CPU. Everything else (PNG, WebP, CMYK or 12-bit JPEGs,
+transparency, and any file OpenCV refuses) takes Pillow's path, which also says
+precisely what is wrong with a file it refuses.
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> D
     """
     if not data:
         raise InvalidInput(f"the request has no image: send the photo bytes ({ACCEPTED_DESCRIPTION})")
+    frame = jpeg_frame(data)
+    if frame is not None and frame[2] in (1, 3) and mode in ("L", "RGB"):
+        width, height, _ = frame
+        if 0 < width * height <= min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels):
+            decoded = _decode_jpeg_opencv(data, width, height, _dct_scale((width, height), min_side), mode)
+            if decoded is not None:
+                return decoded
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -124,15 +133,9 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> D
             f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}. "
             "Downscale it before sending (the model needs far fewer)"
         )
-    divisor = max(1, min(width, height) // max(min_side, 1))
-    wanted = (width // divisor, height // divisor)
-    if image.format == "JPEG" and image.mode in ("L", "RGB") and mode in ("L", "RGB"):
-        decoded = _decode_jpeg_opencv(data, width, height, _dct_scale((width, height), wanted), mode)
-        if decoded is not None:
-            return decoded
     try:
         if image.format == "JPEG":
-            image.draft(mode if mode in ("L", "RGB") else None, wanted)
+            image.draft(mode if mode in ("L", "RGB") else None, _draft_size((width, height), min_side))
         image.load()
         turned = image.size
         ImageOps.exif_transpose(image, in_place=True)
@@ -143,10 +146,52 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> D
         raise InvalidInput(f"the {image.format} data is truncated or corrupt: {exc}") from None
 
 
-def _dct_scale(size: tuple[int, int], wanted: tuple[int, int]) -> int:
-    """The JPEG DCT scale (1, 2, 4 or 8) Pillow's ``draft(mode, wanted)`` picks, so both decoders agree."""
+def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    """The size asked of a JPEG draft decode: the photo shrunk by the whole factor that keeps ``min_side``."""
+    divisor = max(1, min(size) // max(min_side, 1))
+    return (size[0] // divisor, size[1] // divisor)
+
+
+def _dct_scale(size: tuple[int, int], min_side: int) -> int:
+    """The JPEG DCT scale (1, 2, 4 or 8) Pillow's draft decode picks for ``min_side``, so both decoders agree."""
+    wanted = _draft_size(size, min_side)
     ratio = min(size[0] // wanted[0], size[1] // wanted[1])
     return next(scale for scale in (8, 4, 2, 1) if scale <= ratio)
+
+
+FRAME_MARKERS = {0xC0, 0xC1, 0xC2}
+"""Start-of-frame markers of baseline, extended and progressive Huffman JPEGs (what cameras write)."""
+STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}
+"""Markers without a length field (TEM, RST0-7)."""
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from the frame header of an 8-bit Huffman JPEG, read without Pillow;
+    None for anything else (other formats, other JPEG flavours, a header cut short): Pillow's path then
+    reads it, and refuses it with the precise reason if it must."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    position, end = 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in FRAME_MARKERS:
+            if position + 10 > end or data[position + 4] != 8:
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return width, height, data[position + 9]
+        if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xCC) or marker in (0xD9, 0xDA):
+            return None  # another frame type (lossless, arithmetic, hierarchical), or scan data before a frame
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
 
 
 def _decode_jpeg_opencv(data: bytes, width: int, height: int, scale: int, mode: str) -> DecodedPhoto | None:

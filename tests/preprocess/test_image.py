@@ -5,11 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from gateway.core.errors import InvalidInput, UnsupportedMediaType
-from gateway.preprocess.image import decode_image
+from gateway.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from gateway.preprocess.image import decode_image, jpeg_frame
 from tests.badinputs import image_bytes, truncated_jpeg
 
 LIMIT = 40_000_000
@@ -141,3 +142,53 @@ def test_large_jpeg_is_draft_decoded_near_the_needed_size() -> None:
     big = image_bytes("JPEG", (4000, 3000))
     image = decode(big, min_side=256)
     assert 256 <= min(image.size) < 3000 / 4, image.size
+
+
+def pillow_draft_decode(data: bytes, min_side: int, mode: str) -> np.ndarray:
+    """What the gateway decoded with Pillow alone: draft decode, EXIF orientation, then the mode."""
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    divisor = max(1, min(width, height) // min_side)
+    image.draft(mode, (width // divisor, height // divisor))
+    image.load()
+    return np.asarray(ImageOps.exif_transpose(image).convert(mode))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(("mode", "min_side"), [("L", 64), ("RGB", 64), ("L", 300), ("RGB", 150)])
+def test_the_opencv_path_gives_pillows_pixels_bit_for_bit(orientation: int, mode: str, min_side: int) -> None:
+    pixels = np.random.default_rng(orientation).integers(0, 256, (300, 520, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, exif=exif, progressive=orientation % 2 == 0)
+    data = buffer.getvalue()
+    photo = decode_image(data, max_pixels=LIMIT, min_side=min_side, mode=mode)
+    expected = pillow_draft_decode(data, min_side, mode)
+    np.testing.assert_array_equal(photo.pixels, expected)
+    upright = (520, 300) if orientation < 5 else (300, 520)
+    assert (photo.original_width, photo.original_height) == upright
+
+
+def test_jpeg_frame_reads_size_and_components_or_declines() -> None:
+    assert jpeg_frame(image_bytes("JPEG", (64, 48))) == (64, 48, 3)
+    grey = io.BytesIO()
+    Image.new("L", (30, 20)).save(grey, "JPEG")
+    assert jpeg_frame(grey.getvalue()) == (30, 20, 1)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (30, 20)).save(cmyk, "JPEG")
+    assert jpeg_frame(cmyk.getvalue()) == (30, 20, 4)  # decoded by Pillow's path
+    assert jpeg_frame(image_bytes("PNG")) is None
+    assert jpeg_frame(image_bytes("JPEG", (64, 48))[:40]) is None  # cut before the frame header
+
+
+def test_cmyk_jpegs_still_decode_to_rgb() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 40)).convert("CMYK").save(buffer, "JPEG")
+    image = decode(buffer.getvalue(), mode="RGB")
+    assert image.mode == "RGB" and image.size == (32, 24)
+
+
+def test_the_pixel_limit_applies_to_the_jpeg_header_before_decoding() -> None:
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        decode_image(image_bytes("JPEG", (400, 300)), max_pixels=100_000, min_side=64, mode="L")
