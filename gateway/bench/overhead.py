@@ -8,8 +8,9 @@ The gateway's CPU is read from /proc before and after each surface, summed over 
 gateway process (the parent and its worker processes); the embedded redis-server's CPU is
 its own column. CPU per request = CPU seconds / answers (warm-up included, as the CPU is).
 
-Before the load, each payload's decode and preparation is timed on one thread in this
-process (p50), next to a 12-megapixel phone JPEG. The last line printed is one JSON object.
+Before the load, each payload's decode and preparation is timed in this process as the CPU
+time of one thread (p50; wall time would count the other helpers' load on a shared
+machine), next to a 12-megapixel phone JPEG. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from PIL import Image
 
 from gateway.bench.http_load import Connection
 from gateway.bench.overhead_load import Job
-from gateway.bench.photo_path import DEFAULT_PHOTO, p50_ms, phone_jpeg
+from gateway.bench.photo_path import DEFAULT_PHOTO, phone_jpeg
 from gateway.bench.photos import digit_photo
 from gateway.bench.server_process import GatewayProcess, start_gateway
 from gateway.preprocess.pipeline import prepare_photo
@@ -202,15 +205,26 @@ def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surfa
     }
 
 
+def cpu_p50_ms(step: Callable[[], object], repeat: int) -> float:
+    """Median CPU time of ``step`` on this thread (after one untimed call)."""
+    step()
+    times = []
+    for _ in range(repeat):
+        started = time.thread_time()
+        step()
+        times.append(time.thread_time() - started)
+    return float(np.median(times)) * 1000.0
+
+
 def preparation_ms(specs: dict[str, ModelSpec], all_surfaces: list[Surface], photo: Path, repeat: int) -> dict:
-    """p50 of decode + prepare on one thread, per photo surface, and for a 12 MP phone JPEG (hot dog)."""
+    """CPU p50 of decode + prepare on one thread, per photo surface, and for a 12 MP phone JPEG (hot dog)."""
     figures = {}
     for surface in all_surfaces:
         if surface.kind not in ("rest", "grpc-classify") or surface.name in figures:
             continue
         spec = specs[surface.model]
         per_photo = [
-            p50_ms(lambda p=p, spec=spec: prepare_photo(p, spec, max_pixels=MAX_PIXELS), max(3, repeat // 8))
+            cpu_p50_ms(lambda p=p, spec=spec: prepare_photo(p, spec, max_pixels=MAX_PIXELS), max(3, repeat // 8))
             for p in surface.payloads[:8]
         ]
         figures[surface.name] = round(float(np.median(per_photo)), 3)
@@ -218,7 +232,7 @@ def preparation_ms(specs: dict[str, ModelSpec], all_surfaces: list[Surface], pho
     with Image.open(io.BytesIO(phone)) as image:
         size = image.size
     name = f"hot dog {size[0]}x{size[1]} phone JPEG"
-    figures[name] = round(p50_ms(lambda: prepare_photo(phone, specs["hotdog"], max_pixels=MAX_PIXELS), repeat), 3)
+    figures[name] = round(cpu_p50_ms(lambda: prepare_photo(phone, specs["hotdog"], max_pixels=MAX_PIXELS), repeat), 3)
     return figures
 
 
@@ -243,7 +257,7 @@ def main(args: argparse.Namespace) -> int:
     chosen = [s for s in surfaces(digits, args.hotdog_photos) if not args.only or args.only in s.name.lower()]
     preparation = preparation_ms(specs, chosen, args.photo, args.repeat) if not args.skip_preparation else {}
     for name, value in preparation.items():
-        print(f"decode + prepare, one thread, p50: {name}: {value:.2f} ms", flush=True)
+        print(f"decode + prepare, CPU of one thread, p50: {name}: {value:.2f} ms", flush=True)
     print(
         f"{args.clients} concurrent keep-alive clients per surface, {args.warmup:.0f} s warm-up + "
         f"{args.duration:.0f} s measured; load average {os.getloadavg()[0]:.2f}",
@@ -258,6 +272,7 @@ def main(args: argparse.Namespace) -> int:
             env = {
                 "GATEWAY_BATCHING_ENABLED": modes[mode],
                 "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(redis_dir / "gateway.db"),
+                **({"PYTHONPATH": str(args.code.resolve())} if args.code else {}),
             }
             server = start_gateway(
                 ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)], env=env, workers=args.workers
@@ -274,7 +289,8 @@ def main(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "clients": args.clients,
-                "workers": args.workers or "default",
+                "workers": "default" if args.workers is None else args.workers,
+                "code": str(args.code or "."),
                 "preparation_p50_ms": preparation,
                 "surfaces": results,
             }
@@ -292,7 +308,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per surface")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--workers", type=int, default=0, help="server.workers (0: the gateway's default)")
+    parser.add_argument(
+        "--workers", type=int, help="server.workers (0: one per core; default: the gateway's configuration)"
+    )
+    parser.add_argument(
+        "--code", type=Path, help="run the gateway from this checkout (a before/after comparison under one load)"
+    )
     parser.add_argument(
         "--batching", nargs="+", choices=("on", "off"), default=["on", "off"], help="which batching modes to run"
     )

@@ -48,18 +48,19 @@ class GatewayProcess:
 
 
 def start_gateway(
-    args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, workers: int = 1
+    args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, workers: int | None = 1
 ) -> GatewayProcess:
     """Run `gateway serve` on free loopback ports with ARGS and return once it printed its addresses.
 
     Unless ``env`` says otherwise, its embedded Redis and log spool live in a fresh temporary directory.
-    ``workers``: server.workers (1: one process, as the benchmarks and most tests compare; 0: one per core).
+    ``workers``: server.workers (1: one process, as the benchmarks and most tests compare; 0: one per core;
+    None: whatever the gateway's configuration says).
     """
     state = Path(tempfile.mkdtemp(prefix="gateway-state-"))
     env = {
         "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(state / "redis" / "gateway.db"),
         "GATEWAY_PREDICTIONS_SPOOL_DIR": str(state / "spool"),
-        "GATEWAY_SERVER_WORKERS": str(workers),
+        **({} if workers is None else {"GATEWAY_SERVER_WORKERS": str(workers)}),
         **(env or {}),
     }
     process = subprocess.Popen(

@@ -1,0 +1,68 @@
+"""`gateway bench overhead`, run for real on two surfaces for a second each: its table, its JSON, its CPU reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from gateway.bench.overhead import cpu_seconds
+from tests.conftest import REPO_ROOT
+
+
+def test_the_benchmark_drives_real_surfaces_and_reads_the_gateways_cpu(tmp_path) -> None:
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "bench",
+            "overhead",
+            "--only",
+            "tensor",
+            "--batching",
+            "on",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--clients",
+            "4",
+            "--workers",
+            "2",
+            "--skip-preparation",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    surfaces = report["surfaces"]
+    assert set(surfaces) == {"KServe gRPC tensor", "KServe HTTP binary tensor", "TF Serving gRPC tensor"}
+    for name, modes in surfaces.items():
+        row = modes["on"]
+        assert row["errors"] == 0 and row["rps"] > 0, name
+        assert row["gateway_cpu_ms"] > 0 and row["client_cpu_ms"] > 0, name
+        assert row["mean_batch"] >= 1, name
+    assert "gateway CPU ms/req" in finished.stdout
+
+
+def test_cpu_seconds_counts_the_process_and_its_children(tmp_path) -> None:
+    burn = "import sys, time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn + "print('burnt', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout.readline() == b"burnt\n"  # the child spent its CPU and waits
+        own, _ = cpu_seconds(child.pid, tmp_path)
+        tree, _ = cpu_seconds(os.getpid(), tmp_path)
+    finally:
+        child.communicate(b"")
+    assert own >= 0.25
+    assert tree >= own + sum(os.times()[:2]) - 0.05  # ours and the child's (to the clock tick)
