@@ -7,6 +7,9 @@ load-generator process (gateway/bench/overhead_load.py; its own CPU is reported 
 The gateway's CPU is read from /proc before and after each surface, summed over every
 gateway process (the parent and its worker processes); the embedded redis-server's CPU is
 its own column. CPU per request = CPU seconds / answers (warm-up included, as the CPU is).
+The model runs inside the gateway (ONNX Runtime), so its CPU is part of that figure; the
+``model`` column measures it alone afterwards (this process, each row's mean batch size, a
+worker's share of the threads) and ``beyond`` is the rest: what the gateway itself costs.
 
 Before the load, each payload's decode and preparation is timed in this process as the CPU
 time of one thread (p50; wall time would count the other helpers' load on a shared
@@ -236,17 +239,47 @@ def preparation_ms(specs: dict[str, ModelSpec], all_surfaces: list[Surface], pho
     return figures
 
 
+def model_cpu_ms(spec: ModelSpec, batch: int, threads: int, seconds: float) -> float:
+    """CPU ms per item of the model alone (ONNX Runtime in this process) at ``batch`` rows and ``threads``."""
+    from gateway.backends.onnxruntime import OnnxRuntimeBackend
+
+    version = spec.initial_stable if spec.initial_stable in spec.versions else spec.latest_version
+    backend = OnnxRuntimeBackend(spec.versions[version], spec.input, spec.output, threads=threads)
+    rows = np.random.default_rng(0).random((batch, *spec.input.dims), dtype=np.float32)
+    backend.infer_sync(rows)
+    runs, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds or runs < 3:
+        backend.infer_sync(rows)
+        runs += 1
+    spent = time.process_time() - cpu
+    backend.close()
+    return 1000 * spent / (runs * batch)
+
+
+def add_model_cost(results: dict[str, dict[str, dict]], chosen: list[Surface], specs, threads: int) -> None:
+    """Each row gets the model's own CPU per item at the batch size it ran, and the gateway's cost beyond it."""
+    cache: dict[tuple[str, int], float] = {}
+    for surface in chosen:
+        for row in results[surface.name].values():
+            key = (surface.model, max(1, round(row["mean_batch"])))
+            if key not in cache:
+                cache[key] = model_cpu_ms(specs[surface.model], key[1], threads, seconds=1.0)
+            row["model_cpu_ms"] = round(cache[key], 3)
+            row["beyond_model_cpu_ms"] = round(row["gateway_cpu_ms"] - cache[key], 3)
+
+
 def _print_table(results: dict[str, dict[str, dict]]) -> None:
     print(
         f"{'surface':<28}{'batching':>9}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}"
-        f"{'gateway CPU ms/req':>20}{'redis':>7}{'client':>8}{'errors':>8}"
+        f"{'gateway CPU ms/req':>20}{'model':>7}{'beyond':>8}{'redis':>7}{'client':>8}{'errors':>8}"
     )
     for name, modes in results.items():
         for mode, row in modes.items():
             print(
                 f"{name:<28}{mode:>9}{row['rps']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
-                f"{row['mean_batch']:>7.1f}{row['gateway_cpu_ms']:>20.2f}{row['redis_cpu_ms']:>7.2f}"
-                f"{row['client_cpu_ms']:>8.2f}{row['errors']:>8}"
+                f"{row['mean_batch']:>7.1f}{row['gateway_cpu_ms']:>20.2f}{row['model_cpu_ms']:>7.2f}"
+                f"{row['beyond_model_cpu_ms']:>8.2f}{row['redis_cpu_ms']:>7.2f}{row['client_cpu_ms']:>8.2f}"
+                f"{row['errors']:>8}"
             )
 
 
@@ -272,10 +305,13 @@ def main(args: argparse.Namespace) -> int:
             env = {
                 "GATEWAY_BATCHING_ENABLED": modes[mode],
                 "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(redis_dir / "gateway.db"),
-                **({"PYTHONPATH": str(args.code.resolve())} if args.code else {}),
+                **({"PYTHONPATH": str(args.code.resolve())} if args.code else {}),  # with cwd: `-m` puts it first
             }
             server = start_gateway(
-                ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)], env=env, workers=args.workers
+                ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo.resolve())],
+                env=env,
+                workers=args.workers,
+                cwd=args.code.resolve() if args.code else None,
             )
             try:
                 for surface in chosen:
@@ -283,7 +319,14 @@ def main(args: argparse.Namespace) -> int:
                     print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
             finally:
                 server.stop()
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // (args.workers or cores)) if args.model_threads is None else args.model_threads
+    add_model_cost(results, chosen, specs, threads)
     _print_table(results)
+    print(
+        f"model: ONNX Runtime alone at each row's batch size with {threads} thread(s) (a worker's share of the "
+        "cores), CPU ms per item; beyond: gateway CPU minus that"
+    )
     print(f"load average after the run: {os.getloadavg()[0]:.2f}")
     print(
         json.dumps(
@@ -316,6 +359,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batching", nargs="+", choices=("on", "off"), default=["on", "off"], help="which batching modes to run"
+    )
+    parser.add_argument(
+        "--model-threads", type=int, help="ONNX threads for the model-alone column (default: cores / workers)"
     )
     parser.add_argument("--only", default="", help="run only the surfaces whose name contains this (lower case)")
     parser.add_argument("--repeat", type=int, default=40, help="timings per photo for the preparation figures")
