@@ -142,7 +142,7 @@ class Supervisor:
             log.info("stopped")
 
     def _start_embedded_redis(self) -> str:
-        from gateway.monitoring.log_sink import EmbeddedRedis
+        from gateway.monitoring.stores import EmbeddedRedis
 
         self._embedded = EmbeddedRedis(self._settings.predictions.embedded_db)
         return f"unix://{self._embedded.socket_path}"

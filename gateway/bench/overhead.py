@@ -39,8 +39,8 @@ from gateway.bench.overhead_load import Job
 from gateway.bench.photo_path import DEFAULT_PHOTO, phone_jpeg
 from gateway.bench.photos import digit_photo
 from gateway.bench.server_process import GatewayProcess, start_gateway
+from gateway.models.repository import ModelSpec, load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import ModelSpec, load_repository
 from gateway.security.pki import PkiPaths, init_pki
 from gateway.security.tls import client_context
 
