@@ -243,11 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+START_ERRORS = (ConfigError, RepositoryError, FileExistsError, FileNotFoundError, ValueError)
+"""What a user can fix: said in one line, exit code 2 (a supervised worker exits with it too)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, RepositoryError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except START_ERRORS as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2
 

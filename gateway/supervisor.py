@@ -84,13 +84,18 @@ def worker_settings(settings: Settings, index: int, ports: dict[str, int], redis
 def _worker_main(settings: Settings, index: int, ready: multiprocessing.Queue) -> None:
     """A worker process: serve until SIGTERM/SIGINT, telling the parent once the ports are served."""
     import asyncio
+    import sys
 
-    from gateway.cli import configure_logging, run_gateway
+    from gateway.cli import START_ERRORS, configure_logging, run_gateway
     from gateway.ingress.http_server import event_loop_factory
 
     configure_logging()
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(run_gateway(settings, on_ready=lambda: ready.put((index, os.getpid()))))
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(run_gateway(settings, on_ready=lambda: ready.put((index, os.getpid()))))
+    except START_ERRORS as exc:  # the same line and exit code as a single process gives
+        print(f"gateway: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 class Supervisor:
@@ -121,8 +126,9 @@ class Supervisor:
             settings = [worker_settings(self._settings, i, ports, redis_url) for i in range(self._workers)]
             for index in range(self._workers):
                 self._start(settings[index], index)
-            if not self._await_ready():
-                return 1
+            failed = self._await_ready()
+            if failed is not None:
+                return failed
             print(f"gateway: {self._workers} workers (pids {', '.join(str(p.pid) for p in self._procs())})")
             if server.health_port:
                 print(f"gateway: health on http://{server.host}:{ports['health_port']} (/healthz /readyz /metrics)")
@@ -157,8 +163,8 @@ class Supervisor:
         process.start()
         self._processes[index] = process
 
-    def _await_ready(self) -> bool:
-        """Wait until every worker serves; False if one died first (or a stop signal came)."""
+    def _await_ready(self) -> int | None:
+        """Wait until every worker serves; the exit code to give if one died first (or a stop signal came)."""
         waiting = set(self._processes)
         while waiting and not self._stopping:
             with contextlib.suppress(Exception):
@@ -166,9 +172,10 @@ class Supervisor:
                 waiting.discard(index)
             dead = [i for i in waiting if not self._processes[i].is_alive()]
             if dead:
-                log.error("worker %d exited (code %s) before serving", dead[0], self._processes[dead[0]].exitcode)
-                return False
-        return not self._stopping
+                code = self._processes[dead[0]].exitcode
+                log.error("worker %d exited (code %s) before serving", dead[0], code)
+                return code if code and code > 0 else 1
+        return 0 if self._stopping else None
 
     def _watch(self, settings: list[Settings]) -> None:
         """Until a stop signal: a worker that exits is replaced (its live gauges are dropped from /metrics)."""
