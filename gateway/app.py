@@ -14,6 +14,7 @@ from gateway.config import LimitSettings, Settings
 from gateway.core.types import Identity
 from gateway.dataplane import DataPlane
 from gateway.ingress.idempotency import IdempotentCalls
+from gateway.ingress.shared_answers import SharedAnswers
 from gateway.models.loader import VersionLoader
 from gateway.models.registry import ModelRegistry
 from gateway.models.repository import load_repository
@@ -66,6 +67,7 @@ class Gateway:
         await self.registry.aclose()
         self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
         await self.rate_limiter.aclose()
+        await self.idempotent_calls.aclose()
         await self.monitor.aclose()
         self.redis.close()
 
@@ -118,7 +120,7 @@ def build_gateway(settings: Settings) -> Gateway:
         max_pending_photos=limits.max_pending_photos,
         max_image_pixels=limits.max_image_pixels,
     )
-    calls = IdempotentCalls()
+    calls = IdempotentCalls(shared=SharedAnswers(redis.connect, IdempotentCalls.ttl_s))
     return Gateway(
         settings, metrics, registry, rollout, monitor, plane, authz, calls, redis, rate_limiter, shadows, pool
     )

@@ -83,16 +83,20 @@ class RawConnection:
         self.local_port = self.sock.getsockname()[1]
         self._file = self.sock.makefile("rb")
 
-    def post(self, path: str, body: bytes, content_type: str = "image/png") -> tuple[int, bytes]:
-        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-        self.sock.sendall(head.encode() + body)
+    def post(self, path: str, body: bytes, content_type: str = "image/png", extra: str = "") -> tuple[int, bytes]:
+        status, body, _ = self.exchange(path, body, content_type, extra)
+        return status, body
+
+    def exchange(self, path: str, body: bytes, content_type: str, extra: str = "") -> tuple[int, bytes, dict]:
+        """One POST: (status, body, lower-cased response headers)."""
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{extra}"
+        self.sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         status = int(self._file.readline().split()[1])
-        length = 0
+        headers = {}
         while (line := self._file.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        return status, self._file.read(length)
+            headers[name.strip().lower()] = value.strip()
+        return status, self._file.read(int(headers.get("content-length", 0))), headers
 
     def close(self) -> None:
         self._file.close()
@@ -204,6 +208,28 @@ def test_sigterm_drains_every_worker_and_the_log_keeps_every_prediction(
     assert gateway.server.stop() == 0
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "every worker exited"
     assert redis.Redis(port=redis_server.port).xlen("predictions:mnist") == CONNECTIONS
+
+
+def test_a_retry_on_another_worker_replays_the_first_answer(pki, redis_server: RedisServer, tmp_path, photo) -> None:
+    env = {"GATEWAY_SERVER_WORKERS": "2", "GATEWAY_PREDICTIONS_SPOOL_DIR": str(tmp_path / "spool")}
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    gateway = start_gateway(pki, "--model-repo", str(MODEL_REPO), "--redis-url", url, env=env)
+    answers, owners = [], set()
+    try:
+        pids = workers_of(gateway)
+        for _ in range(CONNECTIONS):  # each retry on a new connection: both workers get some
+            connection = RawConnection(gateway)
+            answers.append(connection.exchange(CLASSIFY, photo, "image/png", "Idempotency-Key: photo-42\r\n"))
+            owners.add(owner_of(_socket_inode(connection.server_port, connection.local_port), pids))
+            connection.close()
+    finally:
+        assert gateway.server.stop() == 0
+    assert owners == set(pids)
+    assert [status for status, _, _ in answers] == [200] * CONNECTIONS
+    assert len({body.split(b'"request_id":"', 1)[1][:32] for _, body, _ in answers}) == 1
+    replayed = [headers.get("idempotent-replayed") for _, _, headers in answers]
+    assert replayed[0] in (None, "false") and all(r == "true" for r in replayed[1:]), replayed
+    assert redis.Redis(port=redis_server.port).xlen("predictions:mnist") == 1, "run and logged once"
 
 
 def test_worker_settings_share_ports_and_redis_and_split_the_cores(pki: PkiPaths) -> None:

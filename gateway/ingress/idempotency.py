@@ -12,9 +12,9 @@ id, so that:
 
 Contract of :class:`IdempotentCalls`: at most one run per request id at a time; a successful
 result is kept for ``ttl_s`` (at most ``max_entries``, oldest dropped first); a run whose
-every waiter gave up (client disconnected) is cancelled. The memory is per gateway process:
-behind a load balancer, pin retries to a replica (or the same key reaching another replica
-runs again; its record then carries the same request id).
+every waiter gave up (client disconnected) is cancelled. Within a process the calls meet
+here; with ``shared`` (the gateway's Redis, see shared_answers.py) a retry that reaches
+another worker or replica waits for, or replays, the first run's answer too.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Generic, TypeVar
 
 from gateway.core.errors import InvalidInput
 from gateway.core.types import Identity
+from gateway.ingress.shared_answers import SharedAnswers
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "idempotent-replayed"
@@ -57,6 +58,8 @@ class IdempotentCalls(Generic[T]):
 
     ttl_s: float = 600.0
     max_entries: int = 10_000
+    shared: SharedAnswers | None = None
+    """Answers shared with the other processes (None: this process only)."""
     _calls: OrderedDict[str, _Call[T]] = field(default_factory=OrderedDict)
 
     async def run(self, request_id: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
@@ -65,18 +68,28 @@ class IdempotentCalls(Generic[T]):
         call = self._calls.get(request_id)
         replayed = call is not None
         if call is None:
-            call = _Call(asyncio.ensure_future(work()))
+            run = self.shared.run(request_id, work) if self.shared is not None else self._here(work)
+            call = _Call(asyncio.ensure_future(run))
             self._calls[request_id] = call
             call.task.add_done_callback(lambda task: self._finished(request_id, call))
         call.waiters += 1
         try:
-            return await asyncio.shield(call.task), replayed
+            result, elsewhere = await asyncio.shield(call.task)
+            return result, replayed or elsewhere
         except asyncio.CancelledError:
             if not call.task.done() and call.waiters == 1:
                 call.task.cancel()  # nobody else waits for this run
             raise
         finally:
             call.waiters -= 1
+
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
+
+    @staticmethod
+    async def _here(work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        return await work(), False
 
     def _finished(self, request_id: str, call: _Call[T]) -> None:
         if call.task.cancelled() or call.task.exception() is not None:
