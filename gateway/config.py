@@ -34,6 +34,8 @@ class ServerSettings:
     """Plain-HTTP /healthz, /readyz and /metrics for probes without a client certificate; 0: off."""
     reuse_port: bool = False
     """Let several gateway processes share http_port (SO_REUSEPORT): replicas on one machine, one port."""
+    http_keep_alive_s: float = 5.0
+    """How long an idle REST keep-alive connection stays open; behind a load balancer, above its idle timeout."""
     workers: int = 0
     """Gateway processes serving the same ports, started and supervised by `gateway serve`; 0: one per core."""
 
@@ -45,6 +47,7 @@ class ServerSettings:
         if self.workers < 0:
             raise ConfigError(f"server.workers must be >= 0 (0: one per core), got {self.workers}")
         _check_port("server.http_port", self.http_port)
+        _check_positive("server.http_keep_alive_s", self.http_keep_alive_s)
         _check_port("server.grpc_port", self.grpc_port)
         _check_port("server.health_port", self.health_port)
         if not self.host:
@@ -358,7 +361,7 @@ def _check_port(key: str, value: int) -> None:
         raise ConfigError(f"{key} must be a port number 0-65535, got {value}")
 
 
-def _check_positive(key: str, value: int) -> None:
+def _check_positive(key: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{key} must be > 0, got {value}")
 

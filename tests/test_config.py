@@ -32,6 +32,7 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ("[server]\nhttp_port = 'x'\n", {}, "server.http_port must be an integer"),
         ("[server]\nhttp_port = 70000\n", {}, "server.http_port must be a port number"),
         ("[limits]\nmax_body_bytes = 0\n", {}, "limits.max_body_bytes must be > 0"),
+        ("", {"GATEWAY_SERVER_HTTP_KEEP_ALIVE_S": "0"}, "server.http_keep_alive_s must be > 0"),
         ("[tls]\nenabled = 'maybe'\n", {}, "tls.enabled must be true or false"),
         ("", {"GATEWAY_RUNTIME_ONNX_THREADS": "two"}, "runtime.onnx_threads must be an integer"),
         ("[models]\nrepo = 'does/not/exist'\n", {}, "models.repo"),

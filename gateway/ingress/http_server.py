@@ -74,6 +74,7 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
         ssl_context_factory=ssl_factory,
         log_level="info",
         access_log=False,
+        timeout_keep_alive=settings.server.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
         timeout_graceful_shutdown=10,
     )
     return GatewayServer(config)
