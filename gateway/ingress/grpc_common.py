@@ -10,6 +10,7 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from gateway.core.errors import (
+    CallerGone,
     Conflict,
     DeadlineExceeded,
     GatewayError,
@@ -32,6 +33,7 @@ GRPC_STATUS: dict[type[GatewayError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    CallerGone: grpc.StatusCode.CANCELLED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     GatewayError: grpc.StatusCode.INTERNAL,
 }

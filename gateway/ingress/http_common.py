@@ -13,6 +13,7 @@ from starlette.routing import Match, Mount, get_route_path
 from starlette.types import Scope
 
 from gateway.core.errors import (
+    CallerGone,
     Conflict,
     DeadlineExceeded,
     GatewayError,
@@ -56,6 +57,7 @@ HTTP_STATUS: dict[type[GatewayError], int] = {
     NotFound: 404,
     Overloaded: 429,
     DeadlineExceeded: 504,
+    CallerGone: 499,  # nginx's "client closed request": nobody receives it, it names the end in logs and metrics
     Unavailable: 503,
     GatewayError: 500,
 }

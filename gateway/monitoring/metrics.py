@@ -8,6 +8,7 @@ worker's /metrics is the whole gateway's. Each gauge says how its workers' value
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from gateway.batching.batcher import BatchStats
-from gateway.core.errors import GatewayError
+from gateway.core.errors import CallerGone, GatewayError
 from gateway.rollout.policy import RolloutPolicy
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -242,8 +243,10 @@ class GatewayMetrics:
 
 
 class RequestMeter:
-    """Counts one request in the request metrics however it ends: ``done(code)``, or a GatewayError raised
-    inside the ``with`` block (counted under ``error_code(error)``: each edge names its own status codes)."""
+    """Counts one request in the request metrics however it ends: ``done(code)``, or an exception leaving the
+    ``with`` block, counted under ``error_code(error)`` (each edge names its own status codes): a GatewayError as
+    itself, a cancellation (the caller left, or gRPC ended the call at its deadline) as CallerGone, anything
+    else as an internal error."""
 
     __slots__ = ("_metrics", "_labels", "_protocol", "_model", "_version", "_error_code", "_started", "_counted")
 
@@ -274,5 +277,11 @@ class RequestMeter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        if isinstance(exc, GatewayError) and not self._counted:
+        if exc is None or self._counted:
+            return
+        if isinstance(exc, GatewayError):
             self.done(self._error_code(exc))
+        elif isinstance(exc, asyncio.CancelledError):
+            self.done(self._error_code(CallerGone("cancelled before an answer")))
+        else:
+            self.done(self._error_code(GatewayError(f"unexpected {type(exc).__name__}")))
