@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.limits import ParseLimits
+
 if TYPE_CHECKING:
     from gateway.backends.remote_config import BackendsConfig
     from gateway.security.policy import Policy
@@ -118,6 +120,22 @@ class LimitSettings:
     """One bucket per identity and model instead of one per identity."""
     rate_redis_timeout_ms: int = 250
     """A rate-limit round trip to Redis longer than this falls back to this replica's local bucket."""
+    json_max_bytes: int = ParseLimits.json_max_bytes
+    """The JSON part of a KServe v2 or TF Serving REST request; beyond it, 413."""
+    json_max_depth: int = ParseLimits.json_max_depth
+    """Nesting of arrays and objects in any JSON body; beyond it, 400 before parsing."""
+    admin_max_bytes: int = ParseLimits.admin_max_bytes
+    """An admin (rollout) or feedback body; beyond it, 413."""
+    multipart_max_parts: int = ParseLimits.multipart_max_parts
+    """Parts of a multipart photo upload; beyond it, 413."""
+    max_tensor_elements: int = ParseLimits.max_tensor_elements
+    """Elements of one input tensor by its declared shape, on every tensor surface; beyond it, 413."""
+    max_header_bytes: int = 32 * 1024
+    """The request line and headers of one HTTP request together; beyond it, 431 and the connection closed."""
+    grpc_max_message_bytes: int = 10 * 1024 * 1024 + 4096
+    """One gRPC request message; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
+    grpc_max_metadata_bytes: int = 16 * 1024
+    """The metadata (headers) of one gRPC call; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
 
     def validate(self) -> None:
         if self.rate_per_s < 0 or self.burst < 0:
@@ -131,6 +149,36 @@ class LimitSettings:
         _check_positive("limits.max_body_bytes", self.max_body_bytes)
         _check_positive("limits.max_image_pixels", self.max_image_pixels)
         _check_positive("limits.max_pending_photos", self.max_pending_photos)
+        for key in _PARSER_LIMITS:
+            _check_positive(f"limits.{key}", getattr(self, key))
+        if self.json_max_depth > 512:
+            raise ConfigError(
+                f"limits.json_max_depth must be <= 512 (Python's JSON parser recurses once per level), "
+                f"got {self.json_max_depth}"
+            )
+
+    def parse_limits(self) -> ParseLimits:
+        """What the edges check on every request."""
+        return ParseLimits(
+            body_max_bytes=self.max_body_bytes,
+            json_max_bytes=self.json_max_bytes,
+            json_max_depth=self.json_max_depth,
+            admin_max_bytes=self.admin_max_bytes,
+            multipart_max_parts=self.multipart_max_parts,
+            max_tensor_elements=self.max_tensor_elements,
+        )
+
+
+_PARSER_LIMITS = (
+    "json_max_bytes",
+    "json_max_depth",
+    "admin_max_bytes",
+    "multipart_max_parts",
+    "max_tensor_elements",
+    "max_header_bytes",
+    "grpc_max_message_bytes",
+    "grpc_max_metadata_bytes",
+)
 
 
 @dataclass

@@ -127,13 +127,19 @@ async def build_grpc_server(
     """Create the server with every service registered and its port bound; returns (server, port).
 
     ``material``: the reloadable TLS files (new handshakes follow a rotation); None: loaded once from settings."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.limits.max_body_bytes + 4096)])
-    mtls = settings.tls.enabled
+    limits = settings.limits
+    options = [
+        ("grpc.max_receive_message_length", limits.grpc_max_message_bytes),
+        ("grpc.max_metadata_size", limits.grpc_max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", limits.grpc_max_metadata_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    mtls, parse_limits = settings.tls.enabled, limits.parse_limits()
     classifier = ClassifierServicer(gateway.plane, gateway.idempotent_calls, mtls=mtls)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, server)
-    kserve = KServeServicer(gateway.plane, gateway.registry, mtls=mtls)
+    kserve = KServeServicer(gateway.plane, gateway.registry, mtls=mtls, limits=parse_limits)
     kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
-    tfserving_service = tfserving_grpc.add_to_server(gateway.plane, server, mtls=mtls)
+    tfserving_service = tfserving_grpc.add_to_server(gateway.plane, server, mtls=mtls, limits=parse_limits)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", CLASSIFIER_SERVICE, KSERVE_SERVICE, tfserving_service):

@@ -11,13 +11,20 @@ import grpc
 import numpy as np
 
 from gateway.core.errors import InvalidInput
+from gateway.core.limits import DEFAULT_LIMITS, ParseLimits
 from gateway.core.types import Identity, RowsAnswer, RowsRequest
 from gateway.dataplane import DataPlane
 from gateway.ingress.grpc_common import caller_identity, grpc_code, grpc_errors, routing_key
 from gateway.ingress.tfserving_common import DEFAULT_SIGNATURE, PREDICT_METHOD, metadata_route, predict_spec
 from gateway.models.repository import ModelSpec, TensorSpec
 from gateway.models.tensors import KSERVE_BY_TENSORFLOW, TENSORFLOW_BY_KSERVE, kserve_datatype
-from gateway.preprocess.tensors import batch_from_raw, batch_from_values, check_input_names, check_output_names
+from gateway.preprocess.tensors import (
+    MAX_TENSOR_ELEMENTS,
+    batch_from_raw,
+    batch_from_values,
+    check_input_names,
+    check_output_names,
+)
 from gateway.tfs import serving_pb2, serving_pb2_grpc, tensor_pb2
 
 
@@ -33,15 +40,17 @@ def _tf_dtype(tensor: TensorSpec) -> int:
     return tensor_pb2.DataType.Value(TENSORFLOW_BY_KSERVE[kserve_datatype(tensor)])
 
 
-def input_batch(request: serving_pb2.PredictRequest, spec: ModelSpec) -> np.ndarray:
+def input_batch(
+    request: serving_pb2.PredictRequest, spec: ModelSpec, max_elements: int = MAX_TENSOR_ELEMENTS
+) -> np.ndarray:
     check_input_names(sorted(request.inputs), spec)
     tensor = request.inputs[spec.input.name]
     dtype_name = tensor_pb2.DataType.Name(tensor.dtype)
     datatype = KSERVE_BY_TENSORFLOW.get(dtype_name, dtype_name)
     shape = _shape(tensor.tensor_shape)
     if tensor.tensor_content:
-        return batch_from_raw(datatype, shape, tensor.tensor_content, spec)
-    return batch_from_values(datatype, shape, tensor.float_val, spec)
+        return batch_from_raw(datatype, shape, tensor.tensor_content, spec, max_elements=max_elements)
+    return batch_from_values(datatype, shape, tensor.float_val, spec, max_elements=max_elements)
 
 
 def _model_spec(spec: ModelSpec, version: str) -> serving_pb2.ModelSpec:
@@ -72,12 +81,16 @@ def signature_def(spec: ModelSpec) -> tensor_pb2.SignatureDef:
 
 
 def rows_request(
-    request: serving_pb2.PredictRequest, plane: DataPlane, identity: Identity, context: grpc.aio.ServicerContext
+    request: serving_pb2.PredictRequest,
+    plane: DataPlane,
+    identity: Identity,
+    context: grpc.aio.ServicerContext,
+    limits: ParseLimits,
 ) -> tuple[ModelSpec, RowsRequest]:
     version, label = _requested_version(request.model_spec)
     spec = predict_spec(plane, request.model_spec.name, request.model_spec.signature_name)
     route = plane.route(spec.name, version, label or None, identity, routing_key(context))
-    batch = input_batch(request, spec)
+    batch = input_batch(request, spec, limits.max_tensor_elements)
     check_output_names(request.output_filter, spec)
     rows = RowsRequest(spec.name, batch, identity, route, timeout_s=context.time_remaining())
     return spec, rows
@@ -94,16 +107,17 @@ def predict_response(spec: ModelSpec, answer: RowsAnswer) -> serving_pb2.Predict
 
 
 class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, plane: DataPlane, *, mtls: bool) -> None:
+    def __init__(self, plane: DataPlane, *, mtls: bool, limits: ParseLimits | None = None) -> None:
         self._plane = plane
         self._mtls = mtls
+        self._limits = limits or DEFAULT_LIMITS
 
     @grpc_errors
     async def Predict(self, request, context):  # noqa: N802 - RPC names
         version, _ = _requested_version(request.model_spec)
         with self._plane.meter("tfserving-grpc", request.model_spec.name, version, grpc_code) as meter:
             identity = caller_identity(context, self._mtls)
-            spec, rows = rows_request(request, self._plane, identity, context)
+            spec, rows = rows_request(request, self._plane, identity, context, self._limits)
             answer = await self._plane.infer(rows)
             meter.done("OK", answer.route.version)
         return predict_response(spec, answer)
@@ -122,7 +136,8 @@ class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def add_to_server(plane: DataPlane, server: grpc.aio.Server, *, mtls: bool) -> str:
+def add_to_server(plane: DataPlane, server: grpc.aio.Server, *, mtls: bool, limits: ParseLimits) -> str:
     """Register the servicer; returns its full service name (for health and reflection)."""
-    serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(plane, mtls=mtls), server)
+    servicer = PredictionServicer(plane, mtls=mtls, limits=limits)
+    serving_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     return serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
