@@ -17,10 +17,11 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.bench.photos import digit_png
-from gateway.tfs import serving_pb2, serving_pb2_grpc, tensor_pb2
 from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
 
 LIMITS = {
@@ -184,14 +185,14 @@ def test_tensor_element_limit_on_every_tensor_surface(hostile: RunningGateway, h
             kserve.ModelInfer(request, timeout=10)
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "limits.max_tensor_elements" in failure.value.details()
-        tfs = serving_pb2_grpc.PredictionServiceStub(channel)
-        predict = serving_pb2.PredictRequest()
+        tfs = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        predict = predict_pb2.PredictRequest()
         predict.model_spec.name = "mnist"
-        dims = [tensor_pb2.TensorShapeProto.Dim(size=size) for size in (9, 1, 28, 28)]
+        dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in (9, 1, 28, 28)]
         predict.inputs["image"].CopyFrom(
             tensor_pb2.TensorProto(
-                dtype=tensor_pb2.DT_FLOAT,
-                tensor_shape=tensor_pb2.TensorShapeProto(dim=dims),
+                dtype=types_pb2.DT_FLOAT,
+                tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims),
                 tensor_content=np.zeros(9 * 784, "<f4").tobytes(),
             )
         )
