@@ -60,6 +60,10 @@ async def json_object(request: Request, limits: ParseLimits, example: str) -> di
     return payload
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+"""Built once (``json.loads`` with a hook builds a decoder per call); it holds no state between calls."""
+
+
 def parse_json(body: bytes, *, max_bytes: int, max_depth: int, what: str, setting: str) -> Any:
     """``body`` parsed, or a 4xx saying which limit or rule it broke. ``what`` names the body in messages
     ("the inference request"); ``setting`` is the key of ``max_bytes`` in the settings."""
@@ -74,7 +78,7 @@ def parse_json(body: bytes, *, max_bytes: int, max_depth: int, what: str, settin
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{what} is not UTF-8 (RFC 8259 requires it): {exc}") from None
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return _DECODER.decode(text)
     except RecursionError:
         raise InvalidInput(f"{what} nests too deep to parse (limits.json_max_depth is {max_depth})") from None
     except ValueError as exc:  # JSONDecodeError, and integers longer than Python converts (4,300 digits)
