@@ -136,6 +136,16 @@ class LimitSettings:
     """One gRPC request message; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
     grpc_max_metadata_bytes: int = 16 * 1024
     """The metadata (headers) of one gRPC call; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
+    max_connections: int = 10_000
+    """Open HTTP connections (and requests in progress) per gateway process; beyond it, 503."""
+    max_connections_per_client: int = 256
+    """Open HTTP connections of one client certificate per gateway process; beyond it, 429 and closed."""
+    tls_handshake_timeout_s: float = 10.0
+    """A TLS handshake (HTTP) not done by then is dropped (asyncio's default: 60 s)."""
+    header_timeout_s: float = 10.0
+    """The request line and headers must arrive within this of the connection (or the request's first byte); 408."""
+    keepalive_timeout_s: float = 5.0
+    """An idle keep-alive connection is closed after this."""
 
     def validate(self) -> None:
         if self.rate_per_s < 0 or self.burst < 0:
@@ -178,6 +188,11 @@ _PARSER_LIMITS = (
     "max_header_bytes",
     "grpc_max_message_bytes",
     "grpc_max_metadata_bytes",
+    "max_connections",
+    "max_connections_per_client",
+    "tls_handshake_timeout_s",
+    "header_timeout_s",
+    "keepalive_timeout_s",
 )
 
 
