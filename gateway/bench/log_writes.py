@@ -8,11 +8,11 @@ redis-server, in chunks of 256 records; CPU of this process and wall time per re
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
 
+import orjson
 import redis.asyncio as aioredis
 
 from gateway.monitoring.embedded_redis import EmbeddedRedis
@@ -38,7 +38,7 @@ def _records(round_: int, chunk: int) -> list[dict]:
 async def _pipeline(client: aioredis.Redis, records: list[dict]) -> None:
     async with client.pipeline(transaction=False) as pipe:
         for record in records:
-            pipe.xadd(stream_name(record["model"]), {"record": json.dumps(record)}, maxlen=100_000, approximate=True)
+            pipe.xadd(stream_name(record["model"]), {"record": orjson.dumps(record)}, maxlen=100_000, approximate=True)
             pipe.hset(prediction_key(record["request_id"]), mapping=index_fields(record))
             pipe.expire(prediction_key(record["request_id"]), PREDICTION_TTL_S)
         await pipe.execute()
