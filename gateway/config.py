@@ -144,8 +144,6 @@ class LimitSettings:
     """A TLS handshake (HTTP) not done by then is dropped (asyncio's default: 60 s)."""
     header_timeout_s: float = 10.0
     """The request line and headers must arrive within this of the connection (or the request's first byte); 408."""
-    keepalive_timeout_s: float = 5.0
-    """An idle keep-alive connection is closed after this."""
 
     def validate(self) -> None:
         if self.rate_per_s < 0 or self.burst < 0:
@@ -192,7 +190,6 @@ _PARSER_LIMITS = (
     "max_connections_per_client",
     "tls_handshake_timeout_s",
     "header_timeout_s",
-    "keepalive_timeout_s",
 )
 
 

@@ -45,7 +45,6 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ("", {"GATEWAY_LIMITS_MAX_CONNECTIONS_PER_CLIENT": "0"}, "limits.max_connections_per_client must be > 0"),
         ("", {"GATEWAY_LIMITS_HEADER_TIMEOUT_S": "0"}, "limits.header_timeout_s must be > 0"),
         ("", {"GATEWAY_LIMITS_TLS_HANDSHAKE_TIMEOUT_S": "-1"}, "limits.tls_handshake_timeout_s must be > 0"),
-        ("", {"GATEWAY_LIMITS_KEEPALIVE_TIMEOUT_S": "soon"}, "limits.keepalive_timeout_s must be a number"),
         ("[tls]\nenabled = 'maybe'\n", {}, "tls.enabled must be true or false"),
         ("", {"GATEWAY_RUNTIME_ONNX_THREADS": "two"}, "runtime.onnx_threads must be an integer"),
         ("[models]\nrepo = 'does/not/exist'\n", {}, "models.repo"),

@@ -211,7 +211,6 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
         app,
         http=protocol_class(settings),
         limit_concurrency=settings.limits.max_connections,
-        timeout_keep_alive=settings.limits.keepalive_timeout_s,
         ssl_context_factory=ssl_factory,
         log_level="info",
         access_log=False,
