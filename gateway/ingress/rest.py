@@ -272,10 +272,11 @@ def _monitoring_router(monitor: Monitor, mtls: bool) -> APIRouter:
         window_s: Annotated[
             int | None, Query(ge=0, le=366 * 86400, description="none older than this many seconds; 0: no limit")
         ] = None,
+        surface: Annotated[str | None, Query(description="photo or tensor (default: both)")] = None,
     ) -> dict:
-        """Training/serving skew of the newest logged predictions against the version's training baseline."""
+        """Training/serving skew of the newest logged predictions per input surface against its baseline."""
         caller_identity(request, mtls)
-        return await monitor.skew(model, version, window, window_s)
+        return await monitor.skew(model, version, window, window_s, surface)
 
     return router
 

@@ -100,18 +100,33 @@ class GatewayMetrics:
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
+        surface_labels = (*version_labels, "surface")
         self.skew_distance = Gauge(
             "gateway_skew_distance",
-            "Distance of the live window from the training baseline (PSI; L-inf for labels)",
-            ("model", "version", "feature"),
+            "Distance of the live window of one input surface from its baseline (PSI; L-inf for labels)",
+            (*surface_labels, "feature"),
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.skew_threshold = Gauge(
+            "gateway_skew_threshold",
+            "Threshold of gateway_skew_distance, calibrated on the null for the window's size",
+            (*surface_labels, "feature"),
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.skew_alarm = Gauge(
             "gateway_skew_alarm",
-            "1 when any feature of the live window crosses its threshold",
-            version_labels,
+            "1 when any feature of the live window of one input surface crosses its threshold",
+            surface_labels,
             multiprocess_mode="max",
+            registry=self.registry,
+        )
+        self.estimated_accuracy = Gauge(
+            "gateway_estimated_accuracy",
+            "Accuracy estimated without labels: mean temperature-calibrated confidence of the live window",
+            surface_labels,
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
 
@@ -216,10 +231,14 @@ class GatewayMetrics:
             self.batch_failures.labels(model, version).inc()
 
     def observe_skew(self, model: str, version: str, report: dict) -> None:
-        for feature, result in (*report["features"].items(), ("labels", report["labels"])):
-            if result["distance"] is not None:
-                self.skew_distance.labels(model, version, feature).set(result["distance"])
-        self.skew_alarm.labels(model, version).set(int(report["alarm"]))
+        for surface, skew in report["surfaces"].items():
+            for feature, result in (*skew["features"].items(), ("labels", skew["labels"])):
+                if result["distance"] is not None:
+                    self.skew_distance.labels(model, version, surface, feature).set(result["distance"])
+                self.skew_threshold.labels(model, version, surface, feature).set(result["threshold"])
+            self.skew_alarm.labels(model, version, surface).set(int(skew["alarm"]))
+            if skew["estimated_accuracy"] is not None:
+                self.estimated_accuracy.labels(model, version, surface).set(skew["estimated_accuracy"])
 
     def observe_rollout(self, model: str, policy: RolloutPolicy, revision: int) -> None:
         """The rollout state this replica now follows for ``model``."""
