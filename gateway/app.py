@@ -18,6 +18,7 @@ from gateway.ingress.shared_answers import SharedAnswers
 from gateway.models.loader import VersionLoader
 from gateway.models.registry import ModelRegistry
 from gateway.models.repository import load_repository
+from gateway.models.repository_service import RepositoryService
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.monitor import Monitor
 from gateway.monitoring.stores import SharedRedis
@@ -44,6 +45,8 @@ class Gateway:
     rate_limiter: RateLimiter
     shadows: ShadowCopies
     preprocess_pool: ThreadPoolExecutor
+    repository: RepositoryService
+    """The repository's control calls (index, load, unload, statistics) for the Triton and TF Serving edges."""
 
     @property
     def ready(self) -> bool:
@@ -121,8 +124,21 @@ def build_gateway(settings: Settings) -> Gateway:
         max_image_pixels=limits.max_image_pixels,
     )
     calls = IdempotentCalls(shared=SharedAnswers(redis.connect, IdempotentCalls.ttl_s))
+    repository = RepositoryService(registry, rollout, metrics.inference)
     return Gateway(
-        settings, metrics, registry, rollout, monitor, plane, authz, calls, redis, rate_limiter, shadows, pool
+        settings,
+        metrics,
+        registry,
+        rollout,
+        monitor,
+        plane,
+        authz,
+        calls,
+        redis,
+        rate_limiter,
+        shadows,
+        pool,
+        repository,
     )
 
 

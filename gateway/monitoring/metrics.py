@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from gateway.batching.batcher import BatchStats
 from gateway.core.errors import CallerGone, GatewayError
+from gateway.monitoring.statistics import InferenceStatistics
 from gateway.rollout.policy import RolloutPolicy
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -33,6 +34,9 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.inference = InferenceStatistics()
+        """Triton's per-version statistics (ModelStatistics, ``/v2/models/{m}/stats``), also on /metrics."""
+        self.registry.register(self.inference)
         self._serving()
         self._monitoring()
         self._rollout()
@@ -229,6 +233,7 @@ class GatewayMetrics:
             delays.observe(delay)
         if stats.failed:
             self.batch_failures.labels(model, version).inc()
+        self.inference.of(model, version).batch_done(stats)
 
     def observe_skew(self, model: str, version: str, report: dict) -> None:
         for surface, skew in report["surfaces"].items():
