@@ -201,8 +201,8 @@ def create_app(gateway: Gateway, *, mtls: bool, max_body_bytes: int) -> FastAPI:
     app = FastAPI(title="Image classifier gateway", version="1", exception_handlers=error_handlers(gateway_error_body))
     plane, registry = gateway.plane, gateway.registry
     surfaces = (
-        (KSERVE_PREFIX, kserve_app(plane, registry, mtls=mtls, max_body_bytes=max_body_bytes)),
-        (TFSERVING_PREFIX, tfserving_app(plane, registry, mtls=mtls, max_body_bytes=max_body_bytes)),
+        (KSERVE_PREFIX, kserve_app(plane, registry, gateway.repository, mtls=mtls, max_body_bytes=max_body_bytes)),
+        (TFSERVING_PREFIX, tfserving_app(plane, gateway.repository, mtls=mtls, max_body_bytes=max_body_bytes)),
     )
     app.router.routes.extend(SurfaceMount(prefix, surface) for prefix, surface in surfaces)
     app.include_router(admin_router(registry, gateway.rollout, mtls=mtls))

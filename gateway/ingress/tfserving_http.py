@@ -22,9 +22,9 @@ from gateway.ingress.http_common import (
     surface_app,
     version_headers,
 )
-from gateway.ingress.tfserving_common import metadata_route, predict_spec
-from gateway.models.registry import ModelRegistry
+from gateway.ingress.tfserving_common import VersionStatus, predict_spec, version_statuses
 from gateway.models.repository import ModelSpec
+from gateway.models.repository_service import RepositoryService
 from gateway.preprocess.tensors import batch_from_values, check_input_names
 
 
@@ -86,7 +86,12 @@ def predict_request(
     return layout, RowsRequest(spec.name, batch, identity, route)
 
 
-def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+def _status_json(status: VersionStatus) -> dict[str, Any]:
+    error = {"error_code": status.error_code, "error_message": status.error_message}
+    return {"version": status.version, "state": status.state, "status": error}
+
+
+def tfserving_app(plane: DataPlane, repository: RepositoryService, *, mtls: bool, max_body_bytes: int) -> FastAPI:
     """TensorFlow Serving's REST API, mounted at ``/v1/models``; its errors are ``{"error": message}``."""
     app = surface_app()
 
@@ -95,12 +100,15 @@ def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_
     @app.get("/{model}/labels/{label}")
     async def version_status(request: Request, model: str, version: str | None = None, label: str | None = None):
         caller_identity(request, mtls)
-        _, route = metadata_route(plane, model, version, label)
-        versions = [route.version] if version or label else registry.loaded_versions(model)
+        statuses = version_statuses(plane, repository, model, version, label)
         return {
             "model_version_status": [
-                {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-                for v in versions
+                {
+                    "version": s.version,
+                    "state": s.state,
+                    "status": {"error_code": s.error_code, "error_message": s.error_message},
+                }
+                for s in statuses
             ]
         }
 
