@@ -89,15 +89,9 @@ def build_gateway(settings: Settings) -> Gateway:
         authorize=lambda identity, model: authz.check(identity, "rollout", model),
         on_change=lambda name: registry.schedule_sync(name),
     )
-    loader = VersionLoader(
-        settings.backends.parsed,
-        metrics,
-        onnx_threads=settings.runtime.effective_onnx_threads,
-        batching=settings.batching.enabled,
-    )
     registry = ModelRegistry(
         load_repository(settings.models.repo),
-        loader,
+        _loader(settings, metrics),
         rollout,
         metrics,
         scan_interval_s=settings.rollout.scan_interval_s,
@@ -124,7 +118,6 @@ def build_gateway(settings: Settings) -> Gateway:
         max_image_pixels=limits.max_image_pixels,
     )
     calls = IdempotentCalls(shared=SharedAnswers(redis.connect, IdempotentCalls.ttl_s))
-    repository = RepositoryService(registry, rollout, metrics.inference)
     return Gateway(
         settings,
         metrics,
@@ -138,7 +131,16 @@ def build_gateway(settings: Settings) -> Gateway:
         rate_limiter,
         shadows,
         pool,
-        repository,
+        RepositoryService(registry, rollout, metrics.inference),
+    )
+
+
+def _loader(settings: Settings, metrics: GatewayMetrics) -> VersionLoader:
+    return VersionLoader(
+        settings.backends.parsed,
+        metrics,
+        onnx_threads=settings.runtime.effective_onnx_threads,
+        batching=settings.batching.enabled,
     )
 
 
