@@ -325,7 +325,7 @@ def _classify_router(gateway: Gateway, mtls: bool, max_body_bytes: int) -> APIRo
                     work = gateway.idempotent_calls.run(request_id, lambda: plane.classify(call))
                     prediction, replayed = await _unless_client_leaves(request, work)
             except ClientDisconnected:
-                meter.done(CLIENT_CLOSED_REQUEST)
+                meter.done(CLIENT_CLOSED_REQUEST, ok=False)
                 return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
             meter.done("200", prediction.version)
         return prediction_response(prediction, request_id, replayed)

@@ -292,9 +292,12 @@ class RequestMeter:
         self._started = time.perf_counter()
         self._counted = False
 
-    def done(self, code: str, version: str | None = None) -> None:
+    def done(self, code: str, version: str | None = None, *, ok: bool = True) -> None:
         model, version = self._labels(self._model, version or self._version)
-        self._metrics.observe_request(self._protocol, model, version, code, time.perf_counter() - self._started)
+        seconds = time.perf_counter() - self._started
+        self._metrics.observe_request(self._protocol, model, version, code, seconds)
+        if version:  # a loaded version: its statistics count the request (success or failure)
+            self._metrics.inference.of(model, version).request_done(ok, seconds)
         self._counted = True
 
     def __enter__(self) -> RequestMeter:
@@ -304,8 +307,8 @@ class RequestMeter:
         if exc is None or self._counted:
             return
         if isinstance(exc, GatewayError):
-            self.done(self._error_code(exc))
+            self.done(self._error_code(exc), ok=False)
         elif isinstance(exc, asyncio.CancelledError):
-            self.done(self._error_code(CallerGone("cancelled before an answer")))
+            self.done(self._error_code(CallerGone("cancelled before an answer")), ok=False)
         else:
-            self.done(self._error_code(GatewayError(f"unexpected {type(exc).__name__}")))
+            self.done(self._error_code(GatewayError(f"unexpected {type(exc).__name__}")), ok=False)

@@ -1,7 +1,9 @@
 """Per model version inference statistics in Triton's shape, from the gateway's own measurements.
 
 One ``VersionStatistics`` per (model, version) keeps plain integer sums: two additions per request
-(``request_done``) and a handful per batch (``batch_done``), nothing else on the hot path. The same
+(``request_done``, from the edge's RequestMeter, so a request refused while it is parsed counts as a
+failure of the version it addressed) and a handful per batch (``batch_done``, from the batcher's
+report), nothing else on the hot path. The same
 sums are what ``/metrics`` shows (``InferenceStatistics`` is a Prometheus collector over them) and
 what ``ModelStatistics`` / ``/v2/models/{m}/stats`` answer, so the two can never disagree.
 
