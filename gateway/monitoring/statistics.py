@@ -98,6 +98,8 @@ class VersionStatistics:
                 {"batch_size": size, **{phase: d.to_dict() for phase, d in phases.items()}}
                 for size, phases in sorted(self.batches.items())
             ],
+            "memory_usage": [],
+            "response_stats": {},
         }
 
 
