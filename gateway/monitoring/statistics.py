@@ -71,16 +71,15 @@ class VersionStatistics:
         self.last_inference_ms = int(time.time() * 1000)
         phases = self.phases
         phases["queue"].add(size, sum(stats.queue_delays_s))
+        phases["compute_input"].add(size, stats.input_s * size)
+        phases["compute_infer"].add(size, stats.infer_s * size)
+        phases["compute_output"].add(size, stats.output_s * size)
         per_batch = self.batches.get(size)
         if per_batch is None:
             per_batch = self.batches[size] = {phase: Duration() for phase in PHASES[1:]}
-        for phase, seconds in (
-            ("compute_input", stats.input_s),
-            ("compute_infer", stats.infer_s),
-            ("compute_output", stats.output_s),
-        ):
-            phases[phase].add(size, seconds * size)
-            per_batch[phase].add(1, seconds)
+        per_batch["compute_input"].add(1, stats.input_s)
+        per_batch["compute_infer"].add(1, stats.infer_s)
+        per_batch["compute_output"].add(1, stats.output_s)
 
     def to_triton(self, model: str, version: str) -> dict[str, Any]:
         """This version as one entry of Triton's ``model_stats`` (the JSON of ModelStatistics)."""
