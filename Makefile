@@ -50,6 +50,7 @@ train: $(STAMP)
 	.venv-train/bin/pip install --quiet -r model_repo/training/requirements.txt
 	.venv-train/bin/python model_repo/training/train_mnist.py
 	$(BIN)/python model_repo/training/baseline_mnist.py
+	$(BIN)/python model_repo/training/build_monitoring.py --model mnist --version 1
 	$(BIN)/gateway bench accuracy --digits model_repo/training/.cache/heldout.npz
 
 bench-accuracy: $(STAMP)

@@ -291,11 +291,11 @@ class SkewSettings:
     """How often the background check refreshes the skew gauges in /metrics."""
     psi_threshold: float = 0.25
     labels_threshold: float = 0.15
-    min_window: int = 300
-    """Below this many live records, no verdict: PSI on 20 bins is noise at small windows
-    (in-distribution held-out digits gave 0.15-0.43 at 100 records)."""
+    """Fixed thresholds, used only for a version whose baselines carry no calibrated thresholds."""
+    min_window: int = 50
+    """Below this many live records of a surface, no verdict (nor below the smallest calibrated window)."""
     feature_thresholds: str = ""
-    """Per-feature PSI thresholds overriding psi_threshold, e.g. "megapixels=2.0,aspect_ratio=0.5"."""
+    """Per-feature PSI thresholds overriding the calibrated ones, e.g. "megapixels=2.0,aspect_ratio=0.5"."""
 
     def _threshold_items(self) -> list[str]:
         return [part.strip() for part in self.feature_thresholds.split(",") if part.strip()]

@@ -1,7 +1,9 @@
 """KServe v2 / Open Inference Protocol over HTTP, with Triton's binary tensor data extension.
 
 ``/v2/health/{live,ready}``, ``/v2`` (server metadata), ``/v2/models/{m}[/versions/{v}]``
-(metadata), ``.../ready``, ``.../config`` and ``.../infer``. An infer body is JSON, or
+(metadata), ``.../ready``, ``.../config``, ``.../infer`` and ``.../stats`` (also ``/v2/models/stats``:
+Triton's statistics extension), ``POST /v2/repository/index`` and ``POST /v2/repository/models/{m}/load``
+and ``.../unload`` (Triton's model repository extension; load and unload for operators). An infer body is JSON, or
 JSON followed by raw tensor bytes when the ``Inference-Header-Content-Length`` header
 gives the JSON's length; outputs come back as JSON ``data`` or, when asked for with
 ``binary_data``, as raw bytes after the JSON header.
@@ -34,6 +36,7 @@ from gateway.ingress.json_body import parse_json
 from gateway.ingress.kserve_grpc import EXTENSIONS, SERVER_NAME
 from gateway.models.registry import ModelRegistry
 from gateway.models.repository import ModelSpec
+from gateway.models.repository_service import RepositoryService
 from gateway.models.tensors import kserve_datatype, tensor_metadata
 from gateway.preprocess.tensors import (
     batch_from_raw,
@@ -153,9 +156,12 @@ def infer_response(payload: dict, binary: bool, spec: ModelSpec, answer: RowsAns
     return Response(header + raw, media_type="application/octet-stream", headers=headers)
 
 
-def kserve_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, limits: ParseLimits) -> FastAPI:
+def kserve_app(
+    plane: DataPlane, registry: ModelRegistry, repository: RepositoryService, *, mtls: bool, limits: ParseLimits
+) -> FastAPI:
     """The KServe v2 surface, mounted at ``/v2``; its errors are ``{"error": message}``."""
     app = surface_app()
+    _add_repository_routes(app, repository, mtls, limits)  # before the metadata routes: /models/stats is not a model
     _add_metadata_routes(app, registry, mtls)
 
     @app.post("/models/{model}/infer")
@@ -169,6 +175,65 @@ def kserve_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, limits:
         return infer_response(payload, binary, spec, answer)
 
     return app
+
+
+async def _optional_json(request: Request, what: str, limits: ParseLimits) -> dict:
+    """A control call's JSON object body, bounded like the admin API's; an empty body is ``{}``."""
+    setting = "limits.admin_max_bytes"
+    body = await read_body(request, limits.admin_max_bytes, setting)
+    payload = (
+        parse_json(
+            body,
+            max_bytes=limits.admin_max_bytes,
+            max_depth=limits.json_max_depth,
+            what=f"the {what} request",
+            setting=setting,
+        )
+        if body.strip()
+        else {}
+    )
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"the {what} request must be a JSON object")
+    return payload
+
+
+async def _parameters(request: Request, what: str, limits: ParseLimits) -> dict:
+    parameters = (await _optional_json(request, what, limits)).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f'the {what} request\'s "parameters" must be a JSON object')
+    return parameters
+
+
+def _add_repository_routes(app: FastAPI, repository: RepositoryService, mtls: bool, limits: ParseLimits) -> None:
+    """Statistics, the repository index (any identity), model load and unload (operators)."""
+
+    @app.get("/models/stats")
+    @app.get("/models/{model}/stats")
+    @app.get("/models/{model}/versions/{version}/stats")
+    async def statistics(request: Request, model: str | None = None, version: str | None = None) -> dict:
+        caller_identity(request, mtls)
+        return {"model_stats": repository.statistics(model, version)}
+
+    @app.post("/repository/index")
+    async def index(request: Request) -> list[dict]:
+        caller_identity(request, mtls)
+        ready = (await _optional_json(request, "repository index", limits)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f'"ready" must be true or false, got {ready!r}')
+        entries = repository.index(ready_only=ready)
+        return [{"name": e.model, "version": e.version, "state": e.state, "reason": e.reason} for e in entries]
+
+    @app.post("/repository/models/{model}/load")
+    async def load(request: Request, model: str) -> dict:
+        identity = caller_identity(request, mtls)
+        await repository.load(model, await _parameters(request, "load", limits), identity)
+        return {}
+
+    @app.post("/repository/models/{model}/unload")
+    async def unload(request: Request, model: str) -> dict:
+        identity = caller_identity(request, mtls)
+        await repository.unload(model, await _parameters(request, "unload", limits), identity)
+        return {}
 
 
 def _add_metadata_routes(app: FastAPI, registry: ModelRegistry, mtls: bool) -> None:

@@ -220,8 +220,8 @@ def create_app(gateway: Gateway, *, mtls: bool, limits: ParseLimits) -> FastAPI:
     app = FastAPI(title="Image classifier gateway", version="1", exception_handlers=error_handlers(gateway_error_body))
     plane, registry = gateway.plane, gateway.registry
     surfaces = (
-        (KSERVE_PREFIX, kserve_app(plane, registry, mtls=mtls, limits=limits)),
-        (TFSERVING_PREFIX, tfserving_app(plane, registry, mtls=mtls, limits=limits)),
+        (KSERVE_PREFIX, kserve_app(plane, registry, gateway.repository, mtls=mtls, limits=limits)),
+        (TFSERVING_PREFIX, tfserving_app(plane, gateway.repository, mtls=mtls, limits=limits)),
     )
     app.router.routes.extend(SurfaceMount(prefix, surface) for prefix, surface in surfaces)
     app.include_router(admin_router(registry, gateway.rollout, mtls=mtls, limits=limits))
@@ -294,10 +294,11 @@ def _monitoring_router(monitor: Monitor, mtls: bool, limits: ParseLimits) -> API
         window_s: Annotated[
             int | None, Query(ge=0, le=366 * 86400, description="none older than this many seconds; 0: no limit")
         ] = None,
+        surface: Annotated[str | None, Query(description="photo or tensor (default: both)")] = None,
     ) -> dict:
-        """Training/serving skew of the newest logged predictions against the version's training baseline."""
+        """Training/serving skew of the newest logged predictions per input surface against its baseline."""
         caller_identity(request, mtls)
-        return await monitor.skew(model, version, window, window_s)
+        return await monitor.skew(model, version, window, window_s, surface)
 
     return router
 
@@ -346,7 +347,7 @@ def _classify_router(gateway: Gateway, mtls: bool, limits: ParseLimits) -> APIRo
                     work = gateway.idempotent_calls.run(request_id, lambda: plane.classify(call))
                     prediction, replayed = await _unless_client_leaves(request, work)
             except ClientDisconnected:
-                meter.done(CLIENT_CLOSED_REQUEST)
+                meter.done(CLIENT_CLOSED_REQUEST, ok=False)
                 return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
             meter.done("200", prediction.version)
         return prediction_response(prediction, request_id, replayed)

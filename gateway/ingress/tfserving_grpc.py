@@ -1,4 +1,5 @@
-"""TensorFlow Serving's gRPC ``tensorflow.serving.PredictionService``: Predict and GetModelMetadata.
+"""TensorFlow Serving's gRPC ``PredictionService`` (Predict, GetModelMetadata) and ``ModelService``
+(GetModelStatus; HandleReloadConfigRequest refused: the configuration is the model repository).
 
 The messages come from a byte-compatible subset of TensorFlow Serving's protos compiled
 into ``gateway.tfs`` at install time, so the gateway needs no TensorFlow; real
@@ -15,8 +16,16 @@ from gateway.core.limits import DEFAULT_LIMITS, ParseLimits
 from gateway.core.types import Identity, RowsAnswer, RowsRequest
 from gateway.dataplane import DataPlane
 from gateway.ingress.grpc_common import caller_identity, grpc_code, grpc_errors, routing_key
-from gateway.ingress.tfserving_common import DEFAULT_SIGNATURE, PREDICT_METHOD, metadata_route, predict_spec
+from gateway.ingress.tfserving_common import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    VersionStatus,
+    metadata_route,
+    predict_spec,
+    version_statuses,
+)
 from gateway.models.repository import ModelSpec, TensorSpec
+from gateway.models.repository_service import RepositoryService
 from gateway.models.tensors import KSERVE_BY_TENSORFLOW, TENSORFLOW_BY_KSERVE, kserve_datatype
 from gateway.preprocess.tensors import (
     MAX_TENSOR_ELEMENTS,
@@ -25,7 +34,13 @@ from gateway.preprocess.tensors import (
     check_input_names,
     check_output_names,
 )
-from gateway.tfs import serving_pb2, serving_pb2_grpc, tensor_pb2
+from gateway.tfs import error_codes_pb2, serving_pb2, serving_pb2_grpc, tensor_pb2
+
+RELOAD_REFUSED = (
+    "the gateway's configuration is its model repository (config.pbtxt and the version directories), not a "
+    "ModelServerConfig; change the repository, or load and unload versions with the rollout admin API "
+    "(POST /api/v1/models/{m}/versions/{v}/load) or Triton's RepositoryModelLoad"
+)
 
 
 def _shape(proto: tensor_pb2.TensorShapeProto) -> list[int]:
@@ -136,8 +151,42 @@ class PredictionServicer(serving_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def add_to_server(plane: DataPlane, server: grpc.aio.Server, *, mtls: bool, limits: ParseLimits) -> str:
-    """Register the servicer; returns its full service name (for health and reflection)."""
-    servicer = PredictionServicer(plane, mtls=mtls, limits=limits)
-    serving_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
-    return serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+def version_status_proto(status: VersionStatus) -> serving_pb2.ModelVersionStatus:
+    return serving_pb2.ModelVersionStatus(
+        version=int(status.version),
+        state=serving_pb2.ModelVersionStatus.State.Value(status.state),
+        status=serving_pb2.StatusProto(
+            error_code=error_codes_pb2.Code.Value(status.error_code), error_message=status.error_message
+        ),
+    )
+
+
+class ModelServicer(serving_pb2_grpc.ModelServiceServicer):
+    def __init__(self, plane: DataPlane, repository: RepositoryService, *, mtls: bool) -> None:
+        self._plane = plane
+        self._repository = repository
+        self._mtls = mtls
+
+    @grpc_errors
+    async def GetModelStatus(self, request, context):  # noqa: N802 - RPC names
+        caller_identity(context, self._mtls)
+        version, label = _requested_version(request.model_spec)
+        statuses = version_statuses(self._plane, self._repository, request.model_spec.name, version, label)
+        return serving_pb2.GetModelStatusResponse(model_version_status=[version_status_proto(s) for s in statuses])
+
+    @grpc_errors
+    async def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        caller_identity(context, self._mtls)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, RELOAD_REFUSED)
+
+
+def add_to_server(
+    plane: DataPlane, repository: RepositoryService, server: grpc.aio.Server, *, mtls: bool, limits: ParseLimits
+) -> tuple[str, str]:
+    """Register the servicers; returns their full service names (for health and reflection)."""
+    serving_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(plane, mtls=mtls, limits=limits), server
+    )
+    serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(plane, repository, mtls=mtls), server)
+    services = serving_pb2.DESCRIPTOR.services_by_name
+    return services["PredictionService"].full_name, services["ModelService"].full_name

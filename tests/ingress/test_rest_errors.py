@@ -58,7 +58,7 @@ class RaisingService:
     def __init__(self, error: Exception) -> None:
         self.metrics = GatewayMetrics()
         self.plane = RaisingPlane(error, self.metrics)
-        self.registry = self.monitor = self.rollout = None
+        self.registry = self.monitor = self.rollout = self.repository = None
         self.idempotent_calls = IdempotentCalls()
 
 
