@@ -50,6 +50,10 @@ class _Loaded:
     grpc_config: grpc.ServerCertificateConfiguration
     revoked: frozenset[int]
     generation: int
+    certificate_expires_at: float
+    """The server certificate's notAfter (Unix seconds): exported so an alert fires before it lapses."""
+    crl_next_update: float | None
+    """The CRL's nextUpdate (Unix seconds); None without a CRL (or one without nextUpdate)."""
 
 
 def _file_state(paths: tuple[Path, ...]) -> tuple:
@@ -63,12 +67,16 @@ def _file_state(paths: tuple[Path, ...]) -> tuple:
     return tuple(states)
 
 
-def revoked_serials(crl_path: Path, ca_pem: bytes) -> frozenset[int]:
-    """Serial numbers the CRL revokes; the CRL must be signed by a CA of the bundle."""
+def _load_crl(crl_path: Path) -> x509.CertificateRevocationList:
     try:
-        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        return x509.load_pem_x509_crl(crl_path.read_bytes())
     except ValueError as exc:
         raise TlsMaterialError(f"tls.crl: {crl_path} is not a PEM CRL: {exc}") from None
+
+
+def revoked_serials(crl_path: Path, ca_pem: bytes) -> frozenset[int]:
+    """Serial numbers the CRL revokes; the CRL must be signed by a CA of the bundle."""
+    crl = _load_crl(crl_path)
     for ca in x509.load_pem_x509_certificates(ca_pem):
         if ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
             next_update = crl.next_update_utc
@@ -110,7 +118,10 @@ class TlsMaterial:
             raise TlsMaterialError(f"the server TLS files do not load: {exc}") from None
         revoked = revoked_serials(self._crl, ca) if self._crl is not None else frozenset()
         config = grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
-        return _Loaded(context, config, revoked, generation)
+        expires_at = x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
+        next_update = _load_crl(self._crl).next_update_utc if self._crl is not None else None
+        next_update_s = None if next_update is None else next_update.timestamp()
+        return _Loaded(context, config, revoked, generation, expires_at, next_update_s)
 
     # -- REST: the SNI callback of the listening socket's context ----------------------------------------
 
@@ -136,6 +147,16 @@ class TlsMaterial:
                 return None
             self._grpc_generation = loaded.generation
         return loaded.grpc_config
+
+    @property
+    def certificate_expires_at(self) -> float:
+        """notAfter of the server certificate in force (Unix seconds)."""
+        return self._loaded.certificate_expires_at
+
+    @property
+    def crl_next_update(self) -> float | None:
+        """nextUpdate of the CRL in force (Unix seconds), None without one."""
+        return self._loaded.crl_next_update
 
     # -- revocation, checked on every call ----------------------------------------------------------------
 

@@ -52,6 +52,9 @@ def test_the_gateway_config_in_the_configmap_loads(pki: PkiPaths, tmp_path: Path
         "health": settings.server.health_port,
     }
     assert settings.server.host == "0.0.0.0" and settings.tls.enabled
+    annotations = find("Deployment", "image-gateway")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(settings.server.health_port)  # scraped where /metrics is plain
+    assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def _toml_tables(values: dict) -> list[str]:
