@@ -116,6 +116,7 @@ def build_gateway(settings: Settings) -> Gateway:
         pool,
         max_pending_photos=limits.max_pending_photos,
         max_image_pixels=limits.max_image_pixels,
+        log_requests=settings.logging.requests,
     )
     calls = IdempotentCalls(shared=SharedAnswers(redis.connect, IdempotentCalls.ttl_s))
     return Gateway(

@@ -11,12 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.backends import triton_local
-from gateway.bench import accuracy, batching, onnx_throughput, overhead, photo_path, replicas
+from gateway.bench import accuracy, batching, observability, onnx_throughput, overhead, photo_path, replicas
 from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.models.repository import RepositoryError, load_repository
 from gateway.monitoring import photo_download, skew_report
+from gateway.monitoring.event_log import configure_logging as configure_event_log
+from gateway.monitoring.tracing import activate as activate_tracing
+from gateway.monitoring.tracing import build_tracing
 from gateway.rollout import cli as rollout_cli
 from gateway.security import pki
 
@@ -32,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
             "backends": {"file": args.backends},
         },
     )
-    configure_logging()
+    configure_logging(settings)
     if settings.server.effective_workers > 1:
         from gateway.supervisor import Supervisor
 
@@ -44,8 +47,9 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(settings: Settings) -> None:
+    """The process's log as ``[logging]`` says (text or JSON lines on stderr), in the parent and every worker."""
+    configure_event_log(settings.logging.format, settings.logging.level)
 
 
 async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
@@ -60,9 +64,13 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
     from gateway.ingress.rest import create_app
     from gateway.security.tls_reload import TlsMaterial, activate
 
+    tracing = build_tracing(settings.tracing)
+    activate_tracing(tracing)  # before the gateway is built: its parts wrap their spans once, at construction
     gateway = build_gateway(settings)
     material = TlsMaterial(settings.tls) if settings.tls.enabled else None
     activate(material)
+    if material is not None:
+        gateway.metrics.operations.watch_tls(material)
     tls_watch = asyncio.get_running_loop().create_task(material.watch()) if material is not None else None
     await gateway.start()
     try:
@@ -75,7 +83,9 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
             health = HealthServer(gateway, server.host, server.health_port, reuse_port=server.reuse_port)
             await health.start()
             if on_ready is None:
-                print(f"gateway: health on http://{server.host}:{health.port} (/healthz /readyz /metrics)")
+                _announce(
+                    settings, f"gateway: health on http://{server.host}:{health.port} (/healthz /readyz /metrics)"
+                )
         app = create_app(gateway, mtls=settings.tls.enabled, limits=settings.limits.parse_limits())
         if on_ready is None:
             _print_banner(settings, sock.getsockname()[1], grpc_port)
@@ -93,7 +103,16 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
             tls_watch.cancel()
         logging.getLogger("gateway").info("closing the batchers and the prediction log")
         await gateway.aclose()
+        tracing.shutdown()  # exports the spans still buffered
         logging.getLogger("gateway").info("stopped")
+
+
+def _announce(settings: Settings, text: str, level: int = logging.INFO) -> None:
+    """A start-up line: printed for a person, or a log line like every other when the log is JSON."""
+    if settings.logging.format == "json":
+        logging.getLogger("gateway").log(level, text)
+    else:
+        print(text, flush=True)
 
 
 def _print_banner(settings: Settings, port: int, grpc_port: int) -> None:
@@ -101,10 +120,14 @@ def _print_banner(settings: Settings, port: int, grpc_port: int) -> None:
     url_host = f"[{host}]" if ":" in host else host
     scheme = "https" if settings.tls.enabled else "http"
     if not settings.tls.enabled:
-        print("gateway: WARNING: mTLS is disabled; every caller is treated as the local operator", flush=True)
-    print(f"gateway: gRPC on {url_host}:{grpc_port} ({'mTLS' if settings.tls.enabled else 'plaintext'})", flush=True)
-    print(f"gateway: serving {scheme}://{url_host}:{port}", flush=True)
-    if settings.tls.enabled:
+        _announce(
+            settings,
+            "gateway: WARNING: mTLS is disabled; every caller is treated as the local operator",
+            logging.WARNING,
+        )
+    _announce(settings, f"gateway: gRPC on {url_host}:{grpc_port} ({'mTLS' if settings.tls.enabled else 'plaintext'})")
+    _announce(settings, f"gateway: serving {scheme}://{url_host}:{port}")
+    if settings.tls.enabled and settings.logging.format == "text":
         d = settings.tls.pki_dir
         print(
             f"  try: curl --cacert {settings.tls.ca_path} --cert {d}/clients/app.pem --key {d}/clients/app.key \\\n"
@@ -240,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx_throughput.add_parser(bench_commands)
     triton_bench.add_parser(bench_commands)
     replicas.add_parser(bench_commands)
+    observability.add_parser(bench_commands)
     return parser
 
 

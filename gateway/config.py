@@ -396,6 +396,50 @@ class SecuritySettings:
 
 
 @dataclass
+class TracingSettings:
+    """OpenTelemetry traces, exported over OTLP/gRPC; off (and free) unless otlp_endpoint is set."""
+
+    otlp_endpoint: str = ""
+    """The collector's OTLP gRPC address: http://host:4317 (plaintext) or https://host:4317 (TLS); empty: off."""
+    sample_ratio: float = 1.0
+    """Share of new traces recorded; a caller's traceparent decides for the traces it continues."""
+    service_name: str = "image-gateway"
+
+    def validate(self) -> None:
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"tracing.otlp_endpoint must be http://host:port (plaintext) or https://host:port (TLS), "
+                f"got {self.otlp_endpoint!r}"
+            )
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ConfigError(f"tracing.sample_ratio must be a fraction 0.0-1.0, got {self.sample_ratio}")
+        if not self.service_name:
+            raise ConfigError("tracing.service_name must not be empty")
+
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class LoggingSettings:
+    """The gateway's own log on stderr (the prediction log is configured under [predictions])."""
+
+    format: str = "text"
+    """text: for people; json: one JSON object per line (request id, trace id, client, model, version, code,
+    latency) for a log collector."""
+    level: str = "info"
+    requests: bool = True
+    """One line per answered or refused request (logger gateway.requests); false: none."""
+
+    def validate(self) -> None:
+        if self.format not in LOG_FORMATS:
+            raise ConfigError(f"logging.format must be one of {', '.join(LOG_FORMATS)}, got {self.format!r}")
+        if self.level not in LOG_LEVELS:
+            raise ConfigError(f"logging.level must be one of {', '.join(LOG_LEVELS)}, got {self.level!r}")
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -408,6 +452,8 @@ class Settings:
     skew: SkewSettings = field(default_factory=SkewSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def validate(self) -> Settings:
         for section in dataclasses.fields(self):

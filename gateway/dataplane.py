@@ -30,9 +30,10 @@ from gateway.core.types import (
 )
 from gateway.models.registry import ModelRegistry
 from gateway.models.repository import ModelSpec
-from gateway.monitoring.metrics import GatewayMetrics, RequestMeter
+from gateway.monitoring.metrics import GatewayMetrics, RequestMeter, note_request
 from gateway.monitoring.monitor import Monitor
 from gateway.monitoring.record import PredictionRecord
+from gateway.monitoring.tracing import TRACING, traced
 from gateway.preprocess.pipeline import prepare_photo
 from gateway.rollout.manager import RolloutManager
 from gateway.rollout.router import shadow_of
@@ -55,6 +56,7 @@ class DataPlane:
         *,
         max_pending_photos: int,
         max_image_pixels: int,
+        log_requests: bool = False,
     ) -> None:
         self._registry = registry
         self._rollout = rollout
@@ -67,11 +69,17 @@ class DataPlane:
         self._max_pending_photos = max_pending_photos
         self._max_image_pixels = max_image_pixels
         self._pending_photos = 0
+        self._log_requests = log_requests
+        self._record = monitor.record
+        if TRACING.on:  # wrapped once, here: an untraced gateway's requests pay nothing for tracing
+            self._prepare = traced("prepare", self._prepare)
+            self._record = traced("log write", monitor.record)
 
     async def admit(self, identity: Identity, model: str) -> None:
         """The gate of every inference surface: the policy must allow ``classify`` on ``model`` (403 /
         PERMISSION_DENIED, audited), then the caller's token bucket must have a token (429 /
         RESOURCE_EXHAUSTED with when to retry; one Redis round trip, only when limits are on)."""
+        note_request(client=identity.name)
         self._authz.check(identity, "classify", model)
         await self._rate_limiter.take(identity, model)
 
@@ -91,6 +99,7 @@ class DataPlane:
 
     async def classify(self, request: PhotoRequest | RowRequest) -> Prediction:
         """Admit the caller, then classify one photo (decoded and preprocessed here) or one input row."""
+        note_request(request.request_id)
         await self.admit(request.identity, request.model)
         spec = self._registry.spec(request.model)
         route = self.route(request.model, request.version, request.label, request.identity, request.routing_key)
@@ -115,6 +124,7 @@ class DataPlane:
         Admitted once, whatever the number of rows; each row is submitted on its own, so rows batch with
         other traffic; all-or-nothing, in row order. Row ``i`` is logged as ``{request_id}.{i}``.
         """
+        note_request(request.request_id)
         spec = self._registry.spec(request.model)
         route = request.route
         await self.admit(request.identity, request.model)
@@ -137,7 +147,9 @@ class DataPlane:
         self, protocol: str, model: str, version: str | None, error_code: Callable[[GatewayError], str]
     ) -> RequestMeter:
         """``with plane.meter(...) as meter:`` around one request of an edge; see RequestMeter."""
-        return RequestMeter(self._metrics, self.metric_labels, protocol, model, version, error_code)
+        return RequestMeter(
+            self._metrics, self.metric_labels, protocol, model, version, error_code, log=self._log_requests
+        )
 
     def metric_labels(self, model: str, version: str | None) -> tuple[str, str]:
         """Model and version as metric labels; names no caller can grow without bound."""
@@ -185,7 +197,7 @@ class DataPlane:
         best = int(probabilities.argmax())
         label = spec.labels[best]
         photo = request.photo if prepared is not None and self._monitor.sample_photo() else None
-        self._monitor.record(
+        self._record(
             PredictionRecord(
                 request_id=request_id,
                 client=request.identity.name,

@@ -89,7 +89,7 @@ def _worker_main(settings: Settings, index: int, ready: multiprocessing.Queue) -
     from gateway.cli import START_ERRORS, configure_logging, run_gateway
     from gateway.ingress.http_server import event_loop_factory
 
-    configure_logging()
+    configure_logging(settings)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(run_gateway(settings, on_ready=lambda: ready.put((index, os.getpid()))))

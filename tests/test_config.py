@@ -57,6 +57,11 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ("[skew]\nfeature_thresholds = 'megapixel=2'\n", {}, "skew.feature_thresholds: 'megapixel=2' must be"),
         ("", {"GATEWAY_SKEW_FEATURE_THRESHOLDS": "contrast=x"}, "skew.feature_thresholds: 'contrast=x' must be"),
         ("", {"GATEWAY_SKEW_FEATURE_THRESHOLDS": "contrast"}, "skew.feature_thresholds: 'contrast' must be"),
+        ("[logging]\nformat = 'yaml'\n", {}, "logging.format must be one of text, json, got 'yaml'"),
+        ("", {"GATEWAY_LOGGING_LEVEL": "loud"}, "logging.level must be one of debug, info, warning, error"),
+        ("[logging]\nrequests = 'some'\n", {}, "logging.requests must be true or false"),
+        ("[tracing]\notlp_endpoint = 'collector:4317'\n", {}, "tracing.otlp_endpoint must be http://host:port"),
+        ("", {"GATEWAY_TRACING_SAMPLE_RATIO": "1.5"}, "tracing.sample_ratio must be a fraction 0.0-1.0, got 1.5"),
     ],
 )
 def test_invalid_settings_name_the_key(tmp_path: Path, text: str, environ: dict, message: str) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gateway.models.repository import RepositoryError, TensorSpec
+from gateway.monitoring.tracing import TRACING
 
 
 def _check_tensor(model_path: Path, kind: str, actual: ort.NodeArg, expected: TensorSpec) -> None:
@@ -51,7 +52,8 @@ class OnnxRuntimeBackend:
         return self._session.run([self._output_name], {self._input_name: batch})[0]
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.infer_sync, batch)
+        with TRACING.span("backend onnxruntime"):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self.infer_sync, batch)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry.trace import SpanKind
 
 from gateway.backends.remote import ModelServer, RemoteModelError, ReplicaDown, check_metadata
 from gateway.core.errors import Unavailable
 from gateway.models.repository import ModelSpec, RepositoryError
+from gateway.monitoring.tracing import TRACING
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,8 @@ class ReplicaSet:
             replica.outstanding += len(batch)
             started = time.perf_counter()
             try:
-                output = await replica.server.infer(batch)
+                with TRACING.span("backend", SpanKind.CLIENT, **{"server.address": replica.endpoint}):
+                    output = await replica.server.infer(batch)
             except ReplicaDown as exc:
                 self._eject(replica, str(exc))
                 failures.append(str(exc))

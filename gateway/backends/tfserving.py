@@ -13,6 +13,7 @@ import numpy as np
 
 from gateway.backends.remote import RECONNECT_OPTIONS, ClientTls, RemoteMetadata, RemoteTensor, grpc_failure
 from gateway.models.tensors import KSERVE_BY_NUMPY, KSERVE_BY_TENSORFLOW, TENSORFLOW_BY_KSERVE
+from gateway.monitoring.tracing import TRACING
 from gateway.tfs import serving_pb2, serving_pb2_grpc, tensor_pb2
 
 SIGNATURE = "serving_default"
@@ -57,7 +58,8 @@ class TFServingModel:
 
     async def _call(self, method, request, timeout_s: float):
         try:
-            return await method(request, timeout=timeout_s)
+            metadata = TRACING.inject() if TRACING.on else None  # the trace goes on to TF Serving
+            return await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise grpc_failure(self.endpoint, exc.code(), exc.details() or "") from None
 

@@ -16,6 +16,7 @@ from gateway.backends.remote import (
     ReplicaDown,
 )
 from gateway.models.tensors import KSERVE_BY_NUMPY
+from gateway.monitoring.tracing import TRACING
 
 _CODES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
 
@@ -80,6 +81,7 @@ class TritonModel:
                 model_version=self._version,
                 outputs=[InferRequestedOutput(self._output_name)],
                 client_timeout=self._timeout_s,
+                headers=dict(TRACING.inject()) if TRACING.on else None,  # the trace goes on to Triton
             )
         except InferenceServerException as exc:
             raise _failure(self.endpoint, exc) from None

@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from gateway.batching.policy import PRIORITY_AGING_S, BatchingPolicy
 from gateway.core.errors import DeadlineExceeded, GatewayError, InvalidInput, Overloaded, Unavailable
+from gateway.monitoring.tracing import TRACING
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
 """Runs one stacked batch [N, *dims] on a backend and returns [N, *output dims]."""
@@ -42,6 +47,8 @@ class _Item:
     priority: int
     deadline: float | None
     order: int = field(default_factory=lambda: next(_sequence))
+    trace: SpanContext | None = None
+    """The submitting request's span, when tracing is on: its batch links to it."""
 
     @property
     def abandoned(self) -> bool:
@@ -164,8 +171,10 @@ class DynamicBatcher:
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        trace_name: str = "batch",
     ) -> None:
         self._run_batch = run_batch
+        self._trace_name = trace_name
         self._policy = policy
         self._item_shape = tuple(item_shape)
         self._dtype = np.dtype(dtype)
@@ -218,6 +227,8 @@ class DynamicBatcher:
         timeout = timeout_s if timeout_s is not None else self._policy.default_timeout_s
         now = loop.time()
         item = _Item(tensor, loop.create_future(), now, level, None if timeout is None else now + timeout)
+        if TRACING.on:
+            item.trace = TRACING.current()
         self._queue.put(item)
         self._on_queue_depth(len(self._queue))
         self._wakeup.set()
@@ -248,6 +259,17 @@ class DynamicBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    async def _run_traced(self, batch: np.ndarray, items: list[_Item], started_at: float) -> np.ndarray:
+        """Run the batch inside its span (linked to every traced request in it); record each one's queue wait."""
+        with TRACING.batch_span(self._trace_name, [item.trace for item in items], len(items)) as span:
+            now, now_ns = asyncio.get_running_loop().time(), time.time_ns()
+            started_ns = now_ns - int((now - started_at) * 1e9)
+            for item in items:
+                if item.trace is not None:
+                    submitted_ns = now_ns - int((now - item.enqueued_at) * 1e9)
+                    TRACING.queue_wait(item.trace, submitted_ns, started_ns, span.get_span_context())
+            return await self._run_batch(batch)
+
     async def _execute(self, items: list[_Item], started_at: float) -> None:
         loop = asyncio.get_running_loop()
         failed = False
@@ -257,7 +279,7 @@ class DynamicBatcher:
             for row, item in enumerate(items):
                 batch[row] = item.tensor
             stacked = loop.time()
-            outputs = await self._run_batch(batch)
+            outputs = await (self._run_traced(batch, items, started_at) if TRACING.on else self._run_batch(batch))
             inferred = loop.time()
             if len(outputs) != len(items):
                 raise Unavailable(f"the model server returned {len(outputs)} rows for a batch of {len(items)}")

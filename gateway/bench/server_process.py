@@ -11,8 +11,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BANNER = re.compile(r"gateway: serving (https?)://(\S+):(\d+)")
-GRPC_BANNER = re.compile(r"gateway: gRPC on (\S+:\d+)")
+BANNER = re.compile(r"gateway: serving (https?)://([^\s\"]+):(\d+)")
+GRPC_BANNER = re.compile(r"gateway: gRPC on ([^\s\"]+:\d+)")
+"""The start-up lines, printed or inside a JSON log line (``[logging] format = "json"``)."""
 START_TIMEOUT_S = 60
 
 

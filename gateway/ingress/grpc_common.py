@@ -23,6 +23,7 @@ from gateway.core.errors import (
     Unavailable,
 )
 from gateway.core.types import Identity
+from gateway.monitoring.tracing import TRACING
 from gateway.security.identity import DEV_IDENTITY, peer_from_pem
 from gateway.security.tls_reload import check_not_revoked
 
@@ -55,6 +56,8 @@ def grpc_code(error: GatewayError) -> str:
 
 def _trailers(error: GatewayError) -> tuple[tuple[str, str], ...]:
     trailers = [("gateway-error-code", error.code)]
+    if TRACING.on:
+        trailers.append(("trace-id", TRACING.trace_id() or ""))
     if isinstance(error, Overloaded):
         trailers.append(("grpc-retry-pushback-ms", str(int(error.retry_after_s * 1000))))
     return tuple(trailers)

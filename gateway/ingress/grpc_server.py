@@ -32,6 +32,7 @@ from gateway.ingress.grpc_common import (
 )
 from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, IdempotentCalls, request_id_for
 from gateway.ingress.kserve_grpc import KServeServicer
+from gateway.monitoring.tracing import TRACING, TracingInterceptor
 from gateway.security.tls_reload import TlsMaterial
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 
@@ -125,7 +126,7 @@ async def build_grpc_server(
         ("grpc.max_metadata_size", limits.grpc_max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", limits.grpc_max_metadata_bytes),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[TracingInterceptor(TRACING)] if TRACING.on else None)
     mtls, parse_limits = settings.tls.enabled, limits.parse_limits()
     classifier = ClassifierServicer(gateway.plane, gateway.idempotent_calls, mtls=mtls)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, server)

@@ -70,7 +70,9 @@ class HealthServer:
 
     def __init__(self, gateway: Probed, host: str, port: int, *, reuse_port: bool = False) -> None:
         self._socket: socket.socket = bind_socket(host, port, reuse_port=reuse_port)
-        config = uvicorn.Config(create_health_app(gateway), lifespan="off", log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            create_health_app(gateway), lifespan="off", log_level="warning", log_config=None, access_log=False
+        )
         self._server = uvicorn.Server(config)
 
     @property

@@ -27,6 +27,7 @@ from gateway.core.errors import (
     UnsupportedMediaType,
 )
 from gateway.core.types import Identity, Route, new_request_id
+from gateway.monitoring.tracing import TRACING, fastapi_telemetry
 from gateway.security.identity import DEV_IDENTITY, identity_from_peercert, serial_of_peercert
 from gateway.security.tls_reload import check_not_revoked
 
@@ -96,8 +97,11 @@ def error_handlers(body: ErrorBody) -> dict:
 
     def respond(request: Request, status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
         request_id = request_id_of(request)
+        payload = body(code, message, request_id)
+        if TRACING.on:
+            payload["trace_id"] = TRACING.trace_id()
         return JSONResponse(
-            body(code, message, request_id),
+            payload,
             status_code=status,
             headers={REQUEST_ID_HEADER: request_id, "x-gateway-error-code": code, **(headers or {})},
         )
@@ -134,7 +138,13 @@ def error_handlers(body: ErrorBody) -> dict:
 def surface_app() -> FastAPI:
     """An application for a foreign protocol's surface (KServe v2, TF Serving): no docs of its own, and errors
     in the shape its clients expect."""
-    return FastAPI(openapi_url=None, docs_url=None, redoc_url=None, exception_handlers=error_handlers(plain_error_body))
+    return FastAPI(
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers=error_handlers(plain_error_body),
+        telemetry=fastapi_telemetry(TRACING),  # the enclosing application's span covers its requests
+    )
 
 
 class SurfaceMount(Mount):

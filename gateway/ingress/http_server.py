@@ -213,6 +213,7 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
         limit_concurrency=settings.limits.max_connections,
         ssl_context_factory=ssl_factory,
         log_level="info",
+        log_config=None,  # uvicorn's lines go through the gateway's handler (text or JSON)
         access_log=False,
         timeout_keep_alive=settings.server.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
         timeout_graceful_shutdown=10,
@@ -221,5 +222,7 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvicorn's choice of event loop (uvloop when installed); REST and gRPC share it."""
-    return uvicorn.Config(app=None).get_loop_factory()
+    """uvicorn's choice of event loop (uvloop when installed); REST and gRPC share it.
+
+    ``log_config=None``: a Config with a log_config installs uvicorn's own handlers (not the gateway's)."""
+    return uvicorn.Config(app=None, log_config=None).get_loop_factory()

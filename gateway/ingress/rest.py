@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -42,6 +43,7 @@ from gateway.ingress.kserve_http import kserve_app
 from gateway.ingress.tfserving_http import tfserving_app
 from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.monitoring.monitor import Monitor
+from gateway.monitoring.tracing import TRACING, fastapi_telemetry
 from gateway.preprocess.image import ACCEPTED_FORMATS
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ MULTIPART = "multipart/form-data"
 UNDECODABLE_PHOTO_TYPES = {"image/heic": "HEIC", "image/heif": "HEIF", "image/avif": "AVIF"}
 """What phones save by default, named in the 415 so a developer knows what to change."""
 CLIENT_CLOSED_REQUEST = "499"
+DOCS_ASSETS_URL = "/docs/assets"
+"""/docs (Swagger UI) and /redoc load their scripts, CSS and icon from here: files of the fastapi-offline package,
+so the pages work on a network without the internet (FastAPI's defaults load them from a public CDN)."""
 T = TypeVar("T")
 
 
@@ -217,7 +222,14 @@ PredictionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 def create_app(gateway: Gateway, *, mtls: bool, limits: ParseLimits) -> FastAPI:
     """The REST application around a built gateway: the photo API, admin, health, and the KServe v2 and
     TF Serving surfaces mounted as sub-applications (each answers errors in its clients' shape)."""
-    app = FastAPI(title="Image classifier gateway", version="1", exception_handlers=error_handlers(gateway_error_body))
+    app = FastAPIOffline(
+        title="Image classifier gateway",
+        version="1",
+        exception_handlers=error_handlers(gateway_error_body),
+        static_url=DOCS_ASSETS_URL,
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI's default validator badge calls a public host
+        telemetry=fastapi_telemetry(TRACING),
+    )
     plane, registry = gateway.plane, gateway.registry
     surfaces = (
         (KSERVE_PREFIX, kserve_app(plane, registry, gateway.repository, mtls=mtls, limits=limits)),

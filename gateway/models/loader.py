@@ -73,5 +73,7 @@ class VersionLoader:
             spec.input.dtype,
             on_batch=lambda stats: metrics.observe_batch(spec.name, version, stats),
             on_queue_depth=metrics.queue_depth.labels(spec.name, version).set,
+            trace_name=f"batch {spec.name}/{version}",
         )
+        metrics.queue_capacity.labels(spec.name, version).set(policy.max_queue_size)
         return ModelVersion(version, backend, batcher, state)

@@ -9,16 +9,22 @@ worker's /metrics is the whole gateway's. Each gauge says how its workers' value
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway.batching.batcher import BatchStats
 from gateway.core.errors import CallerGone, GatewayError
+from gateway.monitoring.event_log import log_answer
 from gateway.monitoring.statistics import InferenceStatistics
+from gateway.monitoring.tracing import TRACING
 from gateway.rollout.policy import RolloutPolicy
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -26,7 +32,67 @@ SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-__all__ = ["MULTIPROCESS_DIR_ENV", "GatewayMetrics", "PROMETHEUS_CONTENT_TYPE", "RequestMeter"]
+__all__ = ["MULTIPROCESS_DIR_ENV", "GatewayMetrics", "PROMETHEUS_CONTENT_TYPE", "RequestMeter", "note_request"]
+
+
+class PredictionLogState(Protocol):
+    @property
+    def spooled(self) -> int: ...
+    @property
+    def lost(self) -> int: ...
+
+
+class TlsState(Protocol):
+    @property
+    def certificate_expires_at(self) -> float: ...
+    @property
+    def crl_next_update(self) -> float | None: ...
+
+
+class OperationsGauges(Collector):
+    """Values read from the part that owns them when Prometheus scrapes (nothing on the request path): the
+    prediction log's spool and losses, the expiry of the server certificate and CRL in force."""
+
+    def __init__(self) -> None:
+        self._sources: list[tuple[type, str, str, Callable[[], float | None]]] = []
+
+    def watch_prediction_log(self, log: PredictionLogState) -> None:
+        self._sources += [
+            (
+                GaugeMetricFamily,
+                "gateway_prediction_log_spooled_records",
+                "Prediction records waiting in the disk spool for Redis to come back",
+                lambda: log.spooled,
+            ),
+            (
+                CounterMetricFamily,
+                "gateway_prediction_log_lost_records",
+                "Prediction records neither Redis nor the spool could take (Redis down and the disk full)",
+                lambda: log.lost,
+            ),
+        ]
+
+    def watch_tls(self, tls: TlsState) -> None:
+        self._sources += [
+            (
+                GaugeMetricFamily,
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the server certificate in force (Unix time)",
+                lambda: tls.certificate_expires_at,
+            ),
+            (
+                GaugeMetricFamily,
+                "gateway_tls_crl_next_update_timestamp_seconds",
+                "nextUpdate of the client CRL in force (Unix time); absent without tls.crl",
+                lambda: tls.crl_next_update,
+            ),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        for family, name, documentation, read in self._sources:
+            value = read()
+            if value is not None:  # None leaves the metric out (no CRL configured)
+                yield family(name, documentation, value=value)
 
 
 class GatewayMetrics:
@@ -42,6 +108,14 @@ class GatewayMetrics:
         self._rollout()
         self._shadow()
         self._security()
+        self.redis_up = Gauge(
+            "gateway_redis_up",
+            "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe",
+            multiprocess_mode="min",
+            registry=self.registry,
+        )
+        self.operations = OperationsGauges()
+        self.registry.register(self.operations)
 
     def _serving(self) -> None:
         """Requests, batches, queues and version loads."""
@@ -82,6 +156,13 @@ class GatewayMetrics:
             "Requests waiting in the batcher's queue",
             version_labels,
             multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self.queue_capacity = Gauge(
+            "gateway_queue_capacity",
+            "Requests the batcher's queue holds before refusing with 429 (config.pbtxt max_queue_size)",
+            version_labels,
+            multiprocess_mode="max",
             registry=self.registry,
         )
         self.batch_failures = Counter(
@@ -263,16 +344,31 @@ class GatewayMetrics:
             return generate_latest(self.registry)
         every_worker = CollectorRegistry()
         multiprocess.MultiProcessCollector(every_worker, path=directory)
+        every_worker.register(self.operations)  # read from this worker (its spool; the TLS files are shared)
         return generate_latest(every_worker)
 
 
 class RequestMeter:
-    """Counts one request in the request metrics however it ends: ``done(code)``, or an exception leaving the
-    ``with`` block, counted under ``error_code(error)`` (each edge names its own status codes): a GatewayError as
-    itself, a cancellation (the caller left, or gRPC ended the call at its deadline) as CallerGone, anything
-    else as an internal error."""
+    """Counts one request in the request metrics, and writes its log line, however it ends: ``done(code)``, or
+    an exception leaving the ``with`` block, counted under ``error_code(error)`` (each edge names its own status
+    codes): a GatewayError as itself, a cancellation (the caller left, or gRPC ended the call at its deadline) as
+    CallerGone, anything else as an internal error. Inside the block it is the current request: the data plane
+    notes the caller and the request id on it (``note_request``), so the edges need not pass them."""
 
-    __slots__ = ("_metrics", "_labels", "_protocol", "_model", "_version", "_error_code", "_started", "_counted")
+    __slots__ = (
+        "_metrics",
+        "_labels",
+        "_protocol",
+        "_model",
+        "_version",
+        "_error_code",
+        "_started",
+        "_counted",
+        "_log",
+        "_token",
+        "request_id",
+        "client",
+    )
 
     def __init__(
         self,
@@ -282,8 +378,14 @@ class RequestMeter:
         model: str,
         version: str | None,
         error_code: Callable[[GatewayError], str],
+        *,
+        log: bool = False,
     ) -> None:
         self._metrics = metrics
+        self._log = log
+        self._token: contextvars.Token | None = None
+        self.request_id: str | None = None
+        self.client: str | None = None
         self._labels = labels
         self._protocol = protocol
         self._model = model
@@ -293,17 +395,25 @@ class RequestMeter:
         self._counted = False
 
     def done(self, code: str, version: str | None = None, *, ok: bool = True) -> None:
-        model, version = self._labels(self._model, version or self._version)
-        seconds = time.perf_counter() - self._started
-        self._metrics.observe_request(self._protocol, model, version, code, seconds)
-        if version:  # a loaded version: its statistics count the request (success or failure)
-            self._metrics.inference.of(model, version).request_done(ok, seconds)
+        model, label_version = self._labels(self._model, version or self._version)
+        latency_s = time.perf_counter() - self._started
+        self._metrics.observe_request(self._protocol, model, label_version, code, latency_s)
+        if label_version:  # a loaded version: its statistics count the request (success or failure)
+            self._metrics.inference.of(model, label_version).request_done(ok, latency_s)
         self._counted = True
+        if self._log:
+            log_answer(
+                self._protocol, self._model, version or self._version, code, latency_s, self.request_id, self.client
+            )
+        if TRACING.on:
+            TRACING.annotate(self._protocol, self._model, version or self._version, code)
 
     def __enter__(self) -> RequestMeter:
+        self._token = _current_request.set(self)
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
+        _current_request.reset(self._token)
         if exc is None or self._counted:
             return
         if isinstance(exc, GatewayError):
@@ -312,3 +422,14 @@ class RequestMeter:
             self.done(self._error_code(CallerGone("cancelled before an answer")), ok=False)
         else:
             self.done(self._error_code(GatewayError(f"unexpected {type(exc).__name__}")), ok=False)
+
+
+_current_request: contextvars.ContextVar[RequestMeter | None] = contextvars.ContextVar("current_request", default=None)
+
+
+def note_request(request_id: str | None = None, client: str | None = None) -> None:
+    """Tell the request being metered (if any) its id and caller, for its log line."""
+    meter = _current_request.get()
+    if meter is not None:
+        meter.request_id = request_id or meter.request_id
+        meter.client = client or meter.client

@@ -20,6 +20,7 @@ from gateway.models.registry import ModelRegistry
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.photos import PhotoSampler, StoredPhoto
 from gateway.monitoring.record import PredictionRecord
+from gateway.monitoring.redis_probe import RedisProbe
 from gateway.monitoring.skew import SkewThresholds
 from gateway.monitoring.skew_surfaces import chosen_surfaces, history_span, version_baselines, version_report
 from gateway.monitoring.stores import PredictionStores, SharedRedis, open_prediction_stores
@@ -48,11 +49,14 @@ class Monitor:
         """True for the predictions.sample_photos fraction of photo requests: keep that photo."""
         self._stores: PredictionStores | None = None
         self._skew_task: asyncio.Task | None = None
+        self._redis_probe = RedisProbe(redis.connect, lambda up: metrics.redis_up.set(int(up)))
 
     async def start(self) -> None:
-        """Open the stores (replaying any spool a previous run left) and start the skew watch."""
+        """Open the stores (replaying any spool a previous run left), start the skew watch and the Redis probe."""
         self._stores = open_prediction_stores(self._predictions, self._redis)
         self._stores.log.start()
+        self._metrics.operations.watch_prediction_log(self._stores.log)
+        self._redis_probe.start()
         self._skew_task = asyncio.get_running_loop().create_task(self._watch_skew(), name="skew-watch")
 
     def record(self, record: PredictionRecord) -> None:
@@ -149,5 +153,6 @@ class Monitor:
         """Stop the skew watch; write out the log, close the stores and stop an embedded Redis."""
         if self._skew_task is not None:
             self._skew_task.cancel()
+        await self._redis_probe.aclose()
         if self._stores is not None:
             await self._stores.aclose()

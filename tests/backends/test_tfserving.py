@@ -67,3 +67,33 @@ def test_an_upstream_without_the_model_is_refused_at_start(gateway, pki, tmp_pat
     )
     assert result.returncode == 2
     assert f"no replica of model 'mnist' version 1 on {gateway.server.grpc_target} can be reached" in result.stderr
+
+
+def test_the_trace_goes_on_to_the_upstream_tf_serving(pki, tmp_path: Path) -> None:
+    """Both gateways traced into one collector: the upstream's PredictionService span continues the front's
+    backend span (the context travelled in the Predict call's metadata)."""
+    from tests.otlp_collector import GrpcCollector
+
+    collector = GrpcCollector().start()
+    traced = {"GATEWAY_TRACING_OTLP_ENDPOINT": collector.endpoint}
+    upstream = start_gateway(pki, "--model-repo", str(MODEL_REPO), env={**traced, "GATEWAY_TRACING_SERVICE_NAME": "up"})
+    try:
+        backends = backends_file(tmp_path / "backends.toml", upstream)
+        front = start_gateway(pki, "--model-repo", str(MODEL_REPO), "--backends", str(backends), env=traced)
+        try:
+            with front.client() as client:
+                answer = client.post(
+                    "/api/v1/models/mnist/classify",
+                    content=(REPO_ROOT / "docs" / "examples" / "seven.jpg").read_bytes(),
+                    headers={"content-type": "image/jpeg"},
+                )
+            assert answer.status_code == 200
+        finally:
+            stop_gateway(front)
+    finally:
+        stop_gateway(upstream)
+        collector.stop()
+    spans = collector.spans
+    (backend,) = [s for s in spans if s.service == "image-gateway" and s.name == "backend"]
+    (predict,) = [s for s in spans if s.service == "up" and s.parent_id == backend.span_id]
+    assert predict.name == "tensorflow.serving.PredictionService/Predict" and predict.trace_id == backend.trace_id

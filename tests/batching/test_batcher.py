@@ -269,3 +269,51 @@ def test_stats_split_a_batch_into_stacking_inference_and_answering() -> None:
             assert batch.input_s + batch.infer_s + batch.output_s == pytest.approx(batch.execution_s)
 
     asyncio.run(scenario())
+
+
+def test_with_tracing_on_a_batch_is_one_span_linked_to_each_request_and_each_records_its_wait() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.config import TracingSettings
+    from gateway.monitoring import tracing
+
+    exporter = InMemorySpanExporter()
+    traced = tracing.build_tracing(TracingSettings(), exporter)
+    seen_in_backend: list[str | None] = []
+
+    async def scenario() -> None:
+        backend = RecordingBackend()
+
+        async def traced_backend(batch: np.ndarray) -> np.ndarray:
+            seen_in_backend.append(tracing.TRACING.trace_id())  # the backend call runs in the batch's span
+            return await backend(batch)
+
+        batcher = DynamicBatcher(traced_backend, policy(), (1,), "float32", trace_name="batch mnist/2")
+        blocker = await hold_first_batch(batcher, backend)
+
+        async def request(value: float) -> None:
+            with traced.span(f"request {value:g}"):
+                await batcher.submit(row(value))
+
+        tasks = [asyncio.create_task(request(v)) for v in (1, 2, 3)]
+        await asyncio.sleep(0)  # let every task enqueue behind the blocker
+        backend.gate.set()
+        await asyncio.gather(*tasks, blocker)
+        await batcher.close()
+
+    tracing.activate(traced)
+    try:
+        asyncio.run(scenario())
+    finally:
+        tracing.deactivate()
+        traced.shutdown()
+    spans = exporter.get_finished_spans()
+    requests = {s.name: s for s in spans if s.name.startswith("request")}
+    batches = [s for s in spans if s.name == "batch mnist/2"]
+    assert len(requests) == 3 and len(batches) == 2  # the blocker's (untraced) batch, then the three together
+    together = next(b for b in batches if b.attributes["gateway.batch.size"] == 3)
+    assert {link.context.span_id for link in together.links} == {s.context.span_id for s in requests.values()}
+    assert format(together.context.trace_id, "032x") in seen_in_backend
+    waits = [s for s in spans if s.name == "queue wait"]
+    assert sorted(w.parent.span_id for w in waits) == sorted(s.context.span_id for s in requests.values())
+    assert all(w.start_time <= w.end_time <= together.start_time + 1_000_000 for w in waits)

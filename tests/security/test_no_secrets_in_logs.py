@@ -1,11 +1,12 @@
-"""No secrets or raw photos in the logs (the process's output, the prediction log in Redis) unless photo
-sampling is switched on; with sampling on, the same search finds the photo (so the search can fail)."""
+"""No secrets or raw photos in the logs (the process's output, text or JSON, and the prediction log in Redis)
+unless photo sampling is switched on; with sampling on, the same search finds the photo (so the search can fail)."""
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
 
+import pytest
 import redis
 
 from gateway.security.pki import PkiPaths
@@ -62,11 +63,13 @@ def _secrets(pki: PkiPaths) -> list[str]:
     return [line for key in keys for line in key.read_text().splitlines() if "-----" not in line]
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_private_keys_or_photos_in_output_or_prediction_log_unless_sampling(
-    pki: PkiPaths, redis_server: RedisServer, tmp_path: Path
+    pki: PkiPaths, redis_server: RedisServer, tmp_path: Path, log_format: str
 ) -> None:
     photo_forms = [NEEDLE.hex(), base64.b64encode(NEEDLE[:45]).decode(), repr(NEEDLE)[2:40]]
-    gateway = start_gateway_on_redis(pki, redis_server, tmp_path / "spool")
+    logging_env = {"GATEWAY_LOGGING_FORMAT": log_format}
+    gateway = start_gateway_on_redis(pki, redis_server, tmp_path / "spool", env=logging_env)
     try:
         _traffic(gateway)
         with gateway.client("operator") as operator:
@@ -74,6 +77,7 @@ def test_no_private_keys_or_photos_in_output_or_prediction_log_unless_sampling(
     finally:
         stop_gateway(gateway)  # flushes the prediction log
     output = "".join(gateway.output)
+    assert output.count("gateway.requests") == 6  # the line of every classify request was searched too
     assert "PRIVATE KEY" not in output
     assert not [line for line in _secrets(pki) if line in output]
     assert not [form for form in photo_forms if form in output]
@@ -81,7 +85,7 @@ def test_no_private_keys_or_photos_in_output_or_prediction_log_unless_sampling(
     assert not _redis_contains(redis_server.port, NEEDLE)
 
     sampling = start_gateway_on_redis(
-        pki, redis_server, tmp_path / "spool-sampling", env={"GATEWAY_PREDICTIONS_SAMPLE_PHOTOS": "1.0"}
+        pki, redis_server, tmp_path / "spool-sampling", env={"GATEWAY_PREDICTIONS_SAMPLE_PHOTOS": "1.0", **logging_env}
     )
     try:
         _traffic(sampling)

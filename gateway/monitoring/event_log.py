@@ -1,0 +1,113 @@
+"""The gateway's own log (not the prediction log): text for people, or one JSON object per line for a collector.
+
+``[logging] format = "json"`` makes every line, the gateway's and uvicorn's, a JSON object with
+``time``, ``level``, ``logger`` and ``message``, plus the fields of the event: an answered request
+carries ``request_id``, ``trace_id`` (when tracing is on), ``client``, ``protocol``, ``model``,
+``version``, ``code`` and ``latency_ms``. A line is never more than one line (tracebacks are a field).
+
+Nothing a caller sent is written but what these fields name: no photo bytes, no headers, no keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+REQUEST_LOGGER = "gateway.requests"
+EVENT_FIELDS = ("request_id", "trace_id", "client", "protocol", "model", "version", "code", "latency_ms")
+"""Attributes of a log record (``extra=``) that become fields of its JSON line."""
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def _no_trace_id() -> str | None:
+    return None
+
+
+_trace_id: Callable[[], str | None] = _no_trace_id
+"""Replaced by the tracing module when tracing is on."""
+request_log = logging.getLogger(REQUEST_LOGGER)
+
+
+def set_trace_id_source(source: Callable[[], str | None]) -> None:
+    """Where lines get the current trace id from (tracing sets it; off, every line has none)."""
+    global _trace_id
+    _trace_id = source
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in EVENT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if "trace_id" not in line:
+            trace_id = _trace_id()
+            if trace_id is not None:
+                line["trace_id"] = trace_id
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    """Send every logger's lines (uvicorn's too: it is told not to configure its own) to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _one_line(text: str) -> str:
+    """A caller's string (a model name from a URL) in a text line: control characters escaped, so it cannot
+    start a forged line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def log_answer(
+    protocol: str,
+    model: str,
+    version: str,
+    code: str,
+    latency_s: float,
+    request_id: str | None,
+    client: str | None,
+) -> None:
+    """The one line of an answered (or refused) request."""
+    latency_ms = round(latency_s * 1000.0, 3)
+    trace_id = _trace_id()
+    request_log.info(
+        "%s %s v%s %s %.1f ms request_id=%s client=%s%s",
+        protocol,
+        _one_line(model),
+        _one_line(version or "-"),
+        code,
+        latency_ms,
+        request_id or "-",
+        client or "-",
+        f" trace_id={trace_id}" if trace_id else "",
+        extra={
+            "request_id": request_id,
+            "trace_id": trace_id,
+            "client": client,
+            "protocol": protocol,
+            "model": model,
+            "version": version or None,
+            "code": code,
+            "latency_ms": latency_ms,
+        },
+    )
