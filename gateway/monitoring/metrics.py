@@ -108,12 +108,8 @@ class GatewayMetrics:
         self._rollout()
         self._shadow()
         self._security()
-        self.redis_up = Gauge(
-            "gateway_redis_up",
-            "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe",
-            multiprocess_mode="min",
-            registry=self.registry,
-        )
+        redis_up = "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe"
+        self.redis_up = Gauge("gateway_redis_up", redis_up, multiprocess_mode="min", registry=self.registry)
         self.operations = OperationsGauges()
         self.registry.register(self.operations)
 
