@@ -16,7 +16,7 @@ from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.models.repository import RepositoryError, load_repository
-from gateway.monitoring import photo_download, skew_report
+from gateway.monitoring import export_cli, photo_download, skew_report
 from gateway.rollout import cli as rollout_cli
 from gateway.security import pki
 
@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     predictions = commands.add_parser("predictions", help="the prediction log")
     predictions_commands = predictions.add_subparsers(dest="predictions_command", required=True)
     photo_download.add_parser(predictions_commands)
+    export_cli.add_parser(predictions_commands)
 
     triton_local.add_parser(commands)
 
