@@ -7,7 +7,8 @@ Runs in the gateway's own environment (numpy + the gateway package; no torch):
 Writes ``model_repo/mnist/1/baseline.json`` (per-feature histograms of the training inputs,
 computed with the same feature functions the gateway applies to live traffic, and the label
 distribution) and ``model_repo/training/.cache/heldout.npz`` (all 2,000 held-out digits, for
-``gateway bench accuracy --digits``).
+``gateway bench accuracy --digits``). With ``--extra DIR`` (prediction exports the version was
+trained with too), their feedback-labelled inputs join the baseline as they joined the training.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import extra_data
 import mnist_data
 import numpy as np
 
@@ -28,14 +30,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version-dir", type=Path, default=REPO_ROOT / "model_repo" / "mnist" / "1")
     parser.add_argument("--heldout-out", type=Path, default=mnist_data.DEFAULT_CACHE_DIR / "heldout.npz")
+    parser.add_argument("--extra", type=Path, action="append", default=[], help="a prediction export (repeatable)")
     args = parser.parse_args()
     x, y = mnist_data.load_digits(mnist_data.fetch_package())
     train_x, train_y, test_x, test_y = mnist_data.split(x, y)
     labels = (REPO_ROOT / "model_repo" / "mnist" / "labels.txt").read_text().split()
     source = f"npm:{mnist_data.PACKAGE_SPEC} training split ({len(train_x)} digits, split seed {mnist_data.SPLIT_SEED})"
+    inputs, targets = train_x.astype(np.float32)[:, np.newaxis] / 255.0, train_y
+    if args.extra:
+        extra = extra_data.load_exports(args.extra, labels, (1, mnist_data.IMAGE_SIZE, mnist_data.IMAGE_SIZE))
+        inputs, targets = np.concatenate([inputs, extra.x]), np.concatenate([targets, extra.y])
+        source += f" + {len(extra.y)} feedback-labelled rows of {len(args.extra)} prediction export(s)"
     write_baseline(
-        args.version_dir / "baseline.json",
-        compute_baseline(digit_features(train_x.astype(np.float32) / 255.0), train_y, labels, source),
+        args.version_dir / "baseline.json", compute_baseline(digit_features(inputs), targets, labels, source)
     )
     args.heldout_out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.heldout_out, x=test_x, y=test_y)
