@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.backends import triton_local
-from gateway.bench import accuracy, batching, onnx_throughput, overhead, photo_path, replicas
+from gateway.bench import accuracy, batching, onnx_throughput, overhead, photo_path, replicas, traffic
 from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx_throughput.add_parser(bench_commands)
     triton_bench.add_parser(bench_commands)
     replicas.add_parser(bench_commands)
+    traffic.add_parser(bench_commands)
     return parser
 
 

@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--version-dir", type=Path, default=REPO_ROOT / "model_repo" / "mnist" / "1")
     parser.add_argument("--heldout-out", type=Path, default=mnist_data.DEFAULT_CACHE_DIR / "heldout.npz")
     parser.add_argument("--extra", type=Path, action="append", default=[], help="a prediction export (repeatable)")
+    parser.add_argument("--train-out", type=Path, help="also write the training split here (npz x, y)")
     args = parser.parse_args()
     x, y = mnist_data.load_digits(mnist_data.fetch_package())
     train_x, train_y, test_x, test_y = mnist_data.split(x, y)
@@ -44,6 +45,8 @@ def main() -> None:
     write_baseline(
         args.version_dir / "baseline.json", compute_baseline(digit_features(inputs), targets, labels, source)
     )
+    if args.train_out:
+        np.savez_compressed(args.train_out, x=train_x, y=train_y)
     args.heldout_out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.heldout_out, x=test_x, y=test_y)
     print(f"wrote {args.version_dir / 'baseline.json'} and {args.heldout_out} ({len(test_x)} held-out digits)")
