@@ -31,8 +31,8 @@ import numpy as np
 from gateway.bench import renderers
 from gateway.bench.renderers import HELD_OUT_RENDERERS, TRAINING_RENDERERS, render
 from gateway.core.errors import InvalidInput
+from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from gateway.routing.repository import load_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_PIXELS = 40_000_000

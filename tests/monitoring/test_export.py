@@ -20,9 +20,9 @@ from gateway.monitoring import export
 from gateway.monitoring.export import ExportQuery, read_page, time_range
 from gateway.monitoring.features import digit_features
 from gateway.monitoring.feedback import prediction_key
-from gateway.monitoring.log_sink import add_features
 from gateway.monitoring.parquet_export import SCHEMA
 from gateway.monitoring.photos import PHOTO_KEY
+from gateway.monitoring.stores import add_features
 from gateway.security.pki import PkiPaths
 from tests.conftest import RunningGateway, start_gateway_on_redis, stop_gateway
 from tests.monitoring.test_prediction_log import drain_and_close, make_log
