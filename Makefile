@@ -55,7 +55,8 @@ train: $(STAMP)
 	$(PYTHON) -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r model_repo/training/requirements.txt
 	.venv-train/bin/python model_repo/training/train_mnist.py --out $(TRAIN_OUT) $(EXTRA_ARGS) $(TRAIN_ARGS)
-	$(BIN)/python model_repo/training/baseline_mnist.py --version-dir $(TRAIN_OUT) $(EXTRA_ARGS)
+	$(BIN)/python model_repo/training/baseline_mnist.py
+	$(BIN)/python model_repo/training/build_monitoring.py --model mnist --version $(notdir $(TRAIN_OUT))
 	$(BIN)/gateway bench accuracy --digits model_repo/training/.cache/heldout.npz --version $(notdir $(TRAIN_OUT))
 
 bench-accuracy: $(STAMP)

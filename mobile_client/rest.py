@@ -11,6 +11,8 @@ from mobile_client.values import ModelInfo, Prediction, Upload
 
 RETRYABLE_STATUS = frozenset({429, 502, 503})
 IDEMPOTENCY_HEADER = "idempotency-key"
+ANSWER_GRACE_S = 0.5
+"""How long past the deadline it sends the client still waits, so the gateway's 504 (reason, request id) arrives."""
 
 
 def _headers(upload: Upload, key: str, timeout_s: float, priority: int | None) -> dict[str, str]:
@@ -92,7 +94,7 @@ class RestTransport:
                 _path(model, version),
                 content=upload.body,
                 headers=_headers(upload, key, timeout_s, priority),
-                timeout=timeout_s,
+                timeout=timeout_s + ANSWER_GRACE_S,
             )
         except httpx.HTTPError as exc:
             raise _unreachable(exc) from exc
@@ -120,7 +122,7 @@ class AsyncRestTransport:
                 _path(model, version),
                 content=upload.body,
                 headers=_headers(upload, key, timeout_s, priority),
-                timeout=timeout_s,
+                timeout=timeout_s + ANSWER_GRACE_S,
             )
         except httpx.HTTPError as exc:
             raise _unreachable(exc) from exc

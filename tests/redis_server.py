@@ -67,5 +67,11 @@ class RedisServer:
         seconds, microseconds = client.time()
         now_ms = seconds * 1000 + microseconds // 1000
         for age in ages_s:
-            record = {"model": model, "version": version, "request_id": f"v{version}-{age}s", "label": "1"}
+            record = {
+                "model": model,
+                "version": version,
+                "input": "tensor",
+                "request_id": f"v{version}-{age}s",
+                "label": "1",
+            }
             client.xadd(stream_name(model), {"record": json.dumps(record)}, id=f"{now_ms - age * 1000}-0")

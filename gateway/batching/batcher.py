@@ -144,6 +144,12 @@ class BatchStats:
     queue_delays_s: list[float]
     execution_s: float
     failed: bool
+    input_s: float = 0.0
+    """Of ``execution_s``: stacking the rows into one batch (Triton's compute_input)."""
+    infer_s: float = 0.0
+    """Of ``execution_s``: the backend running the batch (compute_infer)."""
+    output_s: float = 0.0
+    """Of ``execution_s``: handing each caller its row (compute_output)."""
 
 
 class DynamicBatcher:
@@ -245,11 +251,14 @@ class DynamicBatcher:
     async def _execute(self, items: list[_Item], started_at: float) -> None:
         loop = asyncio.get_running_loop()
         failed = False
+        stacked = inferred = None
         try:
             batch = np.empty((len(items), *self._item_shape), dtype=self._dtype)
             for row, item in enumerate(items):
                 batch[row] = item.tensor
+            stacked = loop.time()
             outputs = await self._run_batch(batch)
+            inferred = loop.time()
             if len(outputs) != len(items):
                 raise Unavailable(f"the model server returned {len(outputs)} rows for a batch of {len(items)}")
             size = len(items)
@@ -264,11 +273,17 @@ class DynamicBatcher:
                     item.future.set_exception(error)
         finally:
             self._free_instances.release()
+            ended = loop.time()
+            stacked = ended if stacked is None else stacked
+            inferred = ended if inferred is None else inferred
             self._on_batch(
                 BatchStats(
                     size=len(items),
                     queue_delays_s=[started_at - item.enqueued_at for item in items],
-                    execution_s=loop.time() - started_at,
+                    execution_s=ended - started_at,
                     failed=failed,
+                    input_s=stacked - started_at,
+                    infer_s=inferred - stacked,
+                    output_s=ended - inferred,
                 )
             )

@@ -28,10 +28,6 @@ class GatewayProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def peak_rss_kib(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
-
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()

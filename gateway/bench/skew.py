@@ -1,62 +1,106 @@
 """`gateway bench skew`: does the skew monitor stay quiet on in-distribution traffic, and how fast
-does it flag shifted traffic? In process, on held-out digits, with the gateway's own features,
-baseline and thresholds (no server needed)."""
+does it flag shifted traffic? Both models, both input surfaces, in process, with the version's own
+baselines, calibrated thresholds and temperature, and the gateway's own preprocessing and features.
+
+In-distribution photo windows come from sources the baselines were not built with: MNIST digits
+photographed by the held-out renderers and by the project's older generator
+(``gateway.bench.photos``); hot dog photos uploaded in ways the baseline did not see (cropped,
+re-encoded as PNG or WebP, at other sizes).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from gateway.bench.photos import digit_photo
+from gateway.bench.renderers import HELD_OUT_RENDERERS, render
 from gateway.config import SkewSettings
-from gateway.models.repository import load_repository
-from gateway.monitoring.baseline import read_baseline
-from gateway.monitoring.features import digit_features
+from gateway.models.repository import ModelSpec, load_repository
+from gateway.monitoring.baseline import baseline_path, read_baseline
+from gateway.monitoring.reference import OnnxModel, Reference, photo_reference
 from gateway.monitoring.skew import SkewThresholds, compute_skew
-from gateway.preprocess.pipeline import prepare_photo
+from gateway.monitoring.temperature import estimated_accuracy, read_temperatures
 
-Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-
-def _per_digit(transform: Callable[[Image.Image], Image.Image]) -> Shift:
-    def shift(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return np.stack([np.asarray(transform(Image.fromarray(d)), dtype=np.uint8) for d in digits])
-
-    return shift
+DigitShift = Callable[[np.ndarray], np.ndarray]
+"""uint8 28 x 28 digit -> shifted digit."""
+PhotoShift = Callable[[Image.Image], Image.Image]
 
 
-SHIFTS: dict[str, Shift] = {
-    "inverted colours": lambda d, rng: 255 - d,
-    "heavy blur": _per_digit(lambda im: im.filter(ImageFilter.GaussianBlur(2))),
-    "rotated 35 degrees": _per_digit(lambda im: im.rotate(35, resample=Image.Resampling.BILINEAR)),
-    "faint ink (x0.6)": lambda d, rng: (d * 0.6).astype(np.uint8),
-    "thick strokes (other pen)": _per_digit(lambda im: im.filter(ImageFilter.MaxFilter(3))),
+def _per_pixel(transform: Callable[[Image.Image], Image.Image]) -> DigitShift:
+    return lambda d: np.asarray(transform(Image.fromarray(np.asarray(d, np.uint8))), dtype=np.uint8)
+
+
+DIGIT_SHIFTS: dict[str, DigitShift] = {
+    "inverted colours": lambda d: 255 - d,
+    "heavy blur (radius 2)": _per_pixel(lambda im: im.filter(ImageFilter.GaussianBlur(2))),
+    "faint ink (x0.6)": lambda d: (d * 0.6).astype(np.uint8),
+    "thick strokes (3x3 max filter)": _per_pixel(lambda im: im.filter(ImageFilter.MaxFilter(3))),
+    "rotated 35 degrees": _per_pixel(lambda im: im.rotate(35, resample=Image.Resampling.BILINEAR)),
 }
 
 
-def records_of(tensors: np.ndarray, labels: np.ndarray) -> list[dict]:
-    features = digit_features(tensors)
-    return [
-        {"features": {name: float(values[i]) for name, values in features.items()}, "label": str(labels[i])}
-        for i in range(len(tensors))
+def _colour_cast(image: Image.Image) -> Image.Image:
+    """A warm white balance: red up a quarter, blue down 30%."""
+    pixels = np.asarray(image, np.float32) * np.array([1.25, 1.0, 0.7], np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+PHOTO_SHIFTS: dict[str, PhotoShift] = {
+    "colour cast (warm white balance)": _colour_cast,
+    "black-and-white photos": lambda im: ImageOps.grayscale(im).convert("RGB"),
+}
+
+
+@dataclass
+class Pool:
+    """Records of one kind of traffic (as the prediction log writes them), and its accuracy."""
+
+    records: list[dict]
+    accuracy: float
+    estimated: float | None
+    refused: int = 0
+
+
+def pool_of(reference: Reference, probabilities: np.ndarray, spec: ModelSpec, temperature) -> Pool:
+    """Records with the features and predicted labels the log would hold for these inputs."""
+    labels = reference.truth
+    features = reference.features(spec.preprocessing)
+    predicted = probabilities.argmax(axis=1)
+    records = [
+        {"features": {name: float(values[i]) for name, values in features.items()}, "label": spec.labels[predicted[i]]}
+        for i in range(len(predicted))
     ]
+    estimate = None if temperature is None else estimated_accuracy(probabilities, temperature)
+    return Pool(records, float((predicted == labels).mean()), estimate, reference.refused)
 
 
 def false_alarm_rate(baseline: dict, pool: list[dict], window: int, trials: int, thresholds, rng) -> float:
+    """Share of random windows of in-distribution records that alarm.
+
+    Each window is drawn without replacement: a window drawn with replacement from a pool
+    smaller than a few windows repeats items and carries the pool's own sampling error
+    many times over, which no live window does.
+    """
+    if len(pool) < window:
+        raise ValueError(f"{len(pool)} in-distribution records cannot fill windows of {window}: pass more --digits")
     alarms = sum(
-        compute_skew(baseline, [pool[i] for i in rng.integers(0, len(pool), window)], thresholds)["alarm"]
+        compute_skew(baseline, [pool[i] for i in rng.choice(len(pool), window, replace=False)], thresholds)["alarm"]
         for _ in range(trials)
     )
     return alarms / trials
 
 
 def requests_until_flagged(baseline: dict, clean: list[dict], shifted: list[dict], window: int, thresholds, step: int):
-    """Shifted requests arriving after a window of clean ones: how many until the window alarms."""
+    """Shifted requests arriving after a window of clean ones: how many until the window alarms (None: never)."""
     for n in range(step, len(shifted) + 1, step):
         live = (clean + shifted[:n])[-window:]
         if compute_skew(baseline, live, thresholds)["alarm"]:
@@ -64,53 +108,181 @@ def requests_until_flagged(baseline: dict, clean: list[dict], shifted: list[dict
     return None
 
 
-def main(args: argparse.Namespace) -> int:
+def _thresholds(settings: SkewSettings) -> SkewThresholds:
+    return SkewThresholds(settings.psi_threshold, settings.labels_threshold, settings.min_window, settings.per_feature)
+
+
+def _tensors(digits: np.ndarray) -> np.ndarray:
+    return (digits / 255.0).astype(np.float32)[:, np.newaxis]
+
+
+def _digit_photos(digits: np.ndarray, labels: np.ndarray, spec: ModelSpec, seed: int, older: bool = False) -> Reference:
+    """Digits photographed by the held-out renderers in turn (or by the older generator), then prepared."""
+    rng = np.random.default_rng(seed)
+    if older:
+        photos = [digit_photo(d, rng, orientation=int(rng.choice([1, 6, 8]))) for d in digits]
+    else:
+        photos = [render(d / 255.0, HELD_OUT_RENDERERS[i % 2], rng) for i, d in enumerate(digits)]
+    return photo_reference(photos, labels, np.zeros(len(labels)), spec)
+
+
+def _photo_uploads(photos: list[bytes], rng: np.random.Generator, shift: PhotoShift | None = None) -> list[bytes]:
+    """Hot dog photos uploaded in ways the baseline did not see: cropped, PNG or WebP, other sizes."""
+    uploads = []
+    for data in photos:
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        crop = rng.uniform(0.85, 1.0)
+        width, height = image.size
+        left, top = rng.uniform(0, 1 - crop) * width, rng.uniform(0, 1 - crop) * height
+        image = image.crop((int(left), int(top), int(left + crop * width), int(top + crop * height)))
+        scale = rng.uniform(0.4, 0.9)
+        image = image.resize((max(64, int(image.width * scale)), max(64, int(image.height * scale))))
+        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.92, 1.08))
+        if shift is not None:
+            image = shift(image)
+        buffer = io.BytesIO()
+        image.save(buffer, "WEBP" if rng.random() < 0.5 else "PNG", quality=int(rng.integers(60, 95)))
+        uploads.append(buffer.getvalue())
+    return uploads
+
+
+def _measure_surface(name, baseline, pools, shifted, window, args, thresholds, rng) -> dict:
+    """False alarms on each in-distribution pool; requests until flagged for each shifted pool."""
+    result: dict = {"window": window, "false_alarm_rate": {}, "flagged_after": {}, "accuracy": {}}
+    for pool_name, pool in pools.items():
+        rate = false_alarm_rate(baseline, pool.records, window, args.trials, thresholds, rng)
+        result["false_alarm_rate"][pool_name] = rate
+        result["accuracy"][pool_name] = {"measured": round(pool.accuracy, 4), "estimated": _round(pool.estimated)}
+        print(f"  {name:<7}{pool_name:<46}{'false alarms':>14} {rate:6.1%}   {_accuracy_text(pool)}")
+    first = next(iter(pools.values())).records
+    start = [first[i] for i in rng.choice(len(first), window, replace=False)]
+    for shift_name, pool in shifted.items():
+        order = rng.permutation(len(pool.records))
+        flagged = requests_until_flagged(
+            baseline, start, [pool.records[i] for i in order], window, thresholds, args.step
+        )
+        result["flagged_after"][shift_name] = flagged
+        result["accuracy"][shift_name] = {"measured": round(pool.accuracy, 4), "estimated": _round(pool.estimated)}
+        text = "never (within the set)" if flagged is None else f"after {flagged}"
+        print(f"  {name:<7}{shift_name:<46}{'flagged':>14} {text:<12} {_accuracy_text(pool)}")
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _accuracy_text(pool: Pool) -> str:
+    estimate = "n/a" if pool.estimated is None else f"{pool.estimated:.1%}"
+    return f"accuracy {pool.accuracy:.1%}, estimated {estimate}" + (
+        f" ({pool.refused} refused)" if pool.refused else ""
+    )
+
+
+def bench_mnist(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, window: int, thresholds) -> dict:
     with np.load(args.digits) as data:
         digits, labels = data["x"], data["y"]
-    spec = load_repository(args.model_repo)["mnist"]
-    baseline = read_baseline(spec.versions[spec.latest_version].parent / "baseline.json")
-    settings = SkewSettings()
-    window = args.window or settings.window
-    thresholds = SkewThresholds(
-        settings.psi_threshold, settings.labels_threshold, settings.min_window, settings.per_feature
-    )
+    model = OnnxModel(version_dir / "model.onnx")
+    temperatures = read_temperatures(version_dir / "calibration.json")
     rng = np.random.default_rng(0)
-    clean = records_of((digits / 255.0).astype(np.float32)[:, np.newaxis], labels)
-    photo_tensors = np.stack([prepare_photo(digit_photo(d, rng), spec, max_pixels=10**7).tensor for d in digits])
-    photos = records_of(photo_tensors, labels)
-    print(
-        f"{len(digits)} held-out digits from {args.digits}; window {window}, PSI threshold {thresholds.psi}, "
-        f"label L-inf threshold {thresholds.labels_linf}, {args.trials} random windows each"
-    )
-    results: dict[str, object] = {
-        "false_alarm_rate_tensors": false_alarm_rate(baseline, clean, window, args.trials, thresholds, rng),
-        "false_alarm_rate_photos": false_alarm_rate(baseline, photos, window, args.trials, thresholds, rng),
-    }
-    print(f"false alarms, held-out digits as tensors: {results['false_alarm_rate_tensors']:.1%}")
-    print(
-        f"false alarms, held-out digits as phone photos through preprocessing: {results['false_alarm_rate_photos']:.1%}"
-    )
-    order = rng.permutation(len(digits))
-    start = [clean[i] for i in order[:window]]
-    flagged = {}
-    for name, shift in SHIFTS.items():
-        moved = shift(digits[order], rng)
-        shifted = records_of((moved / 255.0).astype(np.float32)[:, np.newaxis], labels[order])
-        flagged[name] = requests_until_flagged(baseline, start, shifted, window, thresholds, args.step)
+
+    def pool(reference: Reference, surface: str) -> Pool:
+        return pool_of(reference, model.probabilities(reference.tensors), spec, temperatures.get(surface))
+
+    def tensor_pool(moved: np.ndarray) -> Pool:
+        return pool(Reference(_tensors(moved), None, labels, np.zeros(len(labels))), "tensor")
+
+    shifted_count = min(len(digits), args.shifted)
+    results = {}
+    for surface in args.surfaces:
+        baseline = read_baseline(baseline_path(version_dir, surface))
+        if surface == "tensor":
+            pools = {"held-out digits as tensors": tensor_pool(digits)}
+            shifted = {name: tensor_pool(np.stack([shift(d) for d in digits])) for name, shift in DIGIT_SHIFTS.items()}
+        else:
+            pools = {
+                f"photos by held-out renderers ({', '.join(HELD_OUT_RENDERERS)})": pool(
+                    _digit_photos(digits, labels, spec, 1), "photo"
+                ),
+                "photos by the older generator (bench/photos.py)": pool(
+                    _digit_photos(digits, labels, spec, 2, older=True), "photo"
+                ),
+            }
+            few, few_labels = digits[:shifted_count], labels[:shifted_count]
+            shifted = {
+                name: pool(_digit_photos(np.stack([shift(d) for d in few]), few_labels, spec, 10 + n), "photo")
+                for n, (name, shift) in enumerate(DIGIT_SHIFTS.items())
+            }
+        results[surface] = _measure_surface(surface, baseline, pools, shifted, window, args, thresholds, rng)
+    return results
+
+
+def bench_hotdog(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, window: int, thresholds) -> dict:
+    folder = Path(args.hotdog_photos)
+    with (folder / "labels.csv").open() as rows:
+        table = list(csv.DictReader(rows))
+    photos = [(folder / row["path"]).read_bytes() for row in table]
+    labels = np.array([spec.labels.index(row["label"]) for row in table])
+    model = OnnxModel(version_dir / "model.onnx")
+    temperatures = read_temperatures(version_dir / "calibration.json")
+    rng = np.random.default_rng(0)
+    kinds = {"photos uploaded in unseen ways (crop, PNG/WebP, size)": None, **PHOTO_SHIFTS}
+    pools: dict[str, dict[str, Pool]] = {"tensor": {}, "photo": {}}
+    for name, shift in kinds.items():
+        photo = photo_reference(_photo_uploads(photos, rng, shift), labels, np.zeros(len(labels)), spec)
+        tensor = Reference(photo.tensors, None, photo.truth, photo.groups, photo.refused)
+        probabilities = model.probabilities(photo.tensors)
+        for surface, reference in (("photo", photo), ("tensor", tensor)):
+            pools[surface][name] = pool_of(reference, probabilities, spec, temperatures.get(surface))
+    results = {}
+    clean = next(iter(kinds))
+    for surface in args.surfaces:
+        baseline = read_baseline(baseline_path(version_dir, surface))
+        in_distribution = {clean: pools[surface][clean]}
+        shifted = {name: pool for name, pool in pools[surface].items() if name != clean}
+        results[surface] = _measure_surface(surface, baseline, in_distribution, shifted, window, args, thresholds, rng)
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    repository = load_repository(args.model_repo)
+    settings = SkewSettings()
+    thresholds = _thresholds(settings)
+    results: dict[str, object] = {}
+    for name in ("mnist", "hotdog") if args.model == "all" else (args.model,):
+        spec = repository[name]
+        version = spec.latest_version
+        version_dir = spec.versions[version].parent
+        window = (args.window or settings.window) if name == "mnist" else args.hotdog_window
+        baseline = read_baseline(baseline_path(version_dir, "photo"))
+        rate = baseline.get("thresholds", {}).get("false_alarm_rate")
         print(
-            f"{name:<28} flagged after {flagged[name] if flagged[name] is not None else 'never (within the set)'} "
-            "shifted requests"
+            f"{name} v{version}: window {window}, thresholds calibrated for {rate:.1%} false alarms per window, "
+            f"{args.trials} random windows per false-alarm figure, checked every {args.step} shifted requests"
         )
-    results["flagged_after"] = flagged
+        bench = bench_mnist if name == "mnist" else bench_hotdog
+        results[name] = {"version": version, **bench(args, spec, version_dir, window, thresholds)}
     print(json.dumps(results))
     return 0
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("skew", help="false alarms and detection speed of the skew monitor")
+    parser.add_argument("--model", choices=("mnist", "hotdog", "all"), default="all")
     parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
-    parser.add_argument("--digits", type=Path, default=Path("tests/data/mnist_heldout_sample.npz"))
-    parser.add_argument("--window", type=int)
+    parser.add_argument(
+        "--digits",
+        type=Path,
+        default=Path("model_repo/training/.cache/heldout-first-half.npz"),
+        help="held-out digits, at least a window's worth (build_monitoring.py writes the default)",
+    )
+    parser.add_argument("--hotdog-photos", type=Path, default=Path("model_repo/training/hotdog_photos"))
+    parser.add_argument("--window", type=int, help="MNIST window (default: skew.window)")
+    parser.add_argument("--hotdog-window", type=int, default=200, help="hot dog window (its photo set has 347)")
+    parser.add_argument(
+        "--surfaces", type=lambda text: tuple(text.split(",")), default=("tensor", "photo"), help="e.g. tensor"
+    )
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--step", type=int, default=10, help="check the window every STEP shifted requests")
+    parser.add_argument("--shifted", type=int, default=300, help="MNIST: shifted digits photographed per shift")
     parser.set_defaults(handler=main)

@@ -71,6 +71,14 @@ class DeadlineExceeded(GatewayError):
     code = "deadline_exceeded"
 
 
+class CallerGone(GatewayError):
+    """The caller cancelled the call, or its deadline ended it, before an answer: nobody receives one.
+
+    Never raised to a caller; it names how such a call ended in the request metrics (gRPC CANCELLED, HTTP 499)."""
+
+    code = "caller_gone"
+
+
 class Unavailable(GatewayError):
     """The model is not ready or its backend cannot be reached."""
 

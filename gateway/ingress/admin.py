@@ -7,19 +7,19 @@ change is validated (400), atomic in the shared store, audited, and followed by 
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
 from gateway.core.errors import InvalidInput
+from gateway.core.limits import ParseLimits
 from gateway.core.types import Identity
-from gateway.ingress.http_common import caller_identity, read_body
+from gateway.ingress.http_common import caller_identity
+from gateway.ingress.json_body import json_object
 from gateway.models.registry import ModelRegistry
 from gateway.rollout.manager import RolloutManager
 from gateway.rollout.store import ChangeResult, RolloutState
 
-MAX_ADMIN_BODY = 64 * 1024
 VersionPath = Annotated[str, Path(pattern=r"^[0-9]{1,9}$")]
 
 
@@ -45,17 +45,10 @@ def _change(registry: ModelRegistry, result: ChangeResult) -> dict[str, Any]:
     }
 
 
-async def _json_object(request: Request) -> dict:
-    try:
-        body = json.loads(await read_body(request, MAX_ADMIN_BODY) or b"null")
-    except ValueError as exc:
-        raise InvalidInput(f"the body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidInput('the body must be a JSON object like {"stable": "1", "canary": "2", "canary_percent": 10}')
-    return body
+ROLLOUT_EXAMPLE = '{"stable": "1", "canary": "2", "canary_percent": 10}'
 
 
-def admin_router(registry: ModelRegistry, rollout: RolloutManager, *, mtls: bool) -> APIRouter:
+def admin_router(registry: ModelRegistry, rollout: RolloutManager, *, mtls: bool, limits: ParseLimits) -> APIRouter:
     router = APIRouter(prefix="/api/v1/models/{model}")
 
     def operator(request: Request, model: str) -> Identity:
@@ -76,7 +69,7 @@ def admin_router(registry: ModelRegistry, rollout: RolloutManager, *, mtls: bool
         optional ``revision``: refuse (409) if the rollout has changed since that revision was read."""
         identity = operator(request, model)
         registry.model(model)
-        body = await _json_object(request)
+        body = await json_object(request, limits, ROLLOUT_EXAMPLE)
         revision = body.pop("revision", None)
         if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int)):
             raise InvalidInput(f"revision must be an integer, got {revision!r}")

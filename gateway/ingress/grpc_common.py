@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
 
 from gateway.core.errors import (
+    CallerGone,
     Conflict,
     DeadlineExceeded,
     GatewayError,
@@ -32,6 +34,7 @@ GRPC_STATUS: dict[type[GatewayError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    CallerGone: grpc.StatusCode.CANCELLED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     GatewayError: grpc.StatusCode.INTERNAL,
 }
@@ -87,6 +90,37 @@ def grpc_errors(method: Method) -> Method:
             await abort(context, exc)
 
     return unary  # type: ignore[return-value]
+
+
+Message = TypeVar("Message")
+Answer = TypeVar("Answer")
+
+
+async def answer_concurrently(
+    messages: AsyncIterator[Message], answer: Callable[[Message], Awaitable[Answer]]
+) -> AsyncIterator[Answer]:
+    """The answers to a request stream, each message answered as soon as it arrives and concurrently with the
+    others (so they batch together), yielded as they finish. ``answer`` turns a refused request into an answer
+    of its own, so the stream goes on; a failure of the request stream itself ends it. When the caller cancels
+    (or its deadline passes) the answers in flight are cancelled with it."""
+    answers: asyncio.Queue[Answer | None] = asyncio.Queue()
+
+    async def one(message: Message) -> None:
+        answers.put_nowait(await answer(message))
+
+    async def read_all() -> None:
+        async with asyncio.TaskGroup() as group:
+            async for message in messages:
+                group.create_task(one(message))
+
+    reader = asyncio.create_task(read_all())
+    reader.add_done_callback(lambda _: answers.put_nowait(None))
+    try:
+        while (item := await answers.get()) is not None:
+            yield item
+        await reader  # surface a failure of the request stream itself
+    finally:
+        reader.cancel()
 
 
 ROUTING_KEY_METADATA = "x-routing-key"

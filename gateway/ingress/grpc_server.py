@@ -7,7 +7,6 @@ request's timeout, and gateway errors map to gRPC status codes in one table.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -23,7 +22,14 @@ from gateway.core.errors import GatewayError
 from gateway.core.types import Identity, PhotoRequest, Prediction, new_request_id
 from gateway.dataplane import DataPlane
 from gateway.ingress import tfserving_grpc
-from gateway.ingress.grpc_common import caller_identity, grpc_code, grpc_errors, grpc_status_for, routing_key
+from gateway.ingress.grpc_common import (
+    answer_concurrently,
+    caller_identity,
+    grpc_code,
+    grpc_errors,
+    grpc_status_for,
+    routing_key,
+)
 from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, IdempotentCalls, request_id_for
 from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.security.tls_reload import TlsMaterial
@@ -101,24 +107,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     ) -> AsyncIterator[classifier_pb2.ClassifyStreamResponse]:
         """Photos are classified concurrently as they arrive (so they batch); answers go out as they finish."""
         identity = caller_identity(context, self._mtls)
-        answers: asyncio.Queue[classifier_pb2.ClassifyStreamResponse | None] = asyncio.Queue()
-
-        async def answer(message: classifier_pb2.ClassifyRequest) -> None:
-            answers.put_nowait(await self._stream_answer(message, identity, context))
-
-        async def read_all() -> None:
-            async with asyncio.TaskGroup() as group:
-                async for message in request_iterator:
-                    group.create_task(answer(message))
-
-        reader = asyncio.create_task(read_all())
-        reader.add_done_callback(lambda _: answers.put_nowait(None))
-        try:
-            while (item := await answers.get()) is not None:
-                yield item
-            await reader  # surface a failure of the request stream itself
-        finally:
-            reader.cancel()
+        async for answer in answer_concurrently(
+            request_iterator, lambda message: self._stream_answer(message, identity, context)
+        ):
+            yield answer
 
 
 async def build_grpc_server(
@@ -127,20 +119,28 @@ async def build_grpc_server(
     """Create the server with every service registered and its port bound; returns (server, port).
 
     ``material``: the reloadable TLS files (new handshakes follow a rotation); None: loaded once from settings."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.limits.max_body_bytes + 4096)])
-    mtls = settings.tls.enabled
+    limits = settings.limits
+    options = [
+        ("grpc.max_receive_message_length", limits.grpc_max_message_bytes),
+        ("grpc.max_metadata_size", limits.grpc_max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", limits.grpc_max_metadata_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    mtls, parse_limits = settings.tls.enabled, limits.parse_limits()
     classifier = ClassifierServicer(gateway.plane, gateway.idempotent_calls, mtls=mtls)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, server)
-    kserve = KServeServicer(gateway.plane, gateway.registry, mtls=mtls)
+    kserve = KServeServicer(gateway.plane, gateway.registry, gateway.repository, mtls=mtls, limits=parse_limits)
     kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
-    tfserving_service = tfserving_grpc.add_to_server(gateway.plane, server, mtls=mtls)
+    tfserving_services = tfserving_grpc.add_to_server(
+        gateway.plane, gateway.repository, server, mtls=mtls, limits=parse_limits
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", CLASSIFIER_SERVICE, KSERVE_SERVICE, tfserving_service):
+    for name in ("", CLASSIFIER_SERVICE, KSERVE_SERVICE, *tfserving_services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        (CLASSIFIER_SERVICE, KSERVE_SERVICE, tfserving_service, health_service, reflection.SERVICE_NAME), server
+        (CLASSIFIER_SERVICE, KSERVE_SERVICE, *tfserving_services, health_service, reflection.SERVICE_NAME), server
     )
     address = f"{settings.server.host}:{settings.server.grpc_port}"
     if settings.tls.enabled:

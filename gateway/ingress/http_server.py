@@ -11,35 +11,174 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import STARTUP_FAILURE
 
 from gateway.config import Settings
+from gateway.ingress.connections import ClientConnections, refusal
 from gateway.security.tls_reload import TlsMaterial
 
 
 class PeerCertHttpToolsProtocol(HttpToolsProtocol):
+    """Adds the peer certificate to the scope, and holds every connection to its limits
+    (``gateway.ingress.connections``): the request line and headers within ``max_header_bytes``
+    (431) and ``header_timeout_s`` (408), and its client within ``clients.per_client`` open
+    connections (429). Each refusal is answered and the connection closed.
+
+    Header bytes are counted as the parser reports each piece; llhttp buffers one header line until
+    it ends, so the bytes received while the headers are still incomplete count too (memory stays
+    within the limit and a read)."""
+
+    max_header_bytes = 32 * 1024
+    header_timeout_s = 10.0
+    clients: ClientConnections
+    """Set per server by protocol_class."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._peercert = transport.get_extra_info("peercert")
+        self._header_bytes = self._unparsed_header_bytes = 0
+        self._in_headers = self._began = False
+        self._refusal: bytes | None = None
+        self._client = _subject(self._peercert)
+        if self._client is not None and not self.clients.open(self._client):
+            self._client, self._refusal = None, self._too_many_connections()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._client is not None:
+            self.clients.close(self._client)
+            self._client = None
+        self._header_timer.cancel()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {"tls": {"peercert": self._peercert}}
+        self._header_bytes = self._unparsed_header_bytes = 0
+        self._in_headers = self._began = True
+        self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._header_timer.cancel()
+        if self._refusal is not None:
+            raise ValueError("refused")  # stops the parser; uvicorn answers via send_400_response
+        super().on_headers_complete()
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.max_header_bytes:
+            self._refusal = self._headers_too_large()
+            raise ValueError("headers too large")  # stops the parser; uvicorn answers via send_400_response
+
+    def data_received(self, data: bytes) -> None:
+        self._began = False
+        super().data_received(data)
+        if self._in_headers and self._refusal is None and not self.transport.is_closing():
+            self._unparsed_header_bytes = 0 if self._began else self._unparsed_header_bytes + len(data)
+            if self._header_bytes + self._unparsed_header_bytes > self.max_header_bytes:
+                self._refusal = self._headers_too_large()
+                self.send_400_response("headers too large")
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is None:
+            super().send_400_response(msg)
+            return
+        self.transport.write(self._refusal)
+        self.transport.close()
+
+    def _on_header_timeout(self) -> None:
+        """No complete request line and headers within header_timeout_s of the connection or the request's start."""
+        if self.transport.is_closing() or (self.cycle is not None and not self._in_headers):
+            return
+        message = f"the request line and headers did not arrive within {self.header_timeout_s:g} s"
+        self.transport.write(refusal(408, "Request Timeout", "header_timeout", f"{message} (limits.header_timeout_s)"))
+        self.transport.close()
+
+    def _headers_too_large(self) -> bytes:
+        message = (
+            f"the request line and headers exceed {self.max_header_bytes:,} bytes (limits.max_header_bytes); "
+            "send large values in the body"
+        )
+        return refusal(431, "Request Header Fields Too Large", "headers_too_large", message)
+
+    def _too_many_connections(self) -> bytes:
+        message = (
+            f"this client already has {self.clients.per_client} connections open to this gateway process "
+            "(limits.max_connections_per_client); reuse them (keep-alive) or close some"
+        )
+        return refusal(429, "Too Many Requests", "too_many_connections", message)
+
+
+def _subject(peercert: dict | None) -> tuple | None:
+    """The client certificate's subject (hashable): whose connection this is; None without one."""
+    return peercert.get("subject") if peercert else None
+
+
+def protocol_class(settings: Settings) -> type[PeerCertHttpToolsProtocol]:
+    """The HTTP protocol uvicorn instantiates per connection, with this gateway's limits (one
+    ClientConnections per server: the class is made per call)."""
+    limits = settings.limits
+    attributes = {
+        "max_header_bytes": limits.max_header_bytes,
+        "header_timeout_s": limits.header_timeout_s,
+        "clients": ClientConnections(limits.max_connections_per_client),
+    }
+    return type("GatewayHttpProtocol", (PeerCertHttpToolsProtocol,), attributes)
 
 
 class GatewayServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT once its own shutdown is done, which would kill the process
-    before the gRPC server and the batchers are drained; the gateway finishes its shutdown instead."""
+    before the gRPC server and the batchers are drained; the gateway finishes its shutdown instead.
+    Its listeners bound the TLS handshake (``tls_handshake_timeout_s``; asyncio's default is 60 s)."""
+
+    def __init__(self, config: uvicorn.Config, tls_handshake_timeout_s: float = 10.0) -> None:
+        super().__init__(config)
+        self._handshake_timeout_s = tls_handshake_timeout_s
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
             yield
             self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start on given sockets, with the handshake timeout that its own does not pass."""
+        if sockets is None:
+            await super().startup(sockets)
+            return
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+            )
+
+        loop = asyncio.get_running_loop()
+        timeout = {"ssl_handshake_timeout": self._handshake_timeout_s} if config.ssl else {}
+        self.servers = [
+            await loop.create_server(create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog, **timeout)
+            for sock in sockets
+        ]
+        self.started = True
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -70,13 +209,15 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
 
     config = uvicorn.Config(
         app,
-        http=PeerCertHttpToolsProtocol,
+        http=protocol_class(settings),
+        limit_concurrency=settings.limits.max_connections,
         ssl_context_factory=ssl_factory,
         log_level="info",
         access_log=False,
+        timeout_keep_alive=settings.server.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
         timeout_graceful_shutdown=10,
     )
-    return GatewayServer(config)
+    return GatewayServer(config, settings.limits.tls_handshake_timeout_s)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -1,7 +1,9 @@
 """KServe v2 / Open Inference Protocol over HTTP, with Triton's binary tensor data extension.
 
 ``/v2/health/{live,ready}``, ``/v2`` (server metadata), ``/v2/models/{m}[/versions/{v}]``
-(metadata), ``.../ready``, ``.../config`` and ``.../infer``. An infer body is JSON, or
+(metadata), ``.../ready``, ``.../config``, ``.../infer`` and ``.../stats`` (also ``/v2/models/stats``:
+Triton's statistics extension), ``POST /v2/repository/index`` and ``POST /v2/repository/models/{m}/load``
+and ``.../unload`` (Triton's model repository extension; load and unload for operators). An infer body is JSON, or
 JSON followed by raw tensor bytes when the ``Inference-Header-Content-Length`` header
 gives the JSON's length; outputs come back as JSON ``data`` or, when asked for with
 ``binary_data``, as raw bytes after the JSON header.
@@ -19,6 +21,7 @@ from google.protobuf import json_format
 
 import gateway
 from gateway.core.errors import InvalidInput, NotFound
+from gateway.core.limits import DEFAULT_LIMITS, ParseLimits
 from gateway.core.types import Identity, RowsAnswer, RowsRequest, new_request_id
 from gateway.dataplane import DataPlane
 from gateway.ingress.http_common import (
@@ -29,20 +32,31 @@ from gateway.ingress.http_common import (
     surface_app,
     version_headers,
 )
+from gateway.ingress.json_body import parse_json
 from gateway.ingress.kserve_grpc import EXTENSIONS, SERVER_NAME
 from gateway.models.registry import ModelRegistry
 from gateway.models.repository import ModelSpec
+from gateway.models.repository_service import RepositoryService
 from gateway.models.tensors import kserve_datatype, tensor_metadata
-from gateway.preprocess.tensors import batch_from_raw, batch_from_values, check_input_names, check_output_names
+from gateway.preprocess.tensors import (
+    batch_from_raw,
+    batch_from_values,
+    check_elements,
+    check_input_names,
+    check_output_names,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def _json_body(data: bytes) -> dict:
-    try:
-        payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the inference request is not valid JSON: {exc}") from None
+def _json_body(data: bytes, limits: ParseLimits) -> dict:
+    payload = parse_json(
+        data,
+        max_bytes=limits.json_max_bytes,
+        max_depth=limits.json_max_depth,
+        what="the inference request",
+        setting="limits.json_max_bytes",
+    )
     if not isinstance(payload, dict):
         raise InvalidInput("the inference request must be a JSON object with an 'inputs' list")
     return payload
@@ -51,11 +65,13 @@ def _json_body(data: bytes) -> dict:
 def _flat_numbers(data: Any, name: str) -> list[float]:
     try:
         return np.asarray(data, dtype=np.float64).ravel().tolist()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidInput(f"input {name!r}: 'data' must be a (nested) list of numbers of one shape") from None
 
 
-def parse_infer_request(body: bytes, header_length: str | None, spec: ModelSpec) -> tuple[dict, np.ndarray]:
+def parse_infer_request(
+    body: bytes, header_length: str | None, spec: ModelSpec, limits: ParseLimits = DEFAULT_LIMITS
+) -> tuple[dict, np.ndarray]:
     """(the JSON part, the validated input batch) of an infer request."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
@@ -63,9 +79,9 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: ModelSpec)
                 f"Inference-Header-Content-Length {header_length!r} does not fit a {len(body)}-byte body"
             )
         split = int(header_length)
-        payload, binary = _json_body(body[:split]), body[split:]
+        payload, binary = _json_body(body[:split], limits), body[split:]
     else:
-        payload, binary = _json_body(body), b""
+        payload, binary = _json_body(body, limits), b""
     inputs = payload.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(tensor, dict) for tensor in inputs):
         raise InvalidInput(f"'inputs' must list exactly one tensor, {spec.input.name!r}")
@@ -78,12 +94,14 @@ def parse_infer_request(body: bytes, header_length: str | None, spec: ModelSpec)
     if size is not None:
         if not isinstance(size, int) or size != len(binary):
             raise InvalidInput(f"input {name!r} declares binary_data_size {size!r}; the body carries {len(binary)}")
-        return payload, batch_from_raw(datatype, shape, binary, spec)
+        return payload, batch_from_raw(datatype, shape, binary, spec, max_elements=limits.max_tensor_elements)
     if binary:
         raise InvalidInput("binary data follows the JSON header, but no input declares binary_data_size")
     if "data" not in tensor:
         raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-    return payload, batch_from_values(datatype, shape, _flat_numbers(tensor["data"], name), spec)
+    check_elements(shape, spec, limits.max_tensor_elements)
+    values = _flat_numbers(tensor["data"], name)
+    return payload, batch_from_values(datatype, shape, values, spec, max_elements=limits.max_tensor_elements)
 
 
 def _wants_binary(payload: dict, spec: ModelSpec) -> bool:
@@ -98,14 +116,14 @@ def _wants_binary(payload: dict, spec: ModelSpec) -> bool:
 
 
 async def infer_request(
-    request: Request, plane: DataPlane, identity: Identity, model: str, version: str | None, max_body_bytes: int
+    request: Request, plane: DataPlane, identity: Identity, model: str, version: str | None, limits: ParseLimits
 ) -> tuple[ModelSpec, dict, bool, RowsRequest]:
     """(the model, the JSON part, whether the output goes back as binary, the RowsRequest) of an infer call.
     Routed first: an unknown version is refused before the body is read."""
     spec = plane.spec(model)
     route = plane.route(spec.name, version, None, identity, request.headers.get(ROUTING_KEY_HEADER))
-    body = await read_body(request, max_body_bytes)
-    payload, batch = parse_infer_request(body, request.headers.get(HEADER_LENGTH), spec)
+    body = await read_body(request, limits.body_max_bytes)
+    payload, batch = parse_infer_request(body, request.headers.get(HEADER_LENGTH), spec, limits)
     binary = _wants_binary(payload, spec)
     rows = RowsRequest(
         model=spec.name,
@@ -138,9 +156,12 @@ def infer_response(payload: dict, binary: bool, spec: ModelSpec, answer: RowsAns
     return Response(header + raw, media_type="application/octet-stream", headers=headers)
 
 
-def kserve_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+def kserve_app(
+    plane: DataPlane, registry: ModelRegistry, repository: RepositoryService, *, mtls: bool, limits: ParseLimits
+) -> FastAPI:
     """The KServe v2 surface, mounted at ``/v2``; its errors are ``{"error": message}``."""
     app = surface_app()
+    _add_repository_routes(app, repository, mtls, limits)  # before the metadata routes: /models/stats is not a model
     _add_metadata_routes(app, registry, mtls)
 
     @app.post("/models/{model}/infer")
@@ -148,12 +169,71 @@ def kserve_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_bod
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
         with plane.meter("kserve-http", model, version, http_code) as meter:
             identity = caller_identity(request, mtls)
-            spec, payload, binary, rows = await infer_request(request, plane, identity, model, version, max_body_bytes)
+            spec, payload, binary, rows = await infer_request(request, plane, identity, model, version, limits)
             answer = await plane.infer(rows)
             meter.done("200", answer.route.version)
         return infer_response(payload, binary, spec, answer)
 
     return app
+
+
+async def _optional_json(request: Request, what: str, limits: ParseLimits) -> dict:
+    """A control call's JSON object body, bounded like the admin API's; an empty body is ``{}``."""
+    setting = "limits.admin_max_bytes"
+    body = await read_body(request, limits.admin_max_bytes, setting)
+    payload = (
+        parse_json(
+            body,
+            max_bytes=limits.admin_max_bytes,
+            max_depth=limits.json_max_depth,
+            what=f"the {what} request",
+            setting=setting,
+        )
+        if body.strip()
+        else {}
+    )
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"the {what} request must be a JSON object")
+    return payload
+
+
+async def _parameters(request: Request, what: str, limits: ParseLimits) -> dict:
+    parameters = (await _optional_json(request, what, limits)).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f'the {what} request\'s "parameters" must be a JSON object')
+    return parameters
+
+
+def _add_repository_routes(app: FastAPI, repository: RepositoryService, mtls: bool, limits: ParseLimits) -> None:
+    """Statistics, the repository index (any identity), model load and unload (operators)."""
+
+    @app.get("/models/stats")
+    @app.get("/models/{model}/stats")
+    @app.get("/models/{model}/versions/{version}/stats")
+    async def statistics(request: Request, model: str | None = None, version: str | None = None) -> dict:
+        caller_identity(request, mtls)
+        return {"model_stats": repository.statistics(model, version)}
+
+    @app.post("/repository/index")
+    async def index(request: Request) -> list[dict]:
+        caller_identity(request, mtls)
+        ready = (await _optional_json(request, "repository index", limits)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f'"ready" must be true or false, got {ready!r}')
+        entries = repository.index(ready_only=ready)
+        return [{"name": e.model, "version": e.version, "state": e.state, "reason": e.reason} for e in entries]
+
+    @app.post("/repository/models/{model}/load")
+    async def load(request: Request, model: str) -> dict:
+        identity = caller_identity(request, mtls)
+        await repository.load(model, await _parameters(request, "load", limits), identity)
+        return {}
+
+    @app.post("/repository/models/{model}/unload")
+    async def unload(request: Request, model: str) -> dict:
+        identity = caller_identity(request, mtls)
+        await repository.unload(model, await _parameters(request, "unload", limits), identity)
+        return {}
 
 
 def _add_metadata_routes(app: FastAPI, registry: ModelRegistry, mtls: bool) -> None:

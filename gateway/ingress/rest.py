@@ -11,12 +11,13 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.app import Gateway
-from gateway.core.errors import GatewayError, InvalidInput, UnsupportedMediaType
+from gateway.core.errors import GatewayError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from gateway.core.limits import ParseLimits
 from gateway.core.types import PhotoRequest, Prediction, Route
 from gateway.ingress.admin import admin_router
 from gateway.ingress.health import readiness
@@ -36,6 +37,7 @@ from gateway.ingress.http_common import (
     version_headers,
 )
 from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, request_id_for
+from gateway.ingress.json_body import json_object
 from gateway.ingress.kserve_http import kserve_app
 from gateway.ingress.tfserving_http import tfserving_app
 from gateway.monitoring.export import MAX_PAGE_RECORDS, PAGE_RECORDS
@@ -55,16 +57,23 @@ T = TypeVar("T")
 
 
 class _ImageField:
-    """python-multipart callbacks that keep the data of the form field named ``image``."""
+    """python-multipart callbacks that keep the data of the form field named ``image``, counting parts."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_parts: int) -> None:
         self.data: list[bytes] | None = None
+        self._parts, self._max_parts = 0, max_parts
         self._in_image = False
         self._field = b""
         self._value = b""
         self._disposition = b""
 
     def on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise PayloadTooLarge(
+                f"the multipart body has more than {self._max_parts} parts (limits.multipart_max_parts); "
+                "send the photo as the one field 'image'"
+            )
         self._disposition = b""
         self._in_image = False
 
@@ -101,13 +110,13 @@ class _ImageField:
         return {name: getattr(self, name) for name in names}
 
 
-def _image_from_multipart(body: bytes, content_type: str) -> bytes:
+def _image_from_multipart(body: bytes, content_type: str, max_parts: int) -> bytes:
     """The bytes of form field ``image``, parsed with python-multipart (fast on large bodies)."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidInput("the multipart body cannot be parsed: the Content-Type has no boundary parameter")
-    field = _ImageField()
+    field = _ImageField(max_parts)
     parser = MultipartParser(boundary, field.callbacks())
     try:
         parser.write(body)
@@ -121,6 +130,14 @@ def _image_from_multipart(body: bytes, content_type: str) -> bytes:
 
 class Feedback(BaseModel):
     label: str = Field(min_length=1, max_length=64, description="the true label")
+
+
+def _feedback(payload: dict) -> Feedback:
+    try:
+        return Feedback.model_validate(payload)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"the feedback body is not valid: {details}") from None
 
 
 class ClientDisconnected(Exception):
@@ -149,12 +166,14 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) 
     raise ClientDisconnected
 
 
-async def read_photo(request: Request, max_body_bytes: int) -> bytes:
+async def read_photo(request: Request, limits: ParseLimits) -> bytes:
     """The uploaded photo: the raw body, or the multipart field ``image``; refuses a bad Content-Type first."""
     content_type = request.headers.get("content-type", "")
     media_type = _media_type(content_type)
-    body = await read_body(request, max_body_bytes)
-    return _image_from_multipart(body, content_type) if media_type == MULTIPART else body
+    body = await read_body(request, limits.body_max_bytes)
+    if media_type == MULTIPART:
+        return _image_from_multipart(body, content_type, limits.multipart_max_parts)
+    return body
 
 
 def prediction_response(prediction: Prediction, request_id: str, replayed: bool) -> JSONResponse:
@@ -196,20 +215,20 @@ def _media_type(content_type: str) -> str:
 PredictionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 
 
-def create_app(gateway: Gateway, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+def create_app(gateway: Gateway, *, mtls: bool, limits: ParseLimits) -> FastAPI:
     """The REST application around a built gateway: the photo API, admin, health, and the KServe v2 and
     TF Serving surfaces mounted as sub-applications (each answers errors in its clients' shape)."""
     app = FastAPI(title="Image classifier gateway", version="1", exception_handlers=error_handlers(gateway_error_body))
     plane, registry = gateway.plane, gateway.registry
     surfaces = (
-        (KSERVE_PREFIX, kserve_app(plane, registry, mtls=mtls, max_body_bytes=max_body_bytes)),
-        (TFSERVING_PREFIX, tfserving_app(plane, registry, mtls=mtls, max_body_bytes=max_body_bytes)),
+        (KSERVE_PREFIX, kserve_app(plane, registry, gateway.repository, mtls=mtls, limits=limits)),
+        (TFSERVING_PREFIX, tfserving_app(plane, gateway.repository, mtls=mtls, limits=limits)),
     )
     app.router.routes.extend(SurfaceMount(prefix, surface) for prefix, surface in surfaces)
-    app.include_router(admin_router(registry, gateway.rollout, mtls=mtls))
+    app.include_router(admin_router(registry, gateway.rollout, mtls=mtls, limits=limits))
     app.include_router(_health_router(gateway, mtls))
-    app.include_router(_monitoring_router(gateway.monitor, mtls))
-    app.include_router(_classify_router(gateway, mtls, max_body_bytes))
+    app.include_router(_monitoring_router(gateway.monitor, mtls, limits))
+    app.include_router(_classify_router(gateway, mtls, limits))
 
     @app.get("/api/v1/models")
     async def list_models(request: Request) -> dict:
@@ -243,13 +262,16 @@ def _health_router(gateway: Gateway, mtls: bool) -> APIRouter:
     return router
 
 
-def _monitoring_router(monitor: Monitor, mtls: bool) -> APIRouter:
+def _monitoring_router(monitor: Monitor, mtls: bool, limits: ParseLimits) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
 
     @router.post("/predictions/{request_id}/feedback")
-    async def feedback(request: Request, request_id: PredictionId, body: Feedback) -> dict:
-        """The true label of an answered prediction (from the client that asked, or an operator)."""
-        return await monitor.record_feedback(request_id, body.label, caller_identity(request, mtls))
+    async def feedback(request: Request, request_id: PredictionId) -> dict:
+        """The true label of an answered prediction (from the client that asked, or an operator).
+        Body: ``{"label": "..."}``, read within ``limits.admin_max_bytes`` and ``limits.json_max_depth``."""
+        identity = caller_identity(request, mtls)
+        body = _feedback(await json_object(request, limits, '{"label": "hotdog"}'))
+        return await monitor.record_feedback(request_id, body.label, identity)
 
     @router.get("/predictions/{request_id}/photo")
     async def sampled_photo(request: Request, request_id: PredictionId) -> Response:
@@ -287,15 +309,16 @@ def _monitoring_router(monitor: Monitor, mtls: bool) -> APIRouter:
         window_s: Annotated[
             int | None, Query(ge=0, le=366 * 86400, description="none older than this many seconds; 0: no limit")
         ] = None,
+        surface: Annotated[str | None, Query(description="photo or tensor (default: both)")] = None,
     ) -> dict:
-        """Training/serving skew of the newest logged predictions against the version's training baseline."""
+        """Training/serving skew of the newest logged predictions per input surface against its baseline."""
         caller_identity(request, mtls)
-        return await monitor.skew(model, version, window, window_s)
+        return await monitor.skew(model, version, window, window_s, surface)
 
     return router
 
 
-def _classify_router(gateway: Gateway, mtls: bool, max_body_bytes: int) -> APIRouter:
+def _classify_router(gateway: Gateway, mtls: bool, limits: ParseLimits) -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/v1/models/{model}/classify")
@@ -328,7 +351,7 @@ def _classify_router(gateway: Gateway, mtls: bool, max_body_bytes: int) -> APIRo
                 if idempotency_key is not None:
                     request_id = request.state.request_id = request_id_for(identity, idempotency_key)
                 plane.spec(model)
-                photo = await read_photo(request, max_body_bytes)
+                photo = await read_photo(request, limits)
                 timeout_s = None if timeout_ms is None else timeout_ms / 1000.0
                 call = PhotoRequest(
                     model, photo, identity, version, label, routing_key, timeout_s, priority, request_id, started
@@ -339,7 +362,7 @@ def _classify_router(gateway: Gateway, mtls: bool, max_body_bytes: int) -> APIRo
                     work = gateway.idempotent_calls.run(request_id, lambda: plane.classify(call))
                     prediction, replayed = await _unless_client_leaves(request, work)
             except ClientDisconnected:
-                meter.done(CLIENT_CLOSED_REQUEST)
+                meter.done(CLIENT_CLOSED_REQUEST, ok=False)
                 return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
             meter.done("200", prediction.version)
         return prediction_response(prediction, request_id, replayed)

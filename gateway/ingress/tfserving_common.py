@@ -1,11 +1,14 @@
-"""What TensorFlow Serving's gRPC and REST surfaces share: model spec resolution and signatures."""
+"""What TensorFlow Serving's gRPC and REST surfaces share: model spec resolution, signatures, version status."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from gateway.core.errors import NotFound
 from gateway.core.types import Identity, Route
 from gateway.dataplane import DataPlane
 from gateway.models.repository import ModelSpec
+from gateway.models.repository_service import LOADING, READY, RepositoryService, VersionState
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -27,3 +30,39 @@ def metadata_route(plane: DataPlane, model: str, version: str | None, label: str
     spec = predict_spec(plane, model, None)
     label = None if version else (label or STABLE_LABEL)
     return spec, plane.route(model, version or None, label, METADATA_CALLER, None)
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version as TF Serving's GetModelStatus (and its REST form) reports it."""
+
+    version: str
+    state: str
+    """AVAILABLE (serving), LOADING, or END (not serving: unloaded, not selected, or failed to load)."""
+    error_code: str
+    """OK, or UNAVAILABLE when the version failed to load."""
+    error_message: str
+
+
+def _tf_status(state: VersionState) -> VersionStatus:
+    if state.state == READY:
+        return VersionStatus(state.version, "AVAILABLE", "OK", "")
+    if state.state == LOADING:
+        return VersionStatus(state.version, "LOADING", "OK", "")
+    failed = state.reason.startswith("failed")
+    return VersionStatus(state.version, "END", "UNAVAILABLE" if failed else "OK", state.reason)
+
+
+def version_statuses(
+    plane: DataPlane, repository: RepositoryService, model: str, version: str | None, label: str | None
+) -> list[VersionStatus]:
+    """Every version of ``model`` (failed and unloaded ones included), or the one a version or label names;
+    NotFound for an unknown model, version or label."""
+    if label:
+        version = metadata_route(plane, model, None, label)[1].version
+    states = repository.versions(model)
+    if version:
+        states = [state for state in states if state.version == version]
+        if not states:
+            raise NotFound(f"model {model!r} has no version {version!r} in its repository directory")
+    return [_tf_status(state) for state in states]

@@ -4,7 +4,6 @@ and ``POST .../{m}[/versions/{v}|/labels/{l}]:predict`` in the "instances" (row)
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -12,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway.core.errors import InvalidInput
+from gateway.core.limits import DEFAULT_LIMITS, ParseLimits
 from gateway.core.types import Identity, RowsRequest
 from gateway.dataplane import DataPlane
 from gateway.ingress.http_common import (
@@ -22,16 +22,17 @@ from gateway.ingress.http_common import (
     surface_app,
     version_headers,
 )
-from gateway.ingress.tfserving_common import metadata_route, predict_spec
-from gateway.models.registry import ModelRegistry
+from gateway.ingress.json_body import parse_json
+from gateway.ingress.tfserving_common import VersionStatus, predict_spec, version_statuses
 from gateway.models.repository import ModelSpec
+from gateway.models.repository_service import RepositoryService
 from gateway.preprocess.tensors import batch_from_values, check_input_names
 
 
 def _numbers(value: Any, what: str) -> np.ndarray:
     try:
         return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidInput(f"{what} must be a (nested) list of numbers of one shape") from None
 
 
@@ -43,7 +44,7 @@ def _unwrap(value: Any, spec: ModelSpec, what: str) -> Any:
     return value
 
 
-def parse_predict(payload: Any, spec: ModelSpec) -> tuple[str, np.ndarray]:
+def parse_predict(payload: Any, spec: ModelSpec, limits: ParseLimits = DEFAULT_LIMITS) -> tuple[str, np.ndarray]:
     """("instances" or "inputs", the validated batch)."""
     if not isinstance(payload, dict) or ("instances" in payload) == ("inputs" in payload):
         raise InvalidInput('the body must be a JSON object with either "instances" (rows) or "inputs" (columns)')
@@ -52,20 +53,24 @@ def parse_predict(payload: Any, spec: ModelSpec) -> tuple[str, np.ndarray]:
         if not isinstance(rows, list) or not rows:
             raise InvalidInput('"instances" must be a non-empty list, one entry per input row')
         array = _numbers([_unwrap(row, spec, "an instance") for row in rows], '"instances"')
-        return "instances", _batch(array, spec)
+        return "instances", _batch(array, spec, limits)
     array = _numbers(_unwrap(payload["inputs"], spec, '"inputs"'), '"inputs"')
-    return "inputs", _batch(array, spec)
+    return "inputs", _batch(array, spec, limits)
 
 
-def _batch(array: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    return batch_from_values("FP32", list(array.shape), array.ravel().tolist(), spec)
+def _batch(array: np.ndarray, spec: ModelSpec, limits: ParseLimits) -> np.ndarray:
+    values = array.ravel().tolist()
+    return batch_from_values("FP32", list(array.shape), values, spec, max_elements=limits.max_tensor_elements)
 
 
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the predict request is not valid JSON: {exc}") from None
+def _json(body: bytes, limits: ParseLimits) -> Any:
+    return parse_json(
+        body,
+        max_bytes=limits.json_max_bytes,
+        max_depth=limits.json_max_depth,
+        what="the predict request",
+        setting="limits.json_max_bytes",
+    )
 
 
 def predict_request(
@@ -76,17 +81,23 @@ def predict_request(
     model: str,
     version: str | None,
     label: str | None,
+    limits: ParseLimits,
 ) -> tuple[str, RowsRequest]:
     """("instances" or "inputs", the RowsRequest) of a predict call."""
-    payload = _json(body)
+    payload = _json(body, limits)
     signature = payload.get("signature_name") if isinstance(payload, dict) else None
     spec = predict_spec(plane, model, signature)
     route = plane.route(spec.name, version, label or None, identity, request.headers.get(ROUTING_KEY_HEADER))
-    layout, batch = parse_predict(payload, spec)
+    layout, batch = parse_predict(payload, spec, limits)
     return layout, RowsRequest(spec.name, batch, identity, route)
 
 
-def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_body_bytes: int) -> FastAPI:
+def _status_json(status: VersionStatus) -> dict[str, Any]:
+    error = {"error_code": status.error_code, "error_message": status.error_message}
+    return {"version": status.version, "state": status.state, "status": error}
+
+
+def tfserving_app(plane: DataPlane, repository: RepositoryService, *, mtls: bool, limits: ParseLimits) -> FastAPI:
     """TensorFlow Serving's REST API, mounted at ``/v1/models``; its errors are ``{"error": message}``."""
     app = surface_app()
 
@@ -95,12 +106,15 @@ def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_
     @app.get("/{model}/labels/{label}")
     async def version_status(request: Request, model: str, version: str | None = None, label: str | None = None):
         caller_identity(request, mtls)
-        _, route = metadata_route(plane, model, version, label)
-        versions = [route.version] if version or label else registry.loaded_versions(model)
+        statuses = version_statuses(plane, repository, model, version, label)
         return {
             "model_version_status": [
-                {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-                for v in versions
+                {
+                    "version": s.version,
+                    "state": s.state,
+                    "status": {"error_code": s.error_code, "error_message": s.error_message},
+                }
+                for s in statuses
             ]
         }
 
@@ -112,8 +126,8 @@ def tfserving_app(plane: DataPlane, registry: ModelRegistry, *, mtls: bool, max_
     ) -> JSONResponse:
         with plane.meter("tfserving-http", model, version, http_code) as meter:
             identity = caller_identity(request, mtls)
-            body = await read_body(request, max_body_bytes)
-            layout, rows = predict_request(request, plane, body, identity, model, version or None, label)
+            body = await read_body(request, limits.body_max_bytes)
+            layout, rows = predict_request(request, plane, body, identity, model, version or None, label, limits)
             answer = await plane.infer(rows)
             meter.done("200", answer.route.version)
         probabilities = answer.probabilities.tolist()

@@ -38,6 +38,8 @@ class LoadedModel:
     versions: dict[str, ModelVersion] = field(default_factory=dict)
     failed: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)
     """Versions whose file failed to load: (file state, reason); tried again when the file changes."""
+    loading: set[str] = field(default_factory=set)
+    """Versions being loaded now (off the event loop)."""
     syncing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def version(self, version: str) -> ModelVersion:
@@ -138,6 +140,7 @@ class ModelRegistry:
             keep = set(selected) | self._rollout.needed_versions(name)
             for version in [v for v in model.versions if v not in keep]:
                 retired = model.versions.pop(version)
+                self._metrics.inference.forget(name, version)
                 log.info("model %s version %s unloaded", name, version)
                 await retired.retire()
 
@@ -148,7 +151,7 @@ class ModelRegistry:
     async def _load_into(self, model: LoadedModel, version: str) -> None:
         """Load ``version`` off the event loop and swap it in (retiring the one it replaces), or refuse it."""
         try:
-            loaded = await asyncio.to_thread(self._loader.load, model.spec, version, model.batching)
+            loaded = await self._load_off_loop(model, version)
         except RepositoryError as exc:
             self._refuse(model, version, exc)
             return
@@ -158,6 +161,13 @@ class ModelRegistry:
         log.info("model %s version %s %s", model.spec.name, version, "reloaded" if old else "loaded")
         if old is not None:
             await old.retire()
+
+    async def _load_off_loop(self, model: LoadedModel, version: str) -> ModelVersion:
+        model.loading.add(version)
+        try:
+            return await asyncio.to_thread(self._loader.load, model.spec, version, model.batching)
+        finally:
+            model.loading.discard(version)
 
     def schedule_sync(self, name: str) -> None:
         """Sync ``name`` soon, in the background (the rollout calls this when its loads or unloads change)."""
@@ -202,7 +212,7 @@ class ModelRegistry:
         self._rollout.require_operator(identity, name)
         if version not in model.versions:
             try:
-                loaded = await asyncio.to_thread(self._loader.load, model.spec, version, model.batching)
+                loaded = await self._load_off_loop(model, version)
             except RepositoryError as exc:
                 self._refuse(model, version, exc)
                 raise InvalidInput(f"version {version} of {name!r} does not load: {exc}") from None

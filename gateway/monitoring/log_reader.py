@@ -17,8 +17,10 @@ LOOK_BACK_WINDOWS = 5
 
 
 class LogReader(LazyRedis):
-    async def recent(self, model: str, version: str, window: int, max_age_s: int = 0) -> list[dict[str, Any]]:
-        """The newest ``window`` records of ``model`` at ``version``, oldest first.
+    async def recent(
+        self, model: str, version: str, window: int, max_age_s: int = 0, surface: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ``window`` records of ``model`` at ``version`` (and ``surface``, if given), oldest first.
 
         With ``max_age_s`` > 0, none older than that: the scan stops at the stream id of
         ``now - max_age_s`` (stream ids are the Redis server's millisecond clock when the
@@ -31,7 +33,7 @@ class LogReader(LazyRedis):
         records = []
         for _, fields in entries:
             record = json.loads(fields[b"record"])
-            if record.get("version") == version:
+            if record.get("version") == version and surface in (None, record.get("input")):
                 records.append(record)
                 if len(records) == window:
                     break

@@ -8,6 +8,7 @@ worker's /metrics is the whole gateway's. Each gauge says how its workers' value
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from gateway.batching.batcher import BatchStats
-from gateway.core.errors import GatewayError
+from gateway.core.errors import CallerGone, GatewayError
+from gateway.monitoring.statistics import InferenceStatistics
 from gateway.rollout.policy import RolloutPolicy
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -32,6 +34,9 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.inference = InferenceStatistics()
+        """Triton's per-version statistics (ModelStatistics, ``/v2/models/{m}/stats``), also on /metrics."""
+        self.registry.register(self.inference)
         self._serving()
         self._monitoring()
         self._rollout()
@@ -99,18 +104,33 @@ class GatewayMetrics:
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
+        surface_labels = (*version_labels, "surface")
         self.skew_distance = Gauge(
             "gateway_skew_distance",
-            "Distance of the live window from the training baseline (PSI; L-inf for labels)",
-            ("model", "version", "feature"),
+            "Distance of the live window of one input surface from its baseline (PSI; L-inf for labels)",
+            (*surface_labels, "feature"),
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.skew_threshold = Gauge(
+            "gateway_skew_threshold",
+            "Threshold of gateway_skew_distance, calibrated on the null for the window's size",
+            (*surface_labels, "feature"),
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.skew_alarm = Gauge(
             "gateway_skew_alarm",
-            "1 when any feature of the live window crosses its threshold",
-            version_labels,
+            "1 when any feature of the live window of one input surface crosses its threshold",
+            surface_labels,
             multiprocess_mode="max",
+            registry=self.registry,
+        )
+        self.estimated_accuracy = Gauge(
+            "gateway_estimated_accuracy",
+            "Accuracy estimated without labels: mean temperature-calibrated confidence of the live window",
+            surface_labels,
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
 
@@ -213,12 +233,17 @@ class GatewayMetrics:
             delays.observe(delay)
         if stats.failed:
             self.batch_failures.labels(model, version).inc()
+        self.inference.of(model, version).batch_done(stats)
 
     def observe_skew(self, model: str, version: str, report: dict) -> None:
-        for feature, result in (*report["features"].items(), ("labels", report["labels"])):
-            if result["distance"] is not None:
-                self.skew_distance.labels(model, version, feature).set(result["distance"])
-        self.skew_alarm.labels(model, version).set(int(report["alarm"]))
+        for surface, skew in report["surfaces"].items():
+            for feature, result in (*skew["features"].items(), ("labels", skew["labels"])):
+                if result["distance"] is not None:
+                    self.skew_distance.labels(model, version, surface, feature).set(result["distance"])
+                self.skew_threshold.labels(model, version, surface, feature).set(result["threshold"])
+            self.skew_alarm.labels(model, version, surface).set(int(skew["alarm"]))
+            if skew["estimated_accuracy"] is not None:
+                self.estimated_accuracy.labels(model, version, surface).set(skew["estimated_accuracy"])
 
     def observe_rollout(self, model: str, policy: RolloutPolicy, revision: int) -> None:
         """The rollout state this replica now follows for ``model``."""
@@ -242,8 +267,10 @@ class GatewayMetrics:
 
 
 class RequestMeter:
-    """Counts one request in the request metrics however it ends: ``done(code)``, or a GatewayError raised
-    inside the ``with`` block (counted under ``error_code(error)``: each edge names its own status codes)."""
+    """Counts one request in the request metrics however it ends: ``done(code)``, or an exception leaving the
+    ``with`` block, counted under ``error_code(error)`` (each edge names its own status codes): a GatewayError as
+    itself, a cancellation (the caller left, or gRPC ended the call at its deadline) as CallerGone, anything
+    else as an internal error."""
 
     __slots__ = ("_metrics", "_labels", "_protocol", "_model", "_version", "_error_code", "_started", "_counted")
 
@@ -265,14 +292,23 @@ class RequestMeter:
         self._started = time.perf_counter()
         self._counted = False
 
-    def done(self, code: str, version: str | None = None) -> None:
+    def done(self, code: str, version: str | None = None, *, ok: bool = True) -> None:
         model, version = self._labels(self._model, version or self._version)
-        self._metrics.observe_request(self._protocol, model, version, code, time.perf_counter() - self._started)
+        seconds = time.perf_counter() - self._started
+        self._metrics.observe_request(self._protocol, model, version, code, seconds)
+        if version:  # a loaded version: its statistics count the request (success or failure)
+            self._metrics.inference.of(model, version).request_done(ok, seconds)
         self._counted = True
 
     def __enter__(self) -> RequestMeter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        if isinstance(exc, GatewayError) and not self._counted:
-            self.done(self._error_code(exc))
+        if exc is None or self._counted:
+            return
+        if isinstance(exc, GatewayError):
+            self.done(self._error_code(exc), ok=False)
+        elif isinstance(exc, asyncio.CancelledError):
+            self.done(self._error_code(CallerGone("cancelled before an answer")), ok=False)
+        else:
+            self.done(self._error_code(GatewayError(f"unexpected {type(exc).__name__}")), ok=False)

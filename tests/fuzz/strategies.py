@@ -85,3 +85,20 @@ def decodes_or_refuses(decode, *args) -> np.ndarray | None:
     except GatewayError as exc:
         assert str(exc), "a refusal must say why"
         return None
+
+
+@st.composite
+def nested_json(draw: st.DrawFn) -> bytes:
+    """JSON nested up to 3,000 deep (arrays, objects, or both), brackets also inside strings, sometimes
+    unbalanced or cut: what a depth bomb, and a body that only looks like one, are made of."""
+    depth = draw(st.integers(0, 3000))
+    openers = draw(st.lists(st.sampled_from(["[", '{"k":', '["[{",']), min_size=1, max_size=4))
+    prefix = "".join(openers[i % len(openers)] for i in range(depth))
+    closers = {"[": "]", '{"k":': "}", '["[{",': "]"}
+    suffix = "".join(closers[openers[i % len(openers)]] for i in reversed(range(depth)))
+    leaf = draw(st.sampled_from(["0", '"]]}}"', '"\\"[["', "[]", "{}", "1e999", "9" * 5000]))
+    body = (prefix + leaf + suffix).encode()
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(body)))
+        body = body[:cut] + draw(st.binary(max_size=8))
+    return body

@@ -3,6 +3,7 @@ gRPC messages), TF Serving REST JSON."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -10,13 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
+from gateway.ingress.json_body import json_depth, parse_json
 from gateway.ingress.kserve_grpc import input_batch
 from gateway.ingress.kserve_http import parse_infer_request
 from gateway.ingress.rest import _image_from_multipart
 from gateway.ingress.tfserving_http import parse_predict
 from gateway.models.repository import load_repository
 from tests.conftest import MODEL_REPO
-from tests.fuzz.strategies import FUZZ, decodes_or_refuses, json_values
+from tests.fuzz.strategies import FUZZ, decodes_or_refuses, json_values, nested_json
 
 SPEC = load_repository(MODEL_REPO)["mnist"]
 ITEM = int(np.prod(SPEC.input.dims))
@@ -56,7 +58,7 @@ def multipart_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
 @given(case=multipart_bodies())
 def test_multipart_yields_the_image_field_or_a_clear_error(case: tuple[bytes, str]) -> None:
     body, content_type = case
-    image = decodes_or_refuses(_image_from_multipart, body, content_type)
+    image = decodes_or_refuses(_image_from_multipart, body, content_type, 8)
     assert image is None or isinstance(image, bytes)
 
 
@@ -95,6 +97,32 @@ def test_kserve_http_bodies_decode_or_are_refused(case: tuple[bytes, str | None]
     parsed = decodes_or_refuses(parse_infer_request, body, header_length, SPEC)
     if parsed is not None:
         assert_valid_batch(parsed[1])
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+@FUZZ
+@given(body=nested_json(), max_depth=st.integers(1, 512))
+def test_nested_json_parses_within_the_depth_limit_or_is_refused(body: bytes, max_depth: int) -> None:
+    """Any nesting is parsed (and then no deeper than the limit, as measured) or refused; never a
+    RecursionError; the depth measured before parsing is the depth of what was parsed."""
+    parsed = decodes_or_refuses(
+        functools.partial(parse_json, max_bytes=1 << 20, max_depth=max_depth, what="x", setting="s"), body
+    )
+    if parsed is not None:
+        assert depth_of(parsed) == json_depth(body) <= max_depth
+
+
+@FUZZ
+@given(body=nested_json(), header_length=st.sampled_from([None, "0", "3"]))
+def test_kserve_http_nested_bodies_are_refused_cleanly(body: bytes, header_length: str | None) -> None:
+    decodes_or_refuses(parse_infer_request, body, header_length, SPEC)
 
 
 @FUZZ

@@ -15,7 +15,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.conftest import RunningGateway
-from tests.fuzz.strategies import EXAMPLES, FUZZ, json_values, mutated_images
+from tests.fuzz.strategies import EXAMPLES, FUZZ, json_values, mutated_images, nested_json
 
 LIVE = settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
 CLIENT_ERRORS = {
@@ -63,6 +63,16 @@ def test_tensor_json_bodies(http: httpx.Client, payload, path: str) -> None:
     body = json.dumps(payload).encode()  # Python writes NaN and Infinity, which strict JSON lacks: hostile too
     response = http.post(path, content=body, headers={"content-type": "application/json"})
     assert response.status_code < 500, response.text
+
+
+@LIVE
+@given(
+    body=nested_json(),
+    path=st.sampled_from(["/v2/models/mnist/infer", "/v1/models/mnist:predict", "/api/v1/predictions/x/feedback"]),
+)
+def test_nested_json_bodies(http: httpx.Client, body: bytes, path: str) -> None:
+    response = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500 and refused_cleanly(response), response.text
 
 
 @st.composite

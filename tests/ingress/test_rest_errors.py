@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.core import errors
+from gateway.core.limits import ParseLimits
 from gateway.core.types import PhotoRequest
 from gateway.ingress.idempotency import IdempotentCalls
 from gateway.ingress.rest import create_app, http_status_for
@@ -57,12 +58,12 @@ class RaisingService:
     def __init__(self, error: Exception) -> None:
         self.metrics = GatewayMetrics()
         self.plane = RaisingPlane(error, self.metrics)
-        self.registry = self.monitor = self.rollout = None
+        self.registry = self.monitor = self.rollout = self.repository = None
         self.idempotent_calls = IdempotentCalls()
 
 
 def post(service: RaisingService, **headers: str):
-    app = create_app(service, mtls=False, max_body_bytes=1024)
+    app = create_app(service, mtls=False, limits=ParseLimits(body_max_bytes=1024))
     with TestClient(app, raise_server_exceptions=False) as client:
         return client.post("/api/v1/models/m/classify", content=b"x", headers={"content-type": "image/png", **headers})
 

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from gateway.app import build_gateway
 from gateway.config import load_settings
+from gateway.core.limits import ParseLimits
 from gateway.ingress.rest import create_app
 from tests.conftest import MODEL_REPO
 
@@ -17,7 +18,7 @@ from tests.conftest import MODEL_REPO
 def client() -> Iterator[TestClient]:
     settings = load_settings(overrides={"tls": {"enabled": False}, "models": {"repo": MODEL_REPO}}, environ={})
     gateway = build_gateway(settings)
-    with TestClient(create_app(gateway, mtls=False, max_body_bytes=1024)) as test_client:
+    with TestClient(create_app(gateway, mtls=False, limits=ParseLimits(body_max_bytes=1024))) as test_client:
         yield test_client
     gateway.preprocess_pool.shutdown()
 

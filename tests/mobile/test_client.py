@@ -23,6 +23,7 @@ from tests.conftest import (
     RunningGateway,
     executed,
     metrics,
+    requests_counted,
     slow_batching_repo,
     start_gateway,
     stop_gateway,
@@ -244,14 +245,18 @@ def test_503_from_a_stopped_backend_is_retried_until_it_is_back(pki, models_pki,
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_a_deadline_shorter_than_the_work_is_deadline_exceeded(slow_batching_gateway, digit, transport) -> None:
-    """Batches wait 3 s to fill; the call's deadline is 0.5 s: the client gives up, and the gateway drops the
-    photo from its queue instead of running it for nobody."""
+    """Batches wait 3 s to fill; the call's deadline is 0.5 s: the client gets the gateway's answer (not its own
+    timeout, which the gateway would log as a caller gone: 499), and the gateway drops the photo from its queue
+    instead of running it for nobody."""
     gateway = slow_batching_gateway
     photo, label = digit
     with Client(address(gateway, transport), prepare=False, **identity(gateway)) as client:
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded) as exceeded:
             client.classify(photo, model="mnist", deadline_s=0.5)
         assert executed(gateway) == (0, 0)
+        if transport == "rest":  # gRPC's deadline is the channel's own: both ends end the call at once
+            assert exceeded.value.status == 504 and exceeded.value.request_id, exceeded.value
+            assert (requests_counted(gateway, "rest", "504"), requests_counted(gateway, "rest", "499")) == (1, 0)
         on_time = client.classify(photo, model="mnist", deadline_s=30)  # alone in the queue: runs after 3 s
     assert on_time.label == label
     assert executed(gateway) == (1, 1), "the photo whose deadline had passed was run too"

@@ -57,10 +57,28 @@ def test_shifted_digits_raise_the_alarm_on_the_features_that_moved(heldout_sampl
     assert alarming <= {name for name, result in report["features"].items() if result["alarm"]}
 
 
-def test_small_windows_give_no_verdict(heldout_sample) -> None:
+def test_small_windows_get_wider_thresholds_and_still_a_verdict(heldout_sample) -> None:
     x, y = heldout_sample
-    report = compute_skew(BASELINE, records(1.0 - (x[:50] / 255.0).astype(np.float32), y[:50]), SkewThresholds())
+    inverted = records(1.0 - (x / 255.0).astype(np.float32), y)
+    small, large = (compute_skew(BASELINE, inverted[:n], SkewThresholds()) for n in (50, 300))
+    assert small["enough_data"] and small["alarm"] and small["calibration"]["calibrated_window"] == 50
+    for name, result in small["features"].items():
+        assert result["threshold"] > large["features"][name]["threshold"]
+    assert small["calibration"]["false_alarm_rate"] == 0.01
+
+
+def test_below_the_smallest_calibrated_window_there_is_no_verdict(heldout_sample) -> None:
+    x, y = heldout_sample
+    report = compute_skew(BASELINE, records(1.0 - (x[:49] / 255.0).astype(np.float32), y[:49]), SkewThresholds())
     assert not report["enough_data"] and not report["alarm"]
+
+
+def test_a_baseline_without_calibration_falls_back_to_the_fixed_thresholds(heldout_sample) -> None:
+    x, y = heldout_sample
+    uncalibrated = {key: value for key, value in BASELINE.items() if key != "thresholds"}
+    report = compute_skew(uncalibrated, records((x / 255.0).astype(np.float32), y), SkewThresholds())
+    assert report["calibration"] is None
+    assert {r["threshold"] for r in report["features"].values()} == {SkewThresholds().psi}
 
 
 def test_a_per_feature_threshold_from_the_settings_replaces_the_default(heldout_sample) -> None:

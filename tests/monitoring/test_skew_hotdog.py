@@ -45,7 +45,8 @@ def send(client: httpx.Client, photos: list[bytes]) -> None:
 
 def skew_when(client: httpx.Client, done, what: str) -> dict:
     deadline = time.monotonic() + 30
-    while not done(report := client.get("/api/v1/models/hotdog/skew", params={"window": WINDOW}).json()):
+    params = {"window": WINDOW, "surface": "photo"}
+    while not done(report := client.get("/api/v1/models/hotdog/skew", params=params).json()["surfaces"]["photo"]):
         assert time.monotonic() < deadline, f"{what}: {report}"
     return report
 
@@ -54,9 +55,7 @@ def test_colour_features_are_quiet_in_distribution_and_alarm_on_black_and_white(
     pki: PkiPaths, redis_server: RedisServer, tmp_path
 ) -> None:
     photos = calibration_photos()
-    gateway = start_gateway_on_redis(
-        pki, redis_server, tmp_path / "spool", env={"GATEWAY_SKEW_MIN_WINDOW": str(WINDOW)}
-    )
+    gateway = start_gateway_on_redis(pki, redis_server, tmp_path / "spool")
     try:
         with gateway.client() as client:
             send(client, photos[:WINDOW])

@@ -169,8 +169,14 @@ def own_pki(tmp_path: Path) -> PkiPaths:
 @pytest.fixture
 def crl_gateway(own_pki: PkiPaths) -> Iterator[RunningGateway]:
     write_crl(own_pki)
+    # The kept-open connection idles through the revoke command and the CRL reload (3 s here, over 10 s under
+    # load): longer than uvicorn's default keep-alive (5 s), after which the server may legitimately close it.
+    keep_alive = {"GATEWAY_SERVER_HTTP_KEEP_ALIVE_S": "300"}
     running = start_gateway(
-        own_pki, "--model-repo", str(MODEL_REPO), env={**RELOAD_ENV, "GATEWAY_TLS_CRL": str(own_pki.crl)}
+        own_pki,
+        "--model-repo",
+        str(MODEL_REPO),
+        env={**RELOAD_ENV, **keep_alive, "GATEWAY_TLS_CRL": str(own_pki.crl)},
     )
     yield running
     stop_gateway(running)
@@ -182,7 +188,13 @@ def test_a_revoked_certificate_is_refused_without_restart(crl_gateway: RunningGa
     ca = own_pki.ca_cert.read_bytes()
     target = gateway.server.grpc_target
     assert _rest_status(gateway, *mallory) == 200
-    kept_open = gateway.client("mallory")  # a keep-alive connection opened before the revocation
+    # a keep-alive connection opened before the revocation, kept however long the wait (httpx drops idle ones after 5 s)
+    kept_open = httpx.Client(
+        base_url=gateway.base_url,
+        verify=client_context(own_pki.ca_cert, *mallory),
+        timeout=10,
+        limits=httpx.Limits(keepalive_expiry=None),
+    )
     assert kept_open.get("/api/v1/models").status_code == 200
     channel = gateway.grpc_channel("mallory")
     assert _live(channel) == grpc.StatusCode.OK

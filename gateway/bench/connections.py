@@ -1,0 +1,151 @@
+"""Connections that cannot exhaust the gateway: one identity holds thousands of stalled connections and
+storms new TLS handshakes; another identity's requests must still succeed, at a latency near the quiet one.
+
+    python -m gateway.bench.connections [--stalled 2000] [--storm 8] [--requests 200]
+
+The victim ("operator") opens a new mTLS connection per request (handshake included) and asks
+GET /api/v1/models, sequentially: first on a quiet gateway, then while an attacker process
+("app") keeps ``--stalled`` connections open (half bare TCP that send three bytes of a ClientHello
+and stop, half finished handshakes that send half a request and stop; each reopened when the
+gateway drops it) and ``--storm`` loops of new handshakes that close at once. Printed: the
+victim's p50 / p99 and errors in both phases and their ratio, and what the gateway did to the
+attacker's connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.bench.server_process import start_gateway
+from gateway.security.pki import PkiPaths, init_pki
+from gateway.security.tls import client_context
+
+
+async def _victim(host: str, port: int, pki: PkiPaths, requests: int) -> tuple[list[float], int]:
+    context = client_context(pki.ca_cert, pki.client_cert("operator"), pki.client_key("operator"))
+    latencies, errors = [], 0
+    for _ in range(requests):
+        started = time.perf_counter()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 10)
+            writer.write(b"GET /api/v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            ok = answer.startswith(b"HTTP/1.1 200 ")
+        except (OSError, TimeoutError):
+            ok = False
+        errors += not ok
+        if ok:
+            latencies.append((time.perf_counter() - started) * 1000)
+    return latencies, errors
+
+
+async def _hold(host: str, port: int, context, counts: dict[str, int]) -> None:
+    """One stalled connection, reopened whenever the gateway drops it."""
+    while True:
+        try:
+            if context is None:
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(b"\x16\x03\x01")
+            else:
+                reader, writer = await asyncio.open_connection(host, port, ssl=context)
+                writer.write(b"GET /api/v1/models HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            counts["opened"] += 1
+            await reader.read()
+            counts["dropped by the gateway"] += 1
+            writer.close()
+        except (OSError, TimeoutError):
+            counts["failed to open"] += 1
+            await asyncio.sleep(0.1)  # paces reconnects of a refused attacker
+
+
+async def _storm(host: str, port: int, context, counts: dict[str, int]) -> None:
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port, ssl=context)
+            counts["handshakes"] += 1
+            writer.close()
+        except OSError:
+            counts["failed to open"] += 1
+
+
+async def _attack(host: str, port: int, pki: PkiPaths, stalled: int, storm: int, stop) -> dict[str, int]:
+    context = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
+    counts = {"opened": 0, "dropped by the gateway": 0, "failed to open": 0, "handshakes": 0}
+    tasks = [asyncio.create_task(_hold(host, port, None if i % 2 else context, counts)) for i in range(stalled)]
+    tasks += [asyncio.create_task(_storm(host, port, context, counts)) for _ in range(storm)]
+    while not stop.is_set():
+        await asyncio.sleep(0.2)  # polls the parent's stop event (a multiprocessing Event cannot be awaited)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return counts
+
+
+def _attacker(host: str, port: int, pki: PkiPaths, args: argparse.Namespace, stop, out) -> None:
+    out.put(asyncio.run(_attack(host, port, pki, args.stalled, args.storm, stop)))
+
+
+def _summary(latencies: list[float], errors: int) -> dict[str, float]:
+    ordered = sorted(latencies) or [float("nan")]
+    return {
+        "p50_ms": round(statistics.median(ordered), 1),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1 if len(ordered) > 1 else 0], 1),
+        "errors": errors,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stalled", type=int, default=2000)
+    parser.add_argument("--storm", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--ramp-s", type=float, default=8.0, help="attack time before the victim measures")
+    parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
+    args = parser.parse_args()
+    pki = init_pki(Path(tempfile.mkdtemp(prefix="gateway-connections-")) / "pki")
+    server = start_gateway(["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)])
+    host, port = server.base_url.removeprefix("https://").rsplit(":", 1)
+    try:
+        quiet = _summary(*asyncio.run(_victim(host, int(port), pki, args.requests)))
+        print("quiet:", quiet, flush=True)
+        spawn = multiprocessing.get_context("spawn")
+        results, stop = spawn.Queue(), spawn.Event()
+        attacker = spawn.Process(target=_attacker, args=(host, int(port), pki, args, stop, results))
+        attacker.start()
+        time.sleep(args.ramp_s)  # lets the attacker open its connections before measuring
+        loud = _summary(*asyncio.run(_victim(host, int(port), pki, args.requests)))
+        print("under attack:", loud, flush=True)
+        stop.set()
+        counts = results.get(timeout=60)
+        attacker.join()
+        print("attacker:", counts, flush=True)
+        alive = server.alive()
+    finally:
+        server.stop()
+    ratio = loud["p50_ms"] / quiet["p50_ms"]
+    print(
+        json.dumps(
+            {
+                "stalled": args.stalled,
+                "storm": args.storm,
+                "quiet": quiet,
+                "attack": loud,
+                "attacker": counts,
+                "p50_ratio": round(ratio, 2),
+                "gateway_alive": alive,
+            }
+        )
+    )
+    return 0 if alive and loud["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The one JSON parser of every HTTP surface: bounded in size and depth, UTF-8 only, no duplicate keys.
+
+``json.loads`` recurses once per nesting level and raises ``RecursionError`` near depth 1,000; the
+depth is measured before parsing, at C speed (strings removed by a regular expression, brackets
+kept, a running sum in numpy), and only when the body has more brackets than the limit at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+
+from gateway.core.errors import InvalidInput, PayloadTooLarge
+from gateway.core.limits import ParseLimits
+from gateway.ingress.http_common import read_body
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = b"[]{}"
+_KEEP_BRACKETS = bytes(byte for byte in range(256) if byte not in _BRACKETS)
+_STEPS = bytes.maketrans(_BRACKETS, bytes([1, 255, 1, 255]))
+"""'[' and '{' become +1, ']' and '}' become -1 (as int8)."""
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``body`` (exact for valid JSON; brackets inside strings
+    do not count)."""
+    steps = _STRINGS.sub(b"", body).translate(_STEPS, _KEEP_BRACKETS)
+    if not steps:
+        return 0
+    return int(np.cumsum(np.frombuffer(steps, dtype=np.int8), dtype=np.int64).max())
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [key for key, _ in pairs]
+        duplicate = next(key for index, key in enumerate(keys) if key in keys[:index])
+        raise InvalidInput(f"the JSON body has the key {duplicate!r} twice in one object; each key may appear once")
+    return obj
+
+
+async def json_object(request: Request, limits: ParseLimits, example: str) -> dict:
+    """The JSON object of a small body (admin, feedback): at most ``limits.admin_max_bytes``; an empty body
+    is refused like any other non-object, with ``example`` of what was expected."""
+    setting = "limits.admin_max_bytes"
+    body = await read_body(request, limits.admin_max_bytes, setting)
+    payload = (
+        parse_json(
+            body, max_bytes=limits.admin_max_bytes, max_depth=limits.json_max_depth, what="the body", setting=setting
+        )
+        if body
+        else None
+    )
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"the body must be a JSON object like {example}")
+    return payload
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+"""Built once (``json.loads`` with a hook builds a decoder per call); it holds no state between calls."""
+
+
+def parse_json(body: bytes, *, max_bytes: int, max_depth: int, what: str, setting: str) -> Any:
+    """``body`` parsed, or a 4xx saying which limit or rule it broke. ``what`` names the body in messages
+    ("the inference request"); ``setting`` is the key of ``max_bytes`` in the settings."""
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"{what} has {len(body):,} bytes of JSON; the limit is {max_bytes:,} ({setting})")
+    if body.count(b"[") + body.count(b"{") > max_depth and (depth := json_depth(body)) > max_depth:
+        raise InvalidInput(
+            f"{what} nests arrays and objects {depth:,} deep; the limit is {max_depth} (limits.json_max_depth)"
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} is not UTF-8 (RFC 8259 requires it): {exc}") from None
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise InvalidInput(f"{what} nests too deep to parse (limits.json_max_depth is {max_depth})") from None
+    except ValueError as exc:  # JSONDecodeError, and integers longer than Python converts (4,300 digits)
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None

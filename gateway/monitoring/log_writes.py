@@ -1,0 +1,94 @@
+"""Each prediction record written once, however often it is sent: an idempotent write to Redis.
+
+A write whose acknowledgement is lost (Redis killed after it applied the write, a connection cut
+after the command left) looks like a failure; the log then spools the chunk and replays it later,
+and an at-least-once log would hold those records twice. Here every record gets an id at its first
+write, ``{writer}:{n}`` (a random writer id per log instance, a counter), kept with it in the spool;
+one Lua script writes a chunk atomically and, per record, first sets the record's bit in a bitmap of
+written ids (``SETBIT`` returns the old bit): a record whose bit was already set is skipped.
+
+Why a bitmap and not a key per record: it costs one bit per record (a million records: 128 KiB),
+kept ``PREDICTION_TTL_S`` after the last write to its shard (2^20 ids per key). Why not the
+request id: clients choose KServe's ``id`` and may reuse it for different requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from gateway.monitoring.feedback import PREDICTION_TTL_S, index_fields, prediction_key
+
+STREAM_PREFIX = "predictions:"
+LOG_ID_KEY = "log_id"
+WRITTEN_PREFIX = "predictions-written:"
+SHARD_IDS = 1 << 20
+"""Ids per bitmap key (128 KiB when full)."""
+
+WRITE_ONCE_LUA = """
+local maxlen, mark_ttl, index_ttl = ARGV[1], ARGV[2], ARGV[3]
+local a, written = 4, 0
+for k = 1, #KEYS, 3 do
+  local bit, record, fields = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  if redis.call('SETBIT', KEYS[k + 1], bit, 1) == 0 then
+    redis.call('EXPIRE', KEYS[k + 1], mark_ttl)
+    redis.call('XADD', KEYS[k], 'MAXLEN', '~', maxlen, '*', 'record', record)
+    if fields > 0 then
+      redis.call('HSET', KEYS[k + 2], unpack(ARGV, a + 3, a + 2 + 2 * fields))
+      redis.call('EXPIRE', KEYS[k + 2], index_ttl)
+    end
+    written = written + 1
+  end
+  a = a + 3 + 2 * fields
+end
+return written
+"""
+WRITE_ONCE_SHA = hashlib.sha1(WRITE_ONCE_LUA.encode()).hexdigest()
+
+
+def stream_name(model: str) -> str:
+    return STREAM_PREFIX + model
+
+
+class WriteOnce:
+    """Numbers records at their first write; writes chunks so that a repeated record is skipped."""
+
+    def __init__(self, stream_maxlen: int) -> None:
+        self._writer = os.urandom(6).hex()
+        self._next = 0
+        self._maxlen = stream_maxlen
+
+    def _number(self, record: dict[str, Any]) -> tuple[str, int]:
+        if LOG_ID_KEY not in record:
+            record[LOG_ID_KEY] = f"{self._writer}:{self._next}"
+            self._next += 1
+        writer, number = record[LOG_ID_KEY].rsplit(":", 1)
+        return writer, int(number)
+
+    def _command(self, records: list[dict[str, Any]]) -> tuple[list[str], list[Any]]:
+        keys: list[str] = []
+        args: list[Any] = [self._maxlen, PREDICTION_TTL_S, PREDICTION_TTL_S]
+        for record in records:
+            writer, number = self._number(record)
+            stream = stream_name(record["model"])
+            indexed = "request_id" in record and "version" in record and "label" in record
+            fields = index_fields(record) if indexed else {}
+            index_key = prediction_key(record["request_id"]) if indexed else stream
+            keys += [stream, f"{WRITTEN_PREFIX}{writer}:{number // SHARD_IDS}", index_key]
+            args += [number % SHARD_IDS, orjson.dumps(record), len(fields)]
+            for field, value in fields.items():
+                args += [field, value]
+        return keys, args
+
+    async def write(self, client: aioredis.Redis, records: list[dict[str, Any]]) -> int:
+        """Write ``records`` (numbering those new to the log) in one atomic script; how many were new to Redis."""
+        keys, args = self._command(records)
+        try:
+            return await client.evalsha(WRITE_ONCE_SHA, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted (or new) Redis: load the script with the call
+            return await client.eval(WRITE_ONCE_LUA, len(keys), *keys, *args)

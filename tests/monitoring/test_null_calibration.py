@@ -1,0 +1,102 @@
+"""Thresholds calibrated on the null: the false-alarm rate they were calibrated for, on fresh samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.monitoring.baseline import compute_baseline
+from gateway.monitoring.null_calibration import calibrate
+from gateway.monitoring.skew import SkewThresholds, compute_skew, thresholds_for
+
+LABELS = [str(i) for i in range(4)]
+
+
+def population(rng: np.random.Generator, size: int, shift: float = 0.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Three correlated features (one discrete) and a label, like digit features."""
+    base = rng.normal(shift, 1.0, size)
+    features = {
+        "a": base,
+        "b": base + 0.5 * rng.normal(0.0, 1.0, size),
+        "c": np.clip(np.round(base * 2 + 20), 10, 28),
+    }
+    return features, rng.integers(0, len(LABELS), size)
+
+
+def records(features: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
+    return [
+        {"features": {name: float(values[i]) for name, values in features.items()}, "label": LABELS[labels[i]]}
+        for i in range(len(labels))
+    ]
+
+
+@pytest.fixture(scope="module")
+def calibrated_baseline() -> dict:
+    features, labels = population(np.random.default_rng(1), 3000)
+    baseline = compute_baseline(features, labels, LABELS, "synthetic")
+    baseline["thresholds"] = calibrate(
+        baseline, features, labels, false_alarm_rate=0.05, windows=(50, 200), trials=1000, seed=2
+    )
+    return baseline
+
+
+@pytest.mark.parametrize("window", [50, 200])
+def test_fresh_windows_from_the_same_population_alarm_at_about_the_calibrated_rate(calibrated_baseline, window) -> None:
+    rng = np.random.default_rng(3)
+    trials = 300
+    alarms = sum(
+        compute_skew(calibrated_baseline, records(*population(rng, window)), SkewThresholds())["alarm"]
+        for _ in range(trials)
+    )
+    assert 0.01 <= alarms / trials <= 0.10  # calibrated for 0.05; 300 windows: +-0.025 is two standard errors
+
+
+def test_small_windows_get_wider_thresholds(calibrated_baseline) -> None:
+    windows = calibrated_baseline["thresholds"]["windows"]
+    for name in ("a", "b", "c"):
+        assert windows["50"]["features"][name] > windows["200"]["features"][name] > 0
+    assert windows["50"]["labels"] > windows["200"]["labels"]
+
+
+def test_the_correction_is_no_stricter_than_bonferroni(calibrated_baseline) -> None:
+    for entry in calibrated_baseline["thresholds"]["windows"].values():
+        assert 0.05 / 4 <= entry["per_test_level"] <= 0.05
+
+
+def test_a_shifted_population_alarms(calibrated_baseline) -> None:
+    report = compute_skew(
+        calibrated_baseline, records(*population(np.random.default_rng(4), 200, shift=0.4)), SkewThresholds()
+    )
+    assert report["alarm"] and report["features"]["a"]["alarm"]
+    assert report["calibration"]["calibrated_window"] == 200 and report["calibration"]["false_alarm_rate"] == 0.05
+
+
+def test_a_window_uses_the_largest_calibrated_size_it_reaches_and_none_below_the_smallest(calibrated_baseline) -> None:
+    calibrated = calibrated_baseline["thresholds"]
+    assert thresholds_for(calibrated, 199)["window"] == 50
+    assert thresholds_for(calibrated, 5000)["window"] == 200
+    assert thresholds_for(calibrated, 49) is None
+    report = compute_skew(
+        calibrated_baseline, records(*population(np.random.default_rng(5), 40, shift=3.0)), SkewThresholds()
+    )
+    assert not report["enough_data"] and not report["alarm"]
+
+
+def test_mixed_groups_widen_the_thresholds() -> None:
+    rng = np.random.default_rng(6)
+    first, labels_1 = population(rng, 1500)
+    second, labels_2 = population(rng, 1500, shift=0.8)
+    features = {name: np.concatenate([first[name], second[name]]) for name in first}
+    labels = np.concatenate([labels_1, labels_2])
+    baseline = compute_baseline(features, labels, LABELS, "two renderers")
+    groups = np.repeat([0, 1], 1500)
+    pooled = calibrate(baseline, features, labels, windows=(200,), trials=400, seed=7)
+    grouped = calibrate(baseline, features, labels, groups=groups, windows=(200,), trials=400, seed=7)
+    assert grouped["windows"]["200"]["features"]["a"] > 1.3 * pooled["windows"]["200"]["features"]["a"]
+    assert "Dirichlet" in grouped["method"] and "Dirichlet" not in pooled["method"]
+
+
+def test_a_false_alarm_rate_outside_zero_to_one_is_refused(calibrated_baseline) -> None:
+    features, labels = population(np.random.default_rng(8), 100)
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        calibrate(calibrated_baseline, features, labels, false_alarm_rate=1.5)
