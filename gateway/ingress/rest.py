@@ -41,6 +41,7 @@ from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, req
 from gateway.ingress.json_body import json_object
 from gateway.ingress.kserve_http import kserve_app
 from gateway.ingress.tfserving_http import tfserving_app
+from gateway.monitoring.export import MAX_PAGE_RECORDS, PAGE_RECORDS
 from gateway.monitoring.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.monitoring.monitor import Monitor
 from gateway.monitoring.tracing import TRACING, fastapi_telemetry
@@ -290,6 +291,20 @@ def _monitoring_router(monitor: Monitor, mtls: bool, limits: ParseLimits) -> API
         photo = await monitor.sampled_photo(request_id, caller_identity(request, mtls))
         headers = {"x-model": photo.model, "x-model-version": photo.version, "x-photo-id": photo.photo_id}
         return Response(photo.photo, media_type=photo.content_type, headers=headers)
+
+    @router.get("/models/{model}/predictions/export")
+    async def export_predictions(
+        request: Request,
+        model: str,
+        version: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$")] = None,
+        since_ms: Annotated[int | None, Query(ge=0, description="stream time, Unix ms (inclusive)")] = None,
+        until_ms: Annotated[int | None, Query(ge=0, description="Unix ms (inclusive); default: now")] = None,
+        after: Annotated[str | None, Query(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", description="a page's cursor")] = None,
+        count: Annotated[int, Query(ge=1, le=MAX_PAGE_RECORDS)] = PAGE_RECORDS,
+    ) -> dict:
+        """One page of the prediction log with feedback and sampled photos (`gateway predictions export`)."""
+        identity = caller_identity(request, mtls)
+        return await monitor.export_page(model, version, since_ms, until_ms, after, count, identity)
 
     @router.get("/models/{model}/accuracy")
     async def live_accuracy(request: Request, model: str) -> dict:

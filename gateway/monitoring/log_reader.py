@@ -7,6 +7,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.monitoring.export import ExportPage, ExportQuery, read_page
 from gateway.monitoring.photos import StoredPhoto, read_photo
 from gateway.monitoring.prediction_log import stream_name
 from gateway.redis_client import LazyRedis
@@ -42,10 +43,21 @@ class LogReader(LazyRedis):
     async def _oldest_id(client: aioredis.Redis, max_age_s: int) -> str:
         if max_age_s <= 0:
             return "-"
-        seconds, microseconds = await client.time()
-        now_ms = seconds * 1000 + microseconds // 1000
-        return str(max(now_ms - max_age_s * 1000, 0))
+        return str(max(await _server_ms(client) - max_age_s * 1000, 0))
+
+    async def server_time_ms(self) -> int:
+        """The Redis server's clock (the clock of stream ids), Unix milliseconds."""
+        return await _server_ms(self._client())
+
+    async def export_page(self, query: ExportQuery, after: str | None, count: int) -> ExportPage:
+        """One page of an export (see ``export.read_page``)."""
+        return await read_page(self._client(), query, after, count)
 
     async def photo(self, request_id: str) -> StoredPhoto | None:
         """The sampled photo of prediction ``request_id``, if one was kept and is still in its stream."""
         return await read_photo(self._client(), request_id)
+
+
+async def _server_ms(client: aioredis.Redis) -> int:
+    seconds, microseconds = await client.time()
+    return seconds * 1000 + microseconds // 1000

@@ -14,9 +14,10 @@ import logging
 from redis.exceptions import RedisError
 
 from gateway.config import PredictionLogSettings, SkewSettings
-from gateway.core.errors import GatewayError, NotFound, Unavailable
+from gateway.core.errors import GatewayError, InvalidInput, NotFound, Unavailable
 from gateway.core.types import Identity
 from gateway.models.registry import ModelRegistry
+from gateway.monitoring.export import ExportQuery, check_range
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.photos import PhotoSampler, StoredPhoto
 from gateway.monitoring.record import PredictionRecord
@@ -144,6 +145,34 @@ class Monitor:
             )
         self._authz.check(identity, "read_photos", photo.model)
         return photo
+
+    async def export_page(
+        self,
+        model: str,
+        version: str | None,
+        since_ms: int | None,
+        until_ms: int | None,
+        after: str | None,
+        count: int,
+        identity: Identity,
+    ) -> dict:
+        """One page of ``gateway predictions export`` (the policy's ``export_predictions``: the log holds
+        model inputs, photos and client names). ``until_ms`` None: the Redis server's now, echoed back so
+        that the next pages ask for the same range."""
+        self._authz.check(identity, "export_predictions", model)
+        labels = list(self._registry.spec(model).labels)
+        reader = self._running().reader
+        try:
+            if until_ms is None:
+                until_ms = await reader.server_time_ms()
+            try:
+                check_range(since_ms, until_ms)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            page = await reader.export_page(ExportQuery(model, version, since_ms, until_ms), after, count)
+        except RedisError as exc:
+            raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
+        return {"model": model, "version": version, "labels": labels, "until_ms": until_ms, **page.to_dict()}
 
     async def live_accuracy(self, model: str) -> dict[str, dict[str, float]]:
         self._registry.model(model)

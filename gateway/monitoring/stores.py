@@ -3,6 +3,7 @@ redis-server (``embedded_redis``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from gateway.monitoring.embedded_redis import EmbeddedRedis
 from gateway.monitoring.features import digit_features, photo_features, source_features
 from gateway.monitoring.feedback import FeedbackStore
 from gateway.monitoring.log_reader import LogReader
+from gateway.monitoring.logged_input import MODEL_INPUT_KEY, encode_input
 from gateway.monitoring.prediction_log import PredictionLog
 
 FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {
@@ -28,15 +30,19 @@ INPUT_KEY = "_input"
 """A record carries its input row under this key until the log's writer turns it into features."""
 
 
-def add_batch_features(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def add_batch_features(records: list[dict[str, Any]], max_input_values: int = 0) -> list[dict[str, Any]]:
     """Replace each record's input row by its summary features (computed off the request path, in the
-    writer, once per preparation for the whole chunk: one vectorised pass instead of one per record)."""
+    writer, once per preparation for the whole chunk: one vectorised pass instead of one per record), and
+    keep the row itself (see ``logged_input``) when it has at most ``max_input_values`` values."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         if INPUT_KEY in record:
             groups.setdefault(record.get("preprocessing", ""), []).append(record)
     for preprocessing, group in groups.items():
         rows = [record.pop(INPUT_KEY) for record in group]
+        for record, row in zip(group, rows, strict=True):
+            if 0 < row.size <= max_input_values:
+                record[MODEL_INPUT_KEY] = encode_input(row)
         features = FEATURES_BY_PREPARATION.get(preprocessing)
         if features is None:
             continue
@@ -55,9 +61,9 @@ def add_batch_features(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
-def add_features(record: dict[str, Any]) -> dict[str, Any]:
+def add_features(record: dict[str, Any], max_input_values: int = 0) -> dict[str, Any]:
     """add_batch_features for one record."""
-    return add_batch_features([record])[0]
+    return add_batch_features([record], max_input_values)[0]
 
 
 class SharedRedis:
@@ -123,7 +129,7 @@ def open_prediction_stores(settings: PredictionLogSettings, redis_link: SharedRe
         buffer_size=settings.buffer_size,
         stream_maxlen=settings.stream_maxlen,
         photo_maxlen=settings.photo_maxlen,
-        enrich=add_batch_features,
+        enrich=functools.partial(add_batch_features, max_input_values=settings.input_max_values),
     )
     return PredictionStores(
         log, FeedbackStore(shared.connect), LogReader(shared.connect), shared, owns_redis=redis_link is None

@@ -41,9 +41,10 @@ from gateway.security.pki import ROLES
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("gateway.audit")
 
-ACTIONS = ("classify", "feedback", "read_photos", "rollout")
+ACTIONS = ("classify", "feedback", "read_photos", "export_predictions", "rollout")
 """classify: any inference surface (REST, gRPC, KServe v2, TF Serving); feedback: true labels of predictions;
-read_photos: photos sampled for retraining; rollout: the rollout admin API (show, change, audit, load/unload)."""
+read_photos: photos sampled for retraining; export_predictions: the prediction log as a data set (inputs, photos,
+client names); rollout: the rollout admin API (show, change, audit, load/unload)."""
 ANY = "*"
 
 

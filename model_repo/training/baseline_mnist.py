@@ -21,12 +21,16 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heldout-out", type=Path, default=mnist_data.DEFAULT_CACHE_DIR / "heldout.npz")
+    parser.add_argument("--train-out", type=Path, help="also write the training split here (npz x, y)")
     args = parser.parse_args()
     x, y = mnist_data.load_digits(mnist_data.fetch_package())
-    _, _, test_x, test_y = mnist_data.split(x, y)
+    train_x, train_y, test_x, test_y = mnist_data.split(x, y)
     args.heldout_out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.heldout_out, x=test_x, y=test_y)
     print(f"wrote {args.heldout_out} ({len(test_x)} held-out digits)")
+    if args.train_out:
+        np.savez_compressed(args.train_out, x=train_x, y=train_y)
+        print(f"wrote {args.train_out} ({len(train_x)} training digits)")
 
 
 if __name__ == "__main__":

