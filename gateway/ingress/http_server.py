@@ -38,6 +38,10 @@ class PeerCertHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     clients: ClientConnections
     """Set per server by protocol_class."""
+    drain_idle_s = 0.5
+    """On shutdown an idle keep-alive connection stays open this long, so that a request already on its way
+    is answered (with ``Connection: close``) instead of being cut off unanswered (uvicorn closes idle
+    connections at once, and a client that had just sent its next request saw a disconnect)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -45,6 +49,7 @@ class PeerCertHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = self._unparsed_header_bytes = 0
         self._in_headers = self._began = False
         self._refusal: bytes | None = None
+        self._draining = False
         self._client = _subject(self._peercert)
         if self._client is not None and not self.clients.open(self._client):
             self._client, self._refusal = None, self._too_many_connections()
@@ -79,6 +84,19 @@ class PeerCertHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             raise ValueError("refused")  # stops the parser; uvicorn answers via send_400_response
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def shutdown(self) -> None:
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(self.drain_idle_s, self._close_if_idle)
+        else:
+            self.cycle.keep_alive = False
+
+    def _close_if_idle(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
 
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size

@@ -41,3 +41,50 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_configured_time() -> 
         server.should_exit = True
         serving.join(15)
         sock.close()
+
+
+def _read_answer(connection: socket.socket) -> bytes:
+    answer = b""
+    while not answer.endswith(b'{"pong":true}'):
+        chunk = connection.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+    return answer
+
+
+def _wait_until_refused(address: tuple[str, int]) -> None:
+    """Until the listener is closed; uvicorn asks every open connection to shut down in the same step."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(address, timeout=1).close()
+        except ConnectionRefusedError:
+            return
+    raise AssertionError("the server kept accepting connections after it was told to exit")
+
+
+def test_a_request_on_an_idle_keep_alive_connection_during_shutdown_is_answered_with_connection_close() -> None:
+    settings = load_settings(environ={"GATEWAY_TLS_ENABLED": "false"})
+    app = FastAPI()
+    app.get("/ping")(lambda: {"pong": True})
+    server = build_server(app, settings)
+    sock = bind_socket("127.0.0.1", 0)
+    address = sock.getsockname()
+    serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    serving.start()
+    try:
+        with socket.create_connection(address, timeout=30) as connection:
+            connection.sendall(b"GET /ping HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            assert _read_answer(connection).startswith(b"HTTP/1.1 200 OK")
+            server.should_exit = True
+            _wait_until_refused(address)  # shutdown has begun, and this connection is idle in it
+            connection.sendall(b"GET /ping HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            answer = _read_answer(connection)
+            assert answer.startswith(b"HTTP/1.1 200 OK"), f"the request sent during shutdown got {answer!r}"
+            assert b"connection: close" in answer.lower(), answer
+            assert connection.recv(65536) == b"", "the server kept the connection open after Connection: close"
+    finally:
+        server.should_exit = True
+        serving.join(15)
+        sock.close()
