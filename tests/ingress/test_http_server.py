@@ -59,7 +59,7 @@ def _wait_until_refused(address: tuple[str, int]) -> None:
     while time.monotonic() < deadline:
         try:
             socket.create_connection(address, timeout=1).close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):  # reset: accepted into the backlog, then closed
             return
     raise AssertionError("the server kept accepting connections after it was told to exit")
 
