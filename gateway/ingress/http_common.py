@@ -135,6 +135,10 @@ def error_handlers(body: ErrorBody) -> dict:
     }
 
 
+PLAIN_ERRORS = error_handlers(plain_error_body)
+"""The exception handlers of the KServe v2 and TF Serving surfaces (their apps and their hot routes)."""
+
+
 def surface_app() -> FastAPI:
     """An application for a foreign protocol's surface (KServe v2, TF Serving): no docs of its own, and errors
     in the shape its clients expect."""
@@ -142,7 +146,7 @@ def surface_app() -> FastAPI:
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
-        exception_handlers=error_handlers(plain_error_body),
+        exception_handlers=PLAIN_ERRORS,
         telemetry=fastapi_telemetry(TRACING),  # the enclosing application's span covers its requests
     )
 

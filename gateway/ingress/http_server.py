@@ -2,7 +2,9 @@
 
 uvicorn verifies client certificates but does not put them in the ASGI scope; the
 protocol subclass below adds ``scope["extensions"]["tls"]["peercert"]`` (the dict from
-``ssl.SSLSocket.getpeercert()``) to every request on the connection.
+``ssl.SSLSocket.getpeercert()``) to every request on the connection, and
+``scope["extensions"][HANG_UP]``: the connection's :class:`HangUp`, so that a handler learns of a
+client that hangs up without a watcher task of its own per request.
 """
 
 from __future__ import annotations
@@ -22,6 +24,30 @@ from uvicorn.server import STARTUP_FAILURE
 from gateway.config import Settings
 from gateway.ingress.connections import ClientConnections, refusal
 from gateway.security.tls_reload import TlsMaterial
+
+HANG_UP = "gateway.hang_up"
+"""The ASGI scope extension that holds the connection's HangUp."""
+
+
+class HangUp:
+    """One per connection: the task to cancel if the client hangs up while it waits (``watch``), and whether
+    it has (``lost``). uvicorn runs one request of a connection at a time, so one slot is enough."""
+
+    __slots__ = ("lost", "_task")
+
+    def __init__(self) -> None:
+        self.lost = False
+        self._task: asyncio.Task | None = None
+
+    def watch(self, task: asyncio.Task | None) -> None:
+        """Cancel ``task`` when the connection is lost (None: nothing to cancel any more)."""
+        self._task = task
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 class PeerCertHttpToolsProtocol(HttpToolsProtocol):
@@ -51,6 +77,7 @@ class PeerCertHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: bytes | None = None
         self._draining = False
         self._client = _subject(self._peercert)
+        self._hang_up = HangUp()
         if self._client is not None and not self.clients.open(self._client):
             self._client, self._refusal = None, self._too_many_connections()
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
@@ -60,11 +87,12 @@ class PeerCertHttpToolsProtocol(HttpToolsProtocol):
             self.clients.close(self._client)
             self._client = None
         self._header_timer.cancel()
+        self._hang_up.connection_lost()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {"tls": {"peercert": self._peercert}}
+        self.scope["extensions"] = {"tls": {"peercert": self._peercert}, HANG_UP: self._hang_up}
         self._header_bytes = self._unparsed_header_bytes = 0
         self._in_headers = self._began = True
         self._header_timer.cancel()
@@ -232,7 +260,8 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
         ssl_context_factory=ssl_factory,
         log_level="info",
         log_config=None,  # uvicorn's lines go through the gateway's handler (text or JSON)
-        access_log=False,
+        access_log=False,  # the gateway writes its own line per request (gateway.monitoring.event_log)
+        proxy_headers=False,  # callers are known by their certificates; X-Forwarded-* is read by nobody
         timeout_keep_alive=settings.server.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
         timeout_graceful_shutdown=10,
     )

@@ -11,12 +11,13 @@ gives the JSON's length; outputs come back as JSON ``data`` or, when asked for w
 
 from __future__ import annotations
 
-import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from google.protobuf import json_format
 
 import gateway
@@ -24,7 +25,10 @@ from gateway.core.errors import InvalidInput, NotFound
 from gateway.core.limits import DEFAULT_LIMITS, ParseLimits
 from gateway.core.types import Identity, RowsAnswer, RowsRequest, new_request_id
 from gateway.dataplane import DataPlane
+from gateway.ingress.hot_routes import HotRoute, route_pattern
 from gateway.ingress.http_common import (
+    KSERVE_PREFIX,
+    PLAIN_ERRORS,
     ROUTING_KEY_HEADER,
     caller_identity,
     http_code,
@@ -147,13 +151,39 @@ def infer_response(payload: dict, binary: bool, spec: ModelSpec, answer: RowsAns
         reply["id"] = payload["id"]
     headers = version_headers(answer.route)
     if not binary:
+        if not np.isfinite(probabilities).all():
+            raise ValueError("Out of range float values are not JSON compliant")  # as JSONResponse refuses them
         output["data"] = probabilities.ravel().tolist()
-        return JSONResponse(reply, headers=headers)
+        return Response(orjson.dumps(reply), media_type="application/json", headers=headers)
     raw = probabilities.astype("<f4").tobytes()
     output["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps(reply).encode()
+    header = orjson.dumps(reply)
     headers[HEADER_LENGTH] = str(len(header))
     return Response(header + raw, media_type="application/octet-stream", headers=headers)
+
+
+INFER_PATHS = ("/models/{model}/infer", "/models/{model}/versions/{version}/infer")
+Infer = Callable[..., Awaitable[Response]]
+
+
+def infer_handler(plane: DataPlane, mtls: bool, limits: ParseLimits) -> Infer:
+    """``infer(request, model, version=None)``: the answer to one infer call, or a GatewayError."""
+
+    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+        with plane.meter("kserve-http", model, version, http_code) as meter:
+            identity = caller_identity(request, mtls)
+            spec, payload, binary, rows = await infer_request(request, plane, identity, model, version, limits)
+            answer = await plane.infer(rows)
+            meter.done("200", answer.route.version)
+        return infer_response(payload, binary, spec, answer)
+
+    return infer
+
+
+def kserve_hot_routes(plane: DataPlane, *, mtls: bool, limits: ParseLimits) -> list[HotRoute]:
+    """The infer routes served in front of FastAPI (gateway/ingress/hot_routes.py), at ``/v2``."""
+    infer = infer_handler(plane, mtls, limits)
+    return [HotRoute(route_pattern(KSERVE_PREFIX + path), infer, PLAIN_ERRORS) for path in INFER_PATHS]
 
 
 def kserve_app(
@@ -163,16 +193,12 @@ def kserve_app(
     app = surface_app()
     _add_repository_routes(app, repository, mtls, limits)  # before the metadata routes: /models/stats is not a model
     _add_metadata_routes(app, registry, mtls)
+    handler = infer_handler(plane, mtls, limits)
 
-    @app.post("/models/{model}/infer")
-    @app.post("/models/{model}/versions/{version}/infer")
+    @app.post(INFER_PATHS[0])
+    @app.post(INFER_PATHS[1])
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        with plane.meter("kserve-http", model, version, http_code) as meter:
-            identity = caller_identity(request, mtls)
-            spec, payload, binary, rows = await infer_request(request, plane, identity, model, version, limits)
-            answer = await plane.infer(rows)
-            meter.done("200", answer.route.version)
-        return infer_response(payload, binary, spec, answer)
+        return await handler(request, model, version)
 
     return app
 

@@ -4,18 +4,23 @@ and ``POST .../{m}[/versions/{v}|/labels/{l}]:predict`` in the "instances" (row)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from gateway.core.errors import InvalidInput
 from gateway.core.limits import DEFAULT_LIMITS, ParseLimits
 from gateway.core.types import Identity, RowsRequest
 from gateway.dataplane import DataPlane
+from gateway.ingress.hot_routes import HotRoute, route_pattern
 from gateway.ingress.http_common import (
+    PLAIN_ERRORS,
     ROUTING_KEY_HEADER,
+    TFSERVING_PREFIX,
     caller_identity,
     http_code,
     read_body,
@@ -118,20 +123,41 @@ def tfserving_app(plane: DataPlane, repository: RepositoryService, *, mtls: bool
             ]
         }
 
-    @app.post("/{model}:predict")
-    @app.post("/{model}/versions/{version}:predict")
-    @app.post("/{model}/labels/{label}:predict")
-    async def predict(
-        request: Request, model: str, version: str | None = None, label: str | None = None
-    ) -> JSONResponse:
+    handler = predict_handler(plane, mtls, limits)
+
+    @app.post(PREDICT_PATHS[0])
+    @app.post(PREDICT_PATHS[1])
+    @app.post(PREDICT_PATHS[2])
+    async def predict(request: Request, model: str, version: str | None = None, label: str | None = None) -> Response:
+        return await handler(request, model, version, label)
+
+    return app
+
+
+PREDICT_PATHS = ("/{model}:predict", "/{model}/versions/{version}:predict", "/{model}/labels/{label}:predict")
+Predict = Callable[..., Awaitable[Response]]
+
+
+def predict_handler(plane: DataPlane, mtls: bool, limits: ParseLimits) -> Predict:
+    """``predict(request, model, version=None, label=None)``: the answer to one predict call, or a GatewayError."""
+
+    async def predict(request: Request, model: str, version: str | None = None, label: str | None = None) -> Response:
         with plane.meter("tfserving-http", model, version, http_code) as meter:
             identity = caller_identity(request, mtls)
             body = await read_body(request, limits.body_max_bytes)
             layout, rows = predict_request(request, plane, body, identity, model, version or None, label, limits)
             answer = await plane.infer(rows)
             meter.done("200", answer.route.version)
+        if not np.isfinite(answer.probabilities).all():
+            raise ValueError("Out of range float values are not JSON compliant")  # as JSONResponse refuses them
         probabilities = answer.probabilities.tolist()
         predictions = {"predictions": probabilities} if layout == "instances" else {"outputs": probabilities}
-        return JSONResponse(predictions, headers=version_headers(answer.route))
+        return Response(orjson.dumps(predictions), media_type="application/json", headers=version_headers(answer.route))
 
-    return app
+    return predict
+
+
+def tfserving_hot_routes(plane: DataPlane, *, mtls: bool, limits: ParseLimits) -> list[HotRoute]:
+    """The predict routes served in front of FastAPI (gateway/ingress/hot_routes.py), at ``/v1/models``."""
+    predict = predict_handler(plane, mtls, limits)
+    return [HotRoute(route_pattern(TFSERVING_PREFIX + path), predict, PLAIN_ERRORS) for path in PREDICT_PATHS]
