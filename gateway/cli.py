@@ -11,7 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.backends import triton_local
-from gateway.bench import accuracy, batching, observability, onnx_throughput, overhead, photo_path, replicas, traffic
+from gateway.bench import (
+    accuracy,
+    batching,
+    http_edge,
+    observability,
+    onnx_throughput,
+    overhead,
+    photo_path,
+    replicas,
+    traffic,
+)
 from gateway.bench import skew as skew_bench
 from gateway.bench import triton as triton_bench
 from gateway.config import ConfigError, Settings, load_settings
@@ -259,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_parser(bench_commands)
     batching.add_parser(bench_commands)
     overhead.add_parser(bench_commands)
+    http_edge.add_parser(bench_commands)
     skew_bench.add_parser(bench_commands)
     photo_path.add_parser(bench_commands)
     onnx_throughput.add_parser(bench_commands)
