@@ -1,5 +1,11 @@
 """The one JSON parser of every HTTP surface: bounded in size and depth, UTF-8 only, no duplicate keys.
 
+orjson parses (a tenth of the standard library's time on a tensor's numbers); whatever it refuses or might
+read differently goes to the standard library's decoder, whose answer (and error message) is the rule:
+NaN and Infinity literals, lone surrogates, any run of 19 or more digits (orjson reads an integer beyond
+64 bits as a float), and duplicate keys (orjson keeps the last; a body whose keys outnumber those of the
+parsed value has one, and the standard decoder names it).
+
 ``json.loads`` recurses once per nesting level and raises ``RecursionError`` near depth 1,000; the
 depth is measured before parsing, at C speed (strings removed by a regular expression, brackets
 kept, a running sum in numpy), and only when the body has more brackets than the limit at all.
@@ -12,6 +18,7 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import Request
 
 from gateway.core.errors import InvalidInput, PayloadTooLarge
@@ -19,6 +26,10 @@ from gateway.core.limits import ParseLimits
 from gateway.ingress.http_common import read_body
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_KEYS = re.compile(r'"(?:[^"\\]|\\.)*"[ \t\n\r]*:', re.DOTALL)
+"""A string followed by a colon: an object's key (in valid JSON nothing else is)."""
+_LONG_DIGITS = re.compile(r"[0-9]{19,}")
+"""Where an integer may not fit 64 bits (18 digits always do)."""
 _BRACKETS = b"[]{}"
 _KEEP_BRACKETS = bytes(byte for byte in range(256) if byte not in _BRACKETS)
 _STEPS = bytes.maketrans(_BRACKETS, bytes([1, 255, 1, 255]))
@@ -64,6 +75,21 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 """Built once (``json.loads`` with a hook builds a decoder per call); it holds no state between calls."""
 
 
+_UNDECIDED = object()
+
+
+def _orjson_value(text: str) -> Any:
+    """orjson's value of ``text``, or _UNDECIDED for the standard decoder: orjson refused it (and the standard
+    decoder's message says why), it had a duplicate key, or it nests deeper than orjson writes (254)."""
+    try:
+        value = orjson.loads(text)
+        if ":" in text and len(_KEYS.findall(text)) != len(_KEYS.findall(orjson.dumps(value).decode())):
+            return _UNDECIDED
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return _UNDECIDED
+    return value
+
+
 def parse_json(body: bytes, *, max_bytes: int, max_depth: int, what: str, setting: str) -> Any:
     """``body`` parsed, or a 4xx saying which limit or rule it broke. ``what`` names the body in messages
     ("the inference request"); ``setting`` is the key of ``max_bytes`` in the settings."""
@@ -77,6 +103,8 @@ def parse_json(body: bytes, *, max_bytes: int, max_depth: int, what: str, settin
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{what} is not UTF-8 (RFC 8259 requires it): {exc}") from None
+    if _LONG_DIGITS.search(text) is None and (value := _orjson_value(text)) is not _UNDECIDED:
+        return value
     try:
         return _DECODER.decode(text)
     except RecursionError:
