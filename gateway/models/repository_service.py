@@ -55,10 +55,11 @@ class RepositoryService:
         if not name:
             if version:
                 raise InvalidInput("statistics of a version need the model's name")
-            return [entry for model in self._registry.names() for entry in self.statistics(model, None)]
+            return self._statistics.to_triton(
+                (model, v) for model in self._registry.names() for v in self._registry.loaded_versions(model)
+            )
         versions = [self._registry.model(name).version(version).version] if version else None
-        versions = versions or self._registry.loaded_versions(name)
-        return [self._statistics.of(name, v).to_triton(name, v) for v in versions]
+        return self._statistics.to_triton((name, v) for v in versions or self._registry.loaded_versions(name))
 
     async def load(self, name: str, parameters: Mapping[str, Any], identity: Identity) -> None:
         """Triton's model load: ``version`` loads that version (whatever the version_policy); without it, every

@@ -13,6 +13,7 @@ import contextvars
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
@@ -31,6 +32,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STATISTICS_SUBDIR = "inference-statistics"
+"""Where the workers' statistics counters live in the multiprocess directory (apart from prometheus_client's)."""
 
 __all__ = ["MULTIPROCESS_DIR_ENV", "GatewayMetrics", "PROMETHEUS_CONTENT_TYPE", "RequestMeter", "note_request"]
 
@@ -100,7 +103,8 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.inference = InferenceStatistics()
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        self.inference = InferenceStatistics(Path(directory) / STATISTICS_SUBDIR if directory else None)
         """Triton's per-version statistics (ModelStatistics, ``/v2/models/{m}/stats``), also on /metrics."""
         self.registry.register(self.inference)
         self._serving()
@@ -340,6 +344,7 @@ class GatewayMetrics:
             return generate_latest(self.registry)
         every_worker = CollectorRegistry()
         multiprocess.MultiProcessCollector(every_worker, path=directory)
+        every_worker.register(self.inference)  # summed over the workers' shared counters
         every_worker.register(self.operations)  # read from this worker (its spool; the TLS files are shared)
         return generate_latest(every_worker)
 

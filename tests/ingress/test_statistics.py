@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import queue
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
 from tests.ingress.conftest import triton_grpc_client, triton_http_client
+from tests.redis_server import free_port
+from tests.test_supervisor import owner_of, workers_of
 
 UNARY_GRPC = 12
 HTTP_REQUESTS, HTTP_ROWS = 3, 4
@@ -165,3 +169,107 @@ def test_every_loaded_version_is_listed_and_unknown_ones_are_refused(fresh: Runn
 def client_versions(fresh: RunningGateway, model: str) -> list[str]:
     with fresh.client() as client:
         return client.get(f"/v2/models/{model}").json()["versions"]
+
+
+WORKER_CLIENTS = 8
+WORKER_INFERS = 3
+
+
+def own_connection_client(gateway: RunningGateway) -> triton.InferenceServerClient:
+    """Triton's gRPC client on a TCP connection of its own (gRPC shares one between channels otherwise)."""
+    pki = gateway.pki
+    return triton.InferenceServerClient(
+        gateway.server.grpc_target,
+        ssl=True,
+        root_certificates=str(pki.ca_cert),
+        private_key=str(pki.client_key("app")),
+        certificate_chain=str(pki.client_cert("app")),
+        channel_args=[("grpc.use_local_subchannel_pool", 1)],
+    )
+
+
+def connection_owners(port: int, pids: list[int]) -> set[int | None]:
+    """The worker processes holding the server side of the established connections to ``port``."""
+    inodes = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.append(fields[9])
+    return {owner_of(inode, pids) for inode in inodes}
+
+
+@pytest.fixture
+def two_workers(pki) -> Iterator[tuple[RunningGateway, int]]:
+    health_port = free_port()
+    env = {"GATEWAY_SERVER_WORKERS": "2", "GATEWAY_SERVER_HEALTH_PORT": str(health_port)}
+    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=env)
+    yield running, health_port
+    stop_gateway(running)
+
+
+def test_with_two_workers_every_call_answers_for_the_whole_gateway(two_workers, heldout_sample) -> None:
+    gateway, health_port = two_workers
+    pids = workers_of(gateway)
+    assert len(pids) == 2
+    rows = (heldout_sample[0][:64] / 255.0).astype(np.float32)[:, np.newaxis]
+    started_ms = time.time() * 1000
+    clients = [own_connection_client(gateway) for _ in range(WORKER_CLIENTS)]
+    try:
+        for index, client in enumerate(clients):
+            for i in range(WORKER_INFERS):
+                row = index * WORKER_INFERS + i
+                client.infer("mnist", grpc_input(rows[row : row + 1]), model_version="1")
+        with pytest.raises(InferenceServerException, match="INT32"):
+            clients[0].infer("mnist", grpc_input(rows[:1].astype(np.int32), "INT32"), model_version="1")
+        port = int(gateway.server.grpc_target.rsplit(":", 1)[1])
+        assert connection_owners(port, pids) == set(pids), "the kernel spread the clients over both workers"
+    finally:
+        for client in clients:
+            client.close()
+    for _ in range(HTTP_REQUESTS):
+        http = triton_http_client(gateway)
+        try:
+            tensor = triton_http.InferInput("image", [HTTP_ROWS, 1, 28, 28], "FP32")
+            tensor.set_data_from_numpy(rows[:HTTP_ROWS])
+            http.infer("mnist", [tensor], model_version="1")
+        finally:
+            http.close()
+    answered = WORKER_CLIENTS * WORKER_INFERS + HTTP_REQUESTS
+    inferred = WORKER_CLIENTS * WORKER_INFERS + HTTP_REQUESTS * HTTP_ROWS
+
+    reads = []
+    for _ in range(WORKER_CLIENTS):  # each read on a new connection: both workers answer some
+        with own_connection_client(gateway) as client:
+            reads.append(as_plain(client.get_inference_statistics("mnist", "1").model_stats[0]))
+        http = triton_http_client(gateway)
+        try:
+            reads.append(http.get_inference_statistics("mnist", "1")["model_stats"][0])
+        finally:
+            http.close()
+    assert all(read == reads[0] for read in reads), "every worker gives the same figures"
+    version = reads[0]
+    inference = version["inference_stats"]
+    assert (inference["success"]["count"], inference["fail"]["count"]) == (answered, 1)
+    assert version["inference_count"] == inference["compute_infer"]["count"] == inferred
+    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in version["batch_stats"]) == inferred
+    assert sum(b["compute_infer"]["count"] for b in version["batch_stats"]) == version["execution_count"]
+    assert started_ms <= version["last_inference"] <= time.time() * 1000
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=10).read().decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    labels = (("model", "mnist"), ("version", "1"))
+    assert samples[("gateway_inference_request_success_total", labels)] == answered
+    assert samples[("gateway_inference_request_failure_total", labels)] == 1
+    assert samples[("gateway_inference_count_total", labels)] == inferred
+    assert samples[("gateway_inference_exec_count_total", labels)] == version["execution_count"]
+    assert samples[("gateway_inference_last_ms", labels)] == version["last_inference"]
+    assert samples[("gateway_batch_size_count", labels)] == version["execution_count"], "the histograms agree"
+    assert (
+        samples[("gateway_inference_duration_ns_total", (labels[0], ("phase", "queue"), labels[1]))]
+        == (inference["queue"]["ns"])
+    )

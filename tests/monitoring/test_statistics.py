@@ -29,7 +29,7 @@ def test_rows_are_charged_their_batch_and_batches_are_counted_by_size() -> None:
     stats = metrics.inference.of("mnist", "1")
     stats.request_done(True, 0.75)
     stats.request_done(False, 0.25)
-    triton = stats.to_triton("mnist", "1")
+    (triton,) = metrics.inference.to_triton([("mnist", "1")])
     assert (triton["inference_count"], triton["execution_count"]) == (6, 3)  # the failed batch inferred nothing
     inference = triton["inference_stats"]
     assert inference["success"] == {"count": 1, "ns": int(0.75 * NS)}
@@ -59,4 +59,5 @@ def test_a_version_unloaded_and_loaded_again_starts_from_zero() -> None:
     metrics = GatewayMetrics()
     metrics.observe_batch("mnist", "2", batch(4))
     metrics.inference.forget("mnist", "2")
-    assert metrics.inference.of("mnist", "2").to_triton("mnist", "2")["inference_count"] == 0
+    assert metrics.inference.to_triton([("mnist", "2")])[0]["inference_count"] == 0
+    assert metrics.inference.to_triton([("mnist", "2")])[0]["batch_stats"] == []
