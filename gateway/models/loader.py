@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.backends.base import Backend
+from gateway.backends.devices import Instance, plan_instances
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.backends.remote_config import BackendsConfig, remote_backend
 from gateway.batching.batcher import DynamicBatcher
@@ -64,8 +65,10 @@ class VersionLoader:
         remote = remote_backend(self._backends, spec, version)
         if remote is not None:  # replicas on Triton / TF Serving: as many batches in flight as they take
             policy = dataclasses.replace(policy, instances=remote.max_concurrent_batches)
-        backend = remote or OnnxRuntimeBackend(path, spec.input, spec.output, threads=self._onnx_threads)
         metrics = self._metrics
+        backend = remote or self._in_process(spec, version, path)
+        if isinstance(backend, OnnxRuntimeBackend):  # one batch in flight per instance (several per GPU)
+            policy = dataclasses.replace(policy, instances=len(backend.instances))
         batcher = DynamicBatcher(
             backend.infer,
             policy,
@@ -77,3 +80,15 @@ class VersionLoader:
         )
         metrics.queue_capacity.labels(spec.name, version).set(policy.max_queue_size)
         return ModelVersion(version, backend, batcher, state)
+
+    def _in_process(self, spec: ModelSpec, version: str, path: Path) -> OnnxRuntimeBackend:
+        """ONNX Runtime on the instances config.pbtxt asks for (CPU by default; GPUs refused when absent)."""
+        instances = plan_instances(
+            spec.config, f"model {spec.name!r} ({spec.directory}/config.pbtxt)", self._onnx_threads
+        )
+        execution = self._metrics.instance_execution
+
+        def report(instance: Instance, seconds: float) -> None:
+            execution.labels(spec.name, version, instance.name, instance.device).observe(seconds)
+
+        return OnnxRuntimeBackend(path, spec.input, spec.output, self._onnx_threads, instances, report)

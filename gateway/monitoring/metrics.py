@@ -98,6 +98,17 @@ class OperationsGauges(Collector):
                 yield family(name, documentation, value=value)
 
 
+def instance_execution_histogram(registry: CollectorRegistry) -> Histogram:
+    """Per ONNX Runtime instance (a session of a version, on its device): the time of each batch it ran."""
+    return Histogram(
+        "gateway_instance_execution_seconds",
+        "Time one in-process model instance took for one batch, by instance and device (cpu, cuda:N)",
+        ("model", "version", "instance", "device"),
+        buckets=SECONDS_BUCKETS,
+        registry=registry,
+    )
+
+
 class GatewayMetrics:
     """Own registry per process (and per test), never the global one."""
 
@@ -168,6 +179,7 @@ class GatewayMetrics:
         self.batch_failures = Counter(
             "gateway_batch_failures", "Batches the backend failed", version_labels, registry=self.registry
         )
+        self.instance_execution = instance_execution_histogram(self.registry)
         self.version_loads = Counter(
             "gateway_version_loads",
             "Version loads from the repository, by result",
