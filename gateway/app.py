@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from gateway.config import LimitSettings, Settings
+from gateway.config import ConfigError, LimitSettings, Settings
 from gateway.core.types import Identity
 from gateway.dataplane import DataPlane
 from gateway.ingress.idempotency import IdempotentCalls
@@ -22,6 +22,7 @@ from gateway.models.repository_service import RepositoryService
 from gateway.monitoring.metrics import GatewayMetrics
 from gateway.monitoring.monitor import Monitor
 from gateway.monitoring.stores import SharedRedis
+from gateway.preprocess.gpu_decode import DeviceUnavailable, PhotoDecoder, open_photo_decoder
 from gateway.rollout.manager import RolloutManager
 from gateway.rollout.shadowing import ShadowCopies
 from gateway.security.policy import Authorizer
@@ -77,6 +78,7 @@ class Gateway:
 
 def build_gateway(settings: Settings) -> Gateway:
     """Read the repository and load every model (RepositoryError stops start-up), then wire the parts."""
+    photo_decoder = _photo_decoder(settings.preprocess.device)  # before any model loads: a missing GPU stops it
     metrics = GatewayMetrics()
     authz = _authorizer(settings, metrics, lambda model: registry.find(model) is not None)
     # The rollout routes among the registry's loaded versions and asks it to sync when a rollout change
@@ -117,6 +119,7 @@ def build_gateway(settings: Settings) -> Gateway:
         max_pending_photos=limits.max_pending_photos,
         max_image_pixels=limits.max_image_pixels,
         log_requests=settings.logging.requests,
+        photo_decoder=photo_decoder,
     )
     calls = IdempotentCalls(shared=SharedAnswers(redis.connect, IdempotentCalls.ttl_s))
     return Gateway(
@@ -168,3 +171,11 @@ def _rate_limiter(limits: LimitSettings, redis: SharedRedis, metrics: GatewayMet
         on_limited=lambda identity: metrics.rate_limited.labels(identity.name).inc(),
         on_fallback=metrics.rate_limit_fallbacks.inc,
     )
+
+
+def _photo_decoder(device: str) -> PhotoDecoder | None:
+    """preprocess.device's decoder, or the start-up error saying what is missing."""
+    try:
+        return open_photo_decoder(device)
+    except DeviceUnavailable as exc:
+        raise ConfigError(str(exc)) from None

@@ -215,6 +215,17 @@ class RuntimeSettings:
 
 
 @dataclass
+class PreprocessSettings:
+    device: str = "cpu"
+    """Where JPEGs are decoded: cpu (the default) or cuda (nvJPEG through torchvision, the gpu extra; other
+    formats and every refusal stay on the CPU path). Checked at start: cuda without a GPU decoder is refused."""
+
+    def validate(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f'preprocess.device must be "cpu" or "cuda", got {self.device!r}')
+
+
+@dataclass
 class BatchingSettings:
     enabled: bool = True
     """False runs every request alone (batch size 1), whatever config.pbtxt says: for comparisons."""
@@ -451,6 +462,7 @@ class Settings:
     models: ModelSettings = field(default_factory=ModelSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     backends: BackendsSettings = field(default_factory=BackendsSettings)
     predictions: PredictionLogSettings = field(default_factory=PredictionLogSettings)

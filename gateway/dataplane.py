@@ -34,6 +34,7 @@ from gateway.monitoring.metrics import GatewayMetrics, RequestMeter, note_reques
 from gateway.monitoring.monitor import Monitor
 from gateway.monitoring.record import PredictionRecord
 from gateway.monitoring.tracing import TRACING, traced
+from gateway.preprocess.gpu_decode import PhotoDecoder
 from gateway.preprocess.pipeline import prepare_photo
 from gateway.rollout.manager import RolloutManager
 from gateway.rollout.router import shadow_of
@@ -57,6 +58,7 @@ class DataPlane:
         max_pending_photos: int,
         max_image_pixels: int,
         log_requests: bool = False,
+        photo_decoder: PhotoDecoder | None = None,
     ) -> None:
         self._registry = registry
         self._rollout = rollout
@@ -68,6 +70,7 @@ class DataPlane:
         self._pool = preprocess_pool
         self._max_pending_photos = max_pending_photos
         self._max_image_pixels = max_image_pixels
+        self._decoder = photo_decoder
         self._pending_photos = 0
         self._log_requests = log_requests
         self._record = monitor.record
@@ -166,7 +169,7 @@ class DataPlane:
         self._pending_photos += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: prepare_photo(photo, spec, max_pixels=self._max_image_pixels)
+                self._pool, lambda: prepare_photo(photo, spec, max_pixels=self._max_image_pixels, decoder=self._decoder)
             )
         finally:
             self._pending_photos -= 1

@@ -79,7 +79,7 @@ class _BoundRun:
             return ort.OrtValue.ortvalue_from_numpy(batch)
         buffer = self._pinned.get(batch.shape)
         if buffer is None:
-            buffer = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, batch.dtype, "cuda_pinned", 0)
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, batch.dtype.type, "cuda_pinned", 0)
             self._pinned[batch.shape] = buffer
         buffer.update_inplace(batch)
         return buffer

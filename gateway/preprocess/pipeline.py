@@ -10,6 +10,7 @@ import numpy as np
 from gateway.core.types import PreparedInput
 from gateway.models.repository import ModelSpec, RepositoryError
 from gateway.preprocess.digits import prepare_digit
+from gateway.preprocess.gpu_decode import PhotoDecoder
 from gateway.preprocess.image import decode_image
 from gateway.preprocess.imagenet import prepare_imagenet_photo
 
@@ -42,10 +43,14 @@ def preparation_for(spec: ModelSpec) -> Preparation:
         ) from None
 
 
-def prepare_photo(data: bytes, spec: ModelSpec, *, max_pixels: int) -> PreparedInput:
-    """Decode and preprocess one photo into exactly the model's input shape."""
+def prepare_photo(
+    data: bytes, spec: ModelSpec, *, max_pixels: int, decoder: PhotoDecoder | None = None
+) -> PreparedInput:
+    """Decode and preprocess one photo into exactly the model's input shape (``decoder``: on a GPU where it can)."""
     preparation = preparation_for(spec)
-    photo = decode_image(data, max_pixels=max_pixels, min_side=preparation.min_side, mode=preparation.mode)
+    where = {"max_pixels": max_pixels, "min_side": preparation.min_side, "mode": preparation.mode}
+    photo = decoder.decode(data, **where) if decoder is not None else None
+    photo = photo or decode_image(data, **where)
     tensor = preparation.prepare(photo.pixels)
     if tensor.shape != spec.input.dims:
         raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")
