@@ -14,6 +14,7 @@ from gateway.backends import triton_local
 from gateway.bench import (
     accuracy,
     batching,
+    gpu,
     http_edge,
     observability,
     onnx_throughput,
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     accuracy.add_parser(bench_commands)
     batching.add_parser(bench_commands)
+    gpu.add_parser(bench_commands)
     overhead.add_parser(bench_commands)
     http_edge.add_parser(bench_commands)
     skew_bench.add_parser(bench_commands)
