@@ -99,6 +99,18 @@ def gpu_fallback(config: mc.ModelConfig, where: str) -> str:
     return value
 
 
+def tensorrt_profile(config: mc.ModelConfig) -> dict[str, str]:
+    """One TensorRT optimisation profile from batch 1 to max_batch_size, so a single engine serves every batch
+    the batcher forms (without it TensorRT builds an engine for each new batch size, seconds each)."""
+    if len(config.input) != 1:
+        return {}
+    tensor = config.input[0]
+    item = "x".join(str(d) for d in tensor.dims)
+    largest = max(1, config.max_batch_size)
+    smallest, widest = f"{tensor.name}:1x{item}", f"{tensor.name}:{largest}x{item}"
+    return {"trt_profile_min_shapes": smallest, "trt_profile_opt_shapes": widest, "trt_profile_max_shapes": widest}
+
+
 def tensorrt_options(config: mc.ModelConfig, where: str) -> dict[str, Any] | None:
     """The TensorRT provider's options when config.pbtxt asks for it; None when it does not."""
     accelerators = config.optimization.execution_accelerators
@@ -111,7 +123,7 @@ def tensorrt_options(config: mc.ModelConfig, where: str) -> dict[str, Any] | Non
             raise RepositoryError(
                 f"{where}: gpu_execution_accelerator {accelerator.name!r} is not supported (known: tensorrt)"
             )
-        chosen = {"trt_engine_cache_enable": True}
+        chosen = {"trt_engine_cache_enable": True, **tensorrt_profile(config)}
         for key, value in accelerator.parameters.items():
             if key not in TENSORRT_PARAMETERS:
                 raise RepositoryError(

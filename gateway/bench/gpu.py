@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 
-from gateway.backends.devices import CPU, CUDA, TENSORRT, DeviceProbe, Instance
+from gateway.backends.devices import CPU, CUDA, TENSORRT, DeviceProbe, Instance, tensorrt_profile
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_photo
@@ -51,6 +53,17 @@ def devices(probe: DeviceProbe, dry_run: bool) -> dict[str, tuple]:
     return found
 
 
+def with_profile(providers: tuple, spec, largest: int) -> tuple:
+    """TensorRT with one optimisation profile up to ``largest`` rows (one engine build for every batch)."""
+    name, options = providers[0]
+    if name != TENSORRT:
+        return providers
+    config = mc.ModelConfig()
+    config.CopyFrom(spec.config)
+    config.max_batch_size = largest
+    return ((name, {**options, **tensorrt_profile(config)}), *providers[1:])
+
+
 def model_alone(repo: Path, seconds: float, probe: DeviceProbe, dry_run: bool) -> dict:
     """Images/s of each model alone, by device and batch size (I/O binding on the GPU)."""
     specs, figures = load_repository(repo), {}
@@ -58,7 +71,8 @@ def model_alone(repo: Path, seconds: float, probe: DeviceProbe, dry_run: bool) -
         spec = specs[name]
         for device, providers in devices(probe, dry_run).items():
             place = "cpu" if device == "cpu" else "cuda:0"
-            instance = Instance(f"{name}_bench", place, providers, 0 if device == "cpu" else 1)
+            providers = with_profile(providers, spec, max(BATCHES))
+            instance = Instance(f"{name}_bench", place, providers, (os.cpu_count() or 1) if device == "cpu" else 1)
             backend = OnnxRuntimeBackend(spec.versions[spec.latest_version], spec.input, spec.output, 0, [instance])
             by_batch = {}
             for size in BATCHES[:3] if dry_run else BATCHES:

@@ -16,13 +16,17 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.backends.devices import CPU, CUDA, Instance
+from gateway.backends.devices import CPU, CUDA, DeviceProbe, Instance
 from gateway.backends.onnxruntime import OnnxRuntimeBackend, _BoundRun, open_session
 from gateway.models.repository import RepositoryError, load_repository
 from tests.conftest import MODEL_REPO, REPO_ROOT, start_gateway, stop_gateway
 from tests.redis_server import free_port
 
 HOTDOG = load_repository(MODEL_REPO)["hotdog"]
+HOST = DeviceProbe()
+ON_GPU = CUDA in HOST.providers() and isinstance(HOST.gpu_count(), int) and HOST.gpu_count() > 0
+needs_no_gpu = pytest.mark.skipif(ON_GPU, reason="this host has a GPU and the CUDA provider")
+needs_gpu = pytest.mark.skipif(not ON_GPU, reason="no GPU with onnxruntime's CUDA provider here")
 
 
 def hotdog_backend(instances: int, on_execution=None) -> OnnxRuntimeBackend:
@@ -67,6 +71,7 @@ def test_io_binding_gives_what_a_plain_run_gives() -> None:
         np.testing.assert_array_equal(bound(batch), plain)
 
 
+@needs_no_gpu
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
 def test_a_provider_onnx_runtime_drops_is_refused_not_run_on_the_cpu() -> None:
     instance = Instance("hotdog_0_0", "cuda:0", ((CUDA, {"device_id": 0}), (CPU, {})), 1)
@@ -82,6 +87,7 @@ def copy_repo(root: Path, mnist_config: str) -> Path:
     return repo
 
 
+@needs_no_gpu
 def test_a_gateway_asked_for_a_gpu_it_has_not_got_refuses_to_start(pki, tmp_path: Path) -> None:
     repo = copy_repo(tmp_path, "instance_group [ { kind: KIND_GPU, gpus: [ 0 ], count: 2 } ]")
     result = subprocess.run(
@@ -122,3 +128,46 @@ def test_metrics_show_every_instance_and_its_device(pki, tmp_path: Path, heldout
     assert counts.keys() == {("mnist_0_0", "cpu"), ("mnist_0_1", "cpu"), ("mnist_1_0", "cpu")}
     assert sum(counts.values()) == len(rows) and all(count > 0 for count in counts.values())
     assert "running on the CPU (gateway.gpu_fallback = cpu)" in "".join(gateway.output)
+
+
+@needs_gpu
+def test_on_a_gpu_io_bound_cuda_instances_give_what_the_cpu_gives() -> None:
+    path = HOTDOG.versions[HOTDOG.latest_version]
+    cuda = [Instance(f"hotdog_0_{i}", "cuda:0", ((CUDA, {"device_id": 0}), (CPU, {})), 1) for i in range(2)]
+    on_gpu = OnnxRuntimeBackend(path, HOTDOG.input, HOTDOG.output, 1, cuda)
+    on_cpu = hotdog_backend(1)
+    batch = np.random.default_rng(2).random((8, 3, 224, 224), dtype=np.float32)
+    try:
+        for _ in range(2):  # the pinned buffer of a shape is reused
+            first, second = asyncio.run(_together(on_gpu, batch))
+            expected = on_cpu.infer_sync(batch)
+            np.testing.assert_allclose(first, expected, atol=1e-4)
+            np.testing.assert_allclose(second, expected, atol=1e-4)
+    finally:
+        on_gpu.close()
+        on_cpu.close()
+
+
+@needs_gpu
+def test_on_a_gpu_a_gateway_serves_from_cuda_instances(pki, tmp_path: Path, heldout_sample) -> None:
+    health_port = free_port()
+    repo = copy_repo(tmp_path, "instance_group [ { kind: KIND_GPU, gpus: [ 0 ], count: 2 } ]")
+    gateway = start_gateway(pki, "--model-repo", str(repo), env={"GATEWAY_SERVER_HEALTH_PORT": str(health_port)})
+    try:
+        row = (heldout_sample[0][:1] / 255.0).astype(np.float32)[:, np.newaxis]
+        body = {
+            "inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": row.ravel().tolist()}]
+        }
+        with gateway.client() as client:
+            answer = client.post("/v2/models/mnist/versions/1/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        text = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=10).read().decode()
+    finally:
+        stop_gateway(gateway)
+    devices = {
+        sample.labels["device"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "gateway_instance_execution_seconds_count" and sample.value > 0
+    }
+    assert devices == {"cuda:0"}
