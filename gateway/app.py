@@ -103,9 +103,7 @@ def build_gateway(settings: Settings) -> Gateway:
     rate_limiter = _rate_limiter(settings.limits, redis, metrics)
     monitor = Monitor(settings.predictions, settings.skew, redis, registry, authz, metrics)
     shadows = ShadowCopies(rollout, metrics, max_in_flight=settings.rollout.shadow_max_in_flight)
-    pool = ThreadPoolExecutor(
-        max_workers=settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess"
-    )
+    pool = ThreadPoolExecutor(settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess")
     limits = settings.limits
     plane = DataPlane(
         registry,
