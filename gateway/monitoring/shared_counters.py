@@ -3,7 +3,7 @@
 The statistics' store (``monitoring.statistics``). Each process writes only its own chunks, so adding
 to a counter is one store into shared memory: no lock, no system call, no other process involved.
 With a directory (server.workers > 1: the supervisor's multiprocess directory) a chunk is a file
-``<pid>-<n>.counters`` mapped into memory; without one, anonymous memory. Reading maps every chunk
+``<pid>-<store>-<n>.counters`` mapped into memory; without one, anonymous memory. Reading maps every chunk
 file of the directory read-only and combines the groups that have the same key: slots summed, or the
 largest value for the slots a group kind names as maxima (a time of last use).
 
@@ -18,6 +18,7 @@ its counts stay in the sums (as Prometheus's multiprocess counters do); ``zero``
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import mmap
 import os
@@ -33,6 +34,7 @@ _GROUP = struct.Struct("ii")
 _SLOT = 8
 
 Key = tuple[str | int, ...]
+_STORES = itertools.count()
 
 
 def _padded(size: int) -> int:
@@ -109,6 +111,7 @@ class SharedCounters:
         self._chunks: list[_Chunk] = []
         self._groups: dict[Key, tuple[memoryview, int, int]] = {}
         self._lock = threading.Lock()
+        self._serial = next(_STORES)  # two stores of one process on one directory never share a file
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -134,7 +137,7 @@ class SharedCounters:
     def _next_path(self) -> Path | None:
         if self._directory is None:
             return None
-        return self._directory / f"{os.getpid()}-{len(self._chunks)}{SUFFIX}"
+        return self._directory / f"{os.getpid()}-{self._serial}-{len(self._chunks)}{SUFFIX}"
 
     def read(self) -> dict[Key, list[int]]:
         """Every group of every process, combined by key."""

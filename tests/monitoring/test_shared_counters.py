@@ -102,3 +102,12 @@ def test_a_chunk_file_that_is_still_empty_is_skipped(tmp_path: Path) -> None:
     (tmp_path / f"1-0{SUFFIX}").touch()  # created, not yet sized
     counters = SharedCounters(tmp_path, MAXIMA)
     assert counters.read() == {}
+
+
+def test_two_stores_of_one_process_on_one_directory_keep_their_own_files(tmp_path: Path) -> None:
+    first, second = SharedCounters(tmp_path, MAXIMA), SharedCounters(tmp_path, MAXIMA)
+    for store, adds in ((first, 2), (second, 3)):
+        slots, start = store.group(("version", "m", "1"), 3)
+        slots[start] += adds
+    assert first.read()[("version", "m", "1")][0] == 5
+    assert len(list(tmp_path.glob(f"*{SUFFIX}"))) == 2
