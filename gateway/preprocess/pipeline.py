@@ -9,7 +9,7 @@ import numpy as np
 
 from gateway.core.types import PreparedInput
 from gateway.models.repository import ModelSpec, RepositoryError
-from gateway.preprocess.digits import prepare_digit
+from gateway.preprocess.digits import WORK_SIDE, prepare_digit
 from gateway.preprocess.image import decode_image
 from gateway.preprocess.imagenet import prepare_imagenet_photo
 
@@ -24,10 +24,12 @@ class Preparation:
     """Smallest short side worth decoding; JPEGs are draft-decoded down towards it."""
     prepare: Callable[[np.ndarray], np.ndarray]
     """uint8 pixels in ``mode`` ([H, W] or [H, W, 3]) -> one input row."""
+    min_long_side: int = 0
+    """Smallest long side worth decoding (a digit's photo is analysed at WORK_SIDE on its long side)."""
 
 
 PREPARATIONS: dict[str, Preparation] = {
-    "mnist_digit": Preparation(mode="L", min_side=256, prepare=prepare_digit),
+    "mnist_digit": Preparation(mode="L", min_side=1, min_long_side=WORK_SIDE, prepare=prepare_digit),
     "imagenet_rgb": Preparation(mode="RGB", min_side=256, prepare=prepare_imagenet_photo),
 }
 
@@ -45,7 +47,13 @@ def preparation_for(spec: ModelSpec) -> Preparation:
 def prepare_photo(data: bytes, spec: ModelSpec, *, max_pixels: int) -> PreparedInput:
     """Decode and preprocess one photo into exactly the model's input shape."""
     preparation = preparation_for(spec)
-    photo = decode_image(data, max_pixels=max_pixels, min_side=preparation.min_side, mode=preparation.mode)
+    photo = decode_image(
+        data,
+        max_pixels=max_pixels,
+        min_side=preparation.min_side,
+        mode=preparation.mode,
+        min_long_side=preparation.min_long_side,
+    )
     tensor = preparation.prepare(photo.pixels)
     if tensor.shape != spec.input.dims:
         raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")
