@@ -95,9 +95,10 @@ def _flatten(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> DecodedPhoto:
-    """Decode ``data`` into an upright image in ``mode`` whose short side is at least ``min_side``
-    where the source allows (JPEG draft scaling only ever shrinks by powers of two).
+def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str, min_long_side: int = 0) -> DecodedPhoto:
+    """Decode ``data`` into an upright image in ``mode`` whose short side is at least ``min_side`` and
+    whose long side is at least ``min_long_side`` where the source allows (JPEG draft scaling only ever
+    shrinks by powers of two).
 
     Raises InvalidInput, UnsupportedMediaType or PayloadTooLarge with a message a person can act on.
     """
@@ -107,7 +108,8 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> D
     if frame is not None and frame[2] in (1, 3) and mode in ("L", "RGB"):
         width, height, _ = frame
         if 0 < width * height <= min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels):
-            decoded = _decode_jpeg_opencv(data, width, height, _dct_scale((width, height), min_side), mode)
+            scale = _dct_scale((width, height), min_side, min_long_side)
+            decoded = _decode_jpeg_opencv(data, width, height, scale, mode)
             if decoded is not None:
                 return decoded
     try:
@@ -135,7 +137,8 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int, mode: str) -> D
         )
     try:
         if image.format == "JPEG":
-            image.draft(mode if mode in ("L", "RGB") else None, _draft_size((width, height), min_side))
+            scale = _dct_scale((width, height), min_side, min_long_side)
+            image.draft(mode if mode in ("L", "RGB") else None, (width // scale, height // scale))
         image.load()
         turned = image.size
         ImageOps.exif_transpose(image, in_place=True)
@@ -152,11 +155,12 @@ def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
     return (size[0] // divisor, size[1] // divisor)
 
 
-def _dct_scale(size: tuple[int, int], min_side: int) -> int:
-    """The JPEG DCT scale (1, 2, 4 or 8) Pillow's draft decode picks for ``min_side``, so both decoders agree."""
+def _dct_scale(size: tuple[int, int], min_side: int, min_long_side: int = 0) -> int:
+    """The JPEG DCT scale (1, 2, 4 or 8) that keeps ``min_side`` (as Pillow's draft decode picks it for the
+    short side) and ``min_long_side`` (the long side, rounded up as libjpeg scales), the same for both decoders."""
     wanted = _draft_size(size, min_side)
     ratio = min(size[0] // wanted[0], size[1] // wanted[1])
-    return next(scale for scale in (8, 4, 2, 1) if scale <= ratio)
+    return next(s for s in (8, 4, 2, 1) if s <= ratio and -(-max(size) // s) >= min_long_side or s == 1)
 
 
 FRAME_MARKERS = {0xC0, 0xC1, 0xC2}

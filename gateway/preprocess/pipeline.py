@@ -9,7 +9,7 @@ import numpy as np
 
 from gateway.core.types import PreparedInput
 from gateway.models.repository import ModelSpec, RepositoryError
-from gateway.preprocess.digits import prepare_digit
+from gateway.preprocess.digits import WORK_SIDE, prepare_digit
 from gateway.preprocess.gpu_decode import PhotoDecoder
 from gateway.preprocess.image import decode_image
 from gateway.preprocess.imagenet import prepare_imagenet_photo
@@ -25,10 +25,12 @@ class Preparation:
     """Smallest short side worth decoding; JPEGs are draft-decoded down towards it."""
     prepare: Callable[[np.ndarray], np.ndarray]
     """uint8 pixels in ``mode`` ([H, W] or [H, W, 3]) -> one input row."""
+    min_long_side: int = 0
+    """Smallest long side worth decoding (a digit's photo is analysed at WORK_SIDE on its long side)."""
 
 
 PREPARATIONS: dict[str, Preparation] = {
-    "mnist_digit": Preparation(mode="L", min_side=256, prepare=prepare_digit),
+    "mnist_digit": Preparation(mode="L", min_side=1, min_long_side=WORK_SIDE, prepare=prepare_digit),
     "imagenet_rgb": Preparation(mode="RGB", min_side=256, prepare=prepare_imagenet_photo),
 }
 
@@ -50,7 +52,7 @@ def prepare_photo(
     preparation = preparation_for(spec)
     where = {"max_pixels": max_pixels, "min_side": preparation.min_side, "mode": preparation.mode}
     photo = decoder.decode(data, **where) if decoder is not None else None
-    photo = photo or decode_image(data, **where)
+    photo = photo or decode_image(data, **where, min_long_side=preparation.min_long_side)
     tensor = preparation.prepare(photo.pixels)
     if tensor.shape != spec.input.dims:
         raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")

@@ -2,9 +2,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from gateway.bench.photos import digit_photo, digit_png
+from gateway.bench.renderers import render
 from gateway.core.errors import InvalidInput
 from gateway.preprocess.digits import prepare_digit
 from gateway.preprocess.image import decode_image
@@ -60,3 +61,84 @@ def test_dark_ink_on_light_paper_equals_light_ink_on_dark(heldout_sample) -> Non
 def test_blank_photo_is_refused(level: int) -> None:
     with pytest.raises(InvalidInput, match="no digit found"):
         prepared(digit_png(np.full((64, 64), level, np.uint8)))
+
+
+def photo_of(ink: np.ndarray, *, paper: float, ink_level: float, seed: int, size: tuple[int, int]) -> bytes:
+    """A grey JPEG of ``ink`` (float alpha in [0, 1], already at photo size) laid on paper with a lighting ramp."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    canvas = np.full(size, paper, np.float32) * (1.0 - 0.15 * np.linspace(0.0, 1.0, width, dtype=np.float32))
+    top, left = (height - ink.shape[0]) // 2, (width - ink.shape[1]) // 3
+    region = canvas[top : top + ink.shape[0], left : left + ink.shape[1]]
+    region -= (region - ink_level) * ink
+    canvas += rng.normal(0.0, 0.015, size).astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(canvas * 255, 0, 255).astype(np.uint8), "L").save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def enlarged(digit: np.ndarray, side: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255.0
+
+
+def test_a_thin_one_in_a_large_photo_is_taken(heldout_sample) -> None:
+    """A fine-pen "1" covers less than 0.5% of the photo: its contrast was measured on paper and refused."""
+    x, y = heldout_sample
+    one = x[np.flatnonzero(y == 1)[0]]
+    stroke = np.asarray(Image.fromarray(one).filter(ImageFilter.MinFilter(3)), np.uint8)  # a fine pen
+    photo = photo_of(enlarged(stroke, 260), paper=0.85, ink_level=0.15, seed=3, size=(1200, 900))
+    assert correlation(prepared(photo), one / 255.0) > 0.6
+
+
+def test_a_thin_one_by_a_renderer_is_taken(heldout_sample) -> None:
+    x, y = heldout_sample
+    digit = x[32]
+    assert y[32] == 1
+    photo = render(digit / 255.0, "pencil_lamp", np.random.default_rng(0))  # refused as "contrast too low" before
+    assert correlation(prepared(photo), digit / 255.0) > 0.6
+
+
+@pytest.mark.parametrize("paper", [0.42, 0.5])
+def test_dark_ink_on_dark_kraft_paper_is_inverted(heldout_sample, paper: float) -> None:
+    """Kraft paper darker than mid-grey (in shade) still carries darker ink: white-on-black comes out."""
+    x, _ = heldout_sample
+    for digit in x[:5]:
+        photo = photo_of(enlarged(digit, 200), paper=paper, ink_level=0.04, seed=1, size=(360, 480))
+        assert correlation(prepared(photo), digit / 255.0) > 0.7
+
+
+def test_light_ink_on_a_dark_board_is_not_inverted(heldout_sample) -> None:
+    x, _ = heldout_sample
+    for digit in x[:5]:
+        photo = photo_of(enlarged(digit, 200), paper=0.2, ink_level=0.9, seed=2, size=(360, 480))
+        assert correlation(prepared(photo), digit / 255.0) > 0.7
+
+
+def test_thick_marker_strokes_come_out_solid(heldout_sample) -> None:
+    """A felt marker's stroke is wider than half a lighting tile: the tile's median is ink, not paper."""
+    x, _ = heldout_sample
+    for digit in x[:8]:
+        marker = np.asarray(Image.fromarray(digit).filter(ImageFilter.MaxFilter(3)), np.uint8)
+        photo = photo_of(enlarged(marker, 330), paper=0.8, ink_level=0.05, seed=4, size=(400, 400))
+        solid = prepared(digit_png(marker))  # the same strokes as a clean image: no lighting to estimate
+        assert correlation(prepared(photo), solid) > 0.9
+
+
+def test_thick_marker_strokes_by_a_renderer_come_out_solid(heldout_sample) -> None:
+    x, _ = heldout_sample
+    rng = np.random.default_rng(7)
+    scores = []
+    for digit in x[:40]:
+        marker = np.asarray(Image.fromarray(digit).filter(ImageFilter.MaxFilter(3)), np.uint8)
+        scores.append(correlation(prepared(render(digit / 255.0, "marker_kraft", rng)), prepared(digit_png(marker))))
+    assert np.percentile(scores, 10) > 0.85 and min(scores) > 0.8
+
+
+def test_a_speck_of_dirt_does_not_shrink_the_digit(heldout_sample) -> None:
+    digit = heldout_sample[0][12]
+    ink = np.zeros((160, 160), np.float32)
+    ink[20:120, 20:120] = enlarged(digit, 100)
+    clean = photo_of(ink, paper=0.9, ink_level=0.1, seed=5, size=(160, 160))
+    ink[150, 150] = 1.0  # one dark pixel in the corner of the paper
+    specked = photo_of(ink, paper=0.9, ink_level=0.1, seed=5, size=(160, 160))
+    assert correlation(prepared(specked), prepared(clean)) > 0.98

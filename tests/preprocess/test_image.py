@@ -192,3 +192,20 @@ def test_cmyk_jpegs_still_decode_to_rgb() -> None:
 def test_the_pixel_limit_applies_to_the_jpeg_header_before_decoding() -> None:
     with pytest.raises(PayloadTooLarge, match="pixels"):
         decode_image(image_bytes("JPEG", (400, 300)), max_pixels=100_000, min_side=64, mode="L")
+
+
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [((4000, 3000), (500, 375)), ((480, 640), (120, 160)), ((700, 300), (175, 75)), ((300, 200), (300, 200))],
+)
+def test_a_long_side_is_kept_as_asked_and_both_decoders_agree(size: tuple[int, int], decoded: tuple[int, int]) -> None:
+    """MNIST photos are analysed at 160 px on the long side: decoded at the smallest DCT scale that keeps it."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0]), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    photo = decode_image(buffer.getvalue(), max_pixels=LIMIT, min_side=1, mode="L", min_long_side=160)
+    assert photo.image.size == decoded
+    cmyk = io.BytesIO()
+    Image.fromarray(pixels).convert("CMYK").save(cmyk, "JPEG", quality=90)  # Pillow's path
+    by_pillow = decode_image(cmyk.getvalue(), max_pixels=LIMIT, min_side=1, mode="L", min_long_side=160)
+    assert by_pillow.image.size == decoded
