@@ -210,6 +210,13 @@ class GatewayMetrics:
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
+        self.estimate_trusted = Gauge(
+            "gateway_estimate_trusted",
+            "1 when the estimated accuracy can be read as the accuracy (enough records, no skew alarm)",
+            surface_labels,
+            multiprocess_mode="min",
+            registry=self.registry,
+        )
 
     def _rollout(self) -> None:
         """Routing by arm, the followed rollout state and the guard."""
@@ -321,6 +328,7 @@ class GatewayMetrics:
             self.skew_alarm.labels(model, version, surface).set(int(skew["alarm"]))
             if skew["estimated_accuracy"] is not None:
                 self.estimated_accuracy.labels(model, version, surface).set(skew["estimated_accuracy"])
+            self.estimate_trusted.labels(model, version, surface).set(int(skew["estimate_trusted"]))
 
     def observe_rollout(self, model: str, policy: RolloutPolicy, revision: int) -> None:
         """The rollout state this replica now follows for ``model``."""

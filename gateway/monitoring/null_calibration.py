@@ -11,6 +11,12 @@ Where the reference items come in groups (photos made by different renderers: di
 phones, pens, papers), each draw first picks the groups' shares at random (Dirichlet(1)),
 so a window made mostly by one kind of photographer is part of the null too.
 
+Where several reference items are made from one source (each hot dog photo arrives three
+ways), the pseudo-references are drawn by source (``clusters``: all items of a drawn
+source, sources with replacement): the reference holds as many independent draws from the
+population as it has sources, not items, and resampling items would make its noise look
+smaller than it is (thresholds too narrow: false alarms on photos the baseline never saw).
+
 Correction across tests (min-p, also called single-step maxT on ranks): each draw's
 smallest per-test p-value is taken, and the per-test level is the ``false_alarm_rate``
 quantile of those minima, so that on the null *any* test alarms in ``false_alarm_rate``
@@ -61,6 +67,13 @@ def _draw(size: int, trials: int, groups: np.ndarray, rng: np.random.Generator) 
     return picks
 
 
+def _draw_clusters(clusters: np.ndarray, trials: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per trial, the items of as many sources as the reference has, drawn with replacement."""
+    names, inverse = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
+    return [np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))]) for _ in range(trials)]
+
+
 def _histograms(item_bins: np.ndarray, count: int, picks: np.ndarray) -> np.ndarray:
     """Bin counts [trials, count] of each row of drawn items."""
     trials = len(picks)
@@ -69,13 +82,19 @@ def _histograms(item_bins: np.ndarray, count: int, picks: np.ndarray) -> np.ndar
     return flat.reshape(trials, count).astype(np.float64)
 
 
+def _reference_histograms(item_bins: np.ndarray, count: int, reference: np.ndarray | list) -> np.ndarray:
+    if isinstance(reference, np.ndarray):
+        return _histograms(item_bins, count, reference)
+    return np.stack([np.bincount(item_bins[picks], minlength=count) for picks in reference]).astype(np.float64)
+
+
 def _distances(
-    bins: dict[str, np.ndarray], sizes: dict[str, int], reference: np.ndarray, window: np.ndarray
+    bins: dict[str, np.ndarray], sizes: dict[str, int], reference: np.ndarray | list, window: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Each test's distance between the drawn pseudo-references and windows (one value per trial)."""
     result = {}
     for name, item_bins in bins.items():
-        expected = _histograms(item_bins, sizes[name], reference)
+        expected = _reference_histograms(item_bins, sizes[name], reference)
         actual = _histograms(item_bins, sizes[name], window)
         if name == "labels":
             e = expected / expected.sum(axis=1, keepdims=True)
@@ -92,6 +111,7 @@ def calibrate(
     predicted: np.ndarray,
     *,
     groups: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
     false_alarm_rate: float = 0.01,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     trials: int = DEFAULT_TRIALS,
@@ -102,7 +122,8 @@ def calibrate(
     ``feature_values``: the reference items' features (the ones ``baseline`` was built from);
     ``predicted``: the model's predicted label index of each item (the label test compares
     predicted labels, as live records carry them); ``groups``: which renderer or source made
-    each item, or None.
+    each item, or None; ``clusters``: the source each item was made from where several items
+    share one (pseudo-references are then drawn by source), or None.
     """
     if not 0.0 < false_alarm_rate < 1.0:
         raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
@@ -117,7 +138,8 @@ def calibrate(
         chunks = []
         for start in range(0, trials, CHUNK):
             draws = min(CHUNK, trials - start)
-            distances = _distances(bins, sizes, _draw(count, draws, groups, rng), _draw(size, draws, groups, rng))
+            reference = _draw(count, draws, groups, rng) if clusters is None else _draw_clusters(clusters, draws, rng)
+            distances = _distances(bins, sizes, reference, _draw(size, draws, groups, rng))
             chunks.append(np.stack([distances[name] for name in bins], axis=1))
         matrix = np.concatenate(chunks)
         # p-value of each draw for each test: the share of draws at least as far (ranks, ties upward)
@@ -136,6 +158,7 @@ def calibrate(
         "false_alarm_rate": false_alarm_rate,
         "method": "two-sample bootstrap of the reference items"
         + (", groups mixed at Dirichlet(1) shares" if len(np.unique(groups)) > 1 else "")
+        + (f", reference drawn by source ({len(np.unique(clusters))} sources)" if clusters is not None else "")
         + f"; min-p correction across {len(bins)} tests",
         "trials": trials,
         "windows": by_window,
