@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -119,14 +120,46 @@ def _tensors(digits: np.ndarray) -> np.ndarray:
     return (digits / 255.0).astype(np.float32)[:, np.newaxis]
 
 
-def _digit_photos(digits: np.ndarray, labels: np.ndarray, spec: ModelSpec, seed: int, older: bool = False) -> Reference:
-    """Digits photographed by the held-out renderers in turn (or by the older generator), then prepared."""
+PHOTO_CODE = ("gateway/preprocess", "gateway/bench/renderers.py", "gateway/bench/photos.py")
+"""What turns digits into prepared photos: cached photo pools are rebuilt when any of it changes."""
+
+
+def _photo_cache_key(digits: np.ndarray, seed: int, older: bool) -> str:
+    digest = hashlib.sha256(digits.tobytes())
+    for root in PHOTO_CODE:
+        for path in sorted(Path(root).rglob("*.py")) if Path(root).is_dir() else [Path(root)]:
+            digest.update(path.read_bytes())
+    return f"bench-photos-{'older' if older else 'held-out'}-{seed}-{digest.hexdigest()[:16]}.npz"
+
+
+def _digit_photos(
+    digits: np.ndarray, labels: np.ndarray, spec: ModelSpec, seed: int, older: bool = False, cache: Path | None = None
+) -> Reference:
+    """Digits photographed by the held-out renderers in turn (or by the older generator), then prepared.
+
+    Kept in ``cache`` (minutes of CPU), keyed by the digits and the code that makes and prepares photos.
+    """
+    path = None if cache is None else cache / _photo_cache_key(digits, seed, older)
+    if path is not None and path.is_file():
+        with np.load(path) as data:
+            return Reference(data["tensors"], data["sizes"], data["truth"], data["groups"], int(data["refused"]))
     rng = np.random.default_rng(seed)
     if older:
         photos = [digit_photo(d, rng, orientation=int(rng.choice([1, 6, 8]))) for d in digits]
     else:
         photos = [render(d / 255.0, HELD_OUT_RENDERERS[i % 2], rng) for i, d in enumerate(digits)]
-    return photo_reference(photos, labels, np.zeros(len(labels)), spec)
+    reference = photo_reference(photos, labels, np.zeros(len(labels)), spec)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            path,
+            tensors=reference.tensors,
+            sizes=reference.sizes,
+            truth=reference.truth,
+            groups=reference.groups,
+            refused=reference.refused,
+        )
+    return reference
 
 
 def _photo_uploads(photos: list[bytes], rng: np.random.Generator, shift: PhotoShift | None = None) -> list[bytes]:
@@ -216,16 +249,17 @@ def bench_mnist(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, wi
         else:
             pools = {
                 f"photos by held-out renderers ({', '.join(HELD_OUT_RENDERERS)})": pool(
-                    _digit_photos(digits, labels, spec, 1), "photo"
+                    _digit_photos(digits, labels, spec, 1, cache=args.digits.parent), "photo"
                 ),
                 "photos by the older generator (bench/photos.py)": pool(
-                    _digit_photos(digits, labels, spec, 2, older=True), "photo"
+                    _digit_photos(digits, labels, spec, 2, older=True, cache=args.digits.parent), "photo"
                 ),
             }
-            few, few_labels = digits[:shifted_count], labels[:shifted_count]
+            few, few_labels, cache = digits[:shifted_count], labels[:shifted_count], args.digits.parent
+            moved = {name: np.stack([shift(d) for d in few]) for name, shift in DIGIT_SHIFTS.items()}
             shifted = {
-                name: pool(_digit_photos(np.stack([shift(d) for d in few]), few_labels, spec, 10 + n), "photo")
-                for n, (name, shift) in enumerate(DIGIT_SHIFTS.items())
+                name: pool(_digit_photos(moved[name], few_labels, spec, 10 + n, cache=cache), "photo")
+                for n, name in enumerate(DIGIT_SHIFTS)
             }
         results[surface] = _measure_surface(surface, baseline, pools, shifted, window, args, thresholds, rng)
     return results

@@ -8,8 +8,10 @@ each distance when live traffic comes from the same population as the baseline, 
 noise of both samples.
 
 Where the reference items come in groups (photos made by different renderers: different
-phones, pens, papers), each draw first picks the groups' shares at random (Dirichlet(1)),
-so a window made mostly by one kind of photographer is part of the null too.
+phones, pens, papers), each live window first picks the groups' shares at random
+(Dirichlet(1)), so a window made mostly by one kind of photographer is part of the null
+too; the pseudo-reference keeps the reference's own shares (each group resampled within
+itself), as the baseline it stands for does.
 
 Where several reference items are made from one source (each hot dog photo arrives three
 ways), the pseudo-references are drawn by source (``clusters``: all items of a drawn
@@ -65,6 +67,12 @@ def _draw(size: int, trials: int, groups: np.ndarray, rng: np.random.Generator) 
             where = chosen == g
             picks[t, where] = member[rng.integers(0, len(member), int(where.sum()))]
     return picks
+
+
+def _draw_stratified(groups: np.ndarray, trials: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices [trials, reference size]: each group's items resampled within the group (its share kept)."""
+    members = [np.flatnonzero(groups == name) for name in np.unique(groups)]
+    return np.concatenate([m[rng.integers(0, len(m), (trials, len(m)))] for m in members], axis=1)
 
 
 def _draw_clusters(clusters: np.ndarray, trials: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -138,7 +146,7 @@ def calibrate(
         chunks = []
         for start in range(0, trials, CHUNK):
             draws = min(CHUNK, trials - start)
-            reference = _draw(count, draws, groups, rng) if clusters is None else _draw_clusters(clusters, draws, rng)
+            reference = _draw_stratified(groups, draws, rng) if clusters is None else _draw_clusters(clusters, draws, rng)
             distances = _distances(bins, sizes, reference, _draw(size, draws, groups, rng))
             chunks.append(np.stack([distances[name] for name in bins], axis=1))
         matrix = np.concatenate(chunks)
@@ -157,7 +165,7 @@ def calibrate(
     return {
         "false_alarm_rate": false_alarm_rate,
         "method": "two-sample bootstrap of the reference items"
-        + (", groups mixed at Dirichlet(1) shares" if len(np.unique(groups)) > 1 else "")
+        + (", live windows mixing the groups at Dirichlet(1) shares" if len(np.unique(groups)) > 1 else "")
         + (f", reference drawn by source ({len(np.unique(clusters))} sources)" if clusters is not None else "")
         + f"; min-p correction across {len(bins)} tests",
         "trials": trials,
