@@ -22,7 +22,8 @@ smaller than it is (thresholds too narrow: false alarms on photos the baseline n
 Correction across tests (min-p, also called single-step maxT on ranks): each draw's
 smallest per-test p-value is taken, and the per-test level is the ``false_alarm_rate``
 quantile of those minima, so that on the null *any* test alarms in ``false_alarm_rate``
-of the windows. It is never stricter than Bonferroni and is exact for correlated features
+of the windows (the upload-size features, which raise no alarm, are left out of it). It is
+never stricter than Bonferroni and is exact for correlated features
 (the digit features are: ink fraction and mean intensity move together).
 """
 
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.monitoring.skew import PSI_EPSILON
+from gateway.monitoring.skew import INFORMATIONAL, PSI_EPSILON
 
 DEFAULT_WINDOWS = (50, 100, 200, 300, 500, 1000, 2000)
 DEFAULT_TRIALS = 2000
@@ -146,7 +147,10 @@ def calibrate(
         chunks = []
         for start in range(0, trials, CHUNK):
             draws = min(CHUNK, trials - start)
-            reference = _draw_stratified(groups, draws, rng) if clusters is None else _draw_clusters(clusters, draws, rng)
+            if clusters is None:
+                reference = _draw_stratified(groups, draws, rng)
+            else:
+                reference = _draw_clusters(clusters, draws, rng)
             distances = _distances(bins, sizes, reference, _draw(size, draws, groups, rng))
             chunks.append(np.stack([distances[name] for name in bins], axis=1))
         matrix = np.concatenate(chunks)
@@ -155,7 +159,8 @@ def calibrate(
         p_values = 1.0 - np.stack(
             [np.searchsorted(order[:, j], matrix[:, j], side="left") for j in range(matrix.shape[1])], axis=1
         ) / float(trials)
-        level = float(np.quantile(p_values.min(axis=1), false_alarm_rate, method="lower"))
+        alarming = [j for j, name in enumerate(bins) if name not in INFORMATIONAL]  # informational: no alarm
+        level = float(np.quantile(p_values[:, alarming].min(axis=1), false_alarm_rate, method="lower"))
         thresholds = {name: float(np.quantile(matrix[:, j], 1.0 - level)) for j, name in enumerate(bins)}
         by_window[str(size)] = {
             "per_test_level": round(level, 6),
@@ -167,7 +172,7 @@ def calibrate(
         "method": "two-sample bootstrap of the reference items"
         + (", live windows mixing the groups at Dirichlet(1) shares" if len(np.unique(groups)) > 1 else "")
         + (f", reference drawn by source ({len(np.unique(clusters))} sources)" if clusters is not None else "")
-        + f"; min-p correction across {len(bins)} tests",
+        + f"; min-p correction across {sum(name not in INFORMATIONAL for name in bins)} tests",
         "trials": trials,
         "windows": by_window,
     }
