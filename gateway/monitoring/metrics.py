@@ -210,13 +210,8 @@ class GatewayMetrics:
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
-        self.estimate_trusted = Gauge(
-            "gateway_estimate_trusted",
-            "1 when the estimated accuracy can be read as the accuracy (enough records, no skew alarm)",
-            surface_labels,
-            multiprocess_mode="min",
-            registry=self.registry,
-        )
+        trusted = ("gateway_estimate_trusted", "1: the estimate can be read as the accuracy (no alarm, enough records)")
+        self.estimate_trusted = Gauge(*trusted, surface_labels, multiprocess_mode="min", registry=self.registry)
 
     def _rollout(self) -> None:
         """Routing by arm, the followed rollout state and the guard."""

@@ -114,6 +114,23 @@ def _distances(
     return result
 
 
+def _min_p_thresholds(matrix: np.ndarray, names: list[str], false_alarm_rate: float) -> dict:
+    """Per-test thresholds at the level where any alarming test crosses in ``false_alarm_rate`` of the draws."""
+    # p-value of each draw for each test: the share of draws at least as far (ranks, ties upward)
+    order = np.sort(matrix, axis=0)
+    p_values = 1.0 - np.stack(
+        [np.searchsorted(order[:, j], matrix[:, j], side="left") for j in range(matrix.shape[1])], axis=1
+    ) / float(len(matrix))
+    alarming = [j for j, name in enumerate(names) if name not in INFORMATIONAL]  # informational: no alarm
+    level = float(np.quantile(p_values[:, alarming].min(axis=1), false_alarm_rate, method="lower"))
+    thresholds = {name: float(np.quantile(matrix[:, j], 1.0 - level)) for j, name in enumerate(names)}
+    return {
+        "per_test_level": round(level, 6),
+        "features": {name: round(value, 6) for name, value in thresholds.items() if name != "labels"},
+        "labels": round(thresholds["labels"], 6),
+    }
+
+
 def calibrate(
     baseline: dict,
     feature_values: dict[str, np.ndarray],
@@ -153,20 +170,7 @@ def calibrate(
                 reference = _draw_clusters(clusters, draws, rng)
             distances = _distances(bins, sizes, reference, _draw(size, draws, groups, rng))
             chunks.append(np.stack([distances[name] for name in bins], axis=1))
-        matrix = np.concatenate(chunks)
-        # p-value of each draw for each test: the share of draws at least as far (ranks, ties upward)
-        order = np.sort(matrix, axis=0)
-        p_values = 1.0 - np.stack(
-            [np.searchsorted(order[:, j], matrix[:, j], side="left") for j in range(matrix.shape[1])], axis=1
-        ) / float(trials)
-        alarming = [j for j, name in enumerate(bins) if name not in INFORMATIONAL]  # informational: no alarm
-        level = float(np.quantile(p_values[:, alarming].min(axis=1), false_alarm_rate, method="lower"))
-        thresholds = {name: float(np.quantile(matrix[:, j], 1.0 - level)) for j, name in enumerate(bins)}
-        by_window[str(size)] = {
-            "per_test_level": round(level, 6),
-            "features": {name: round(value, 6) for name, value in thresholds.items() if name != "labels"},
-            "labels": round(thresholds["labels"], 6),
-        }
+        by_window[str(size)] = _min_p_thresholds(np.concatenate(chunks), list(bins), false_alarm_rate)
     return {
         "false_alarm_rate": false_alarm_rate,
         "method": "two-sample bootstrap of the reference items"
