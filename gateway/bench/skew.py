@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -23,11 +24,14 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from gateway.bench.photos import digit_photo
 from gateway.bench.renderers import HELD_OUT_RENDERERS, render
+from gateway.bench.skew_crossfit import crossfit_false_alarms
 from gateway.config import SkewSettings
 from gateway.models.repository import ModelSpec, load_repository
 from gateway.monitoring.baseline import baseline_path, read_baseline
+from gateway.monitoring.features import digit_features
 from gateway.monitoring.reference import OnnxModel, Reference, photo_reference
 from gateway.monitoring.skew import SkewThresholds, compute_skew
+from gateway.monitoring.skew_surfaces import estimate_trust
 from gateway.monitoring.temperature import estimated_accuracy, read_temperatures
 
 DigitShift = Callable[[np.ndarray], np.ndarray]
@@ -116,14 +120,46 @@ def _tensors(digits: np.ndarray) -> np.ndarray:
     return (digits / 255.0).astype(np.float32)[:, np.newaxis]
 
 
-def _digit_photos(digits: np.ndarray, labels: np.ndarray, spec: ModelSpec, seed: int, older: bool = False) -> Reference:
-    """Digits photographed by the held-out renderers in turn (or by the older generator), then prepared."""
+PHOTO_CODE = ("gateway/preprocess", "gateway/bench/renderers.py", "gateway/bench/photos.py")
+"""What turns digits into prepared photos: cached photo pools are rebuilt when any of it changes."""
+
+
+def _photo_cache_key(digits: np.ndarray, seed: int, older: bool) -> str:
+    digest = hashlib.sha256(digits.tobytes())
+    for root in PHOTO_CODE:
+        for path in sorted(Path(root).rglob("*.py")) if Path(root).is_dir() else [Path(root)]:
+            digest.update(path.read_bytes())
+    return f"bench-photos-{'older' if older else 'held-out'}-{seed}-{digest.hexdigest()[:16]}.npz"
+
+
+def _digit_photos(
+    digits: np.ndarray, labels: np.ndarray, spec: ModelSpec, seed: int, older: bool = False, cache: Path | None = None
+) -> Reference:
+    """Digits photographed by the held-out renderers in turn (or by the older generator), then prepared.
+
+    Kept in ``cache`` (minutes of CPU), keyed by the digits and the code that makes and prepares photos.
+    """
+    path = None if cache is None else cache / _photo_cache_key(digits, seed, older)
+    if path is not None and path.is_file():
+        with np.load(path) as data:
+            return Reference(data["tensors"], data["sizes"], data["truth"], data["groups"], int(data["refused"]))
     rng = np.random.default_rng(seed)
     if older:
         photos = [digit_photo(d, rng, orientation=int(rng.choice([1, 6, 8]))) for d in digits]
     else:
         photos = [render(d / 255.0, HELD_OUT_RENDERERS[i % 2], rng) for i, d in enumerate(digits)]
-    return photo_reference(photos, labels, np.zeros(len(labels)), spec)
+    reference = photo_reference(photos, labels, np.zeros(len(labels)), spec)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            path,
+            tensors=reference.tensors,
+            sizes=reference.sizes,
+            truth=reference.truth,
+            groups=reference.groups,
+            refused=reference.refused,
+        )
+    return reference
 
 
 def _photo_uploads(photos: list[bytes], rng: np.random.Generator, shift: PhotoShift | None = None) -> list[bytes]:
@@ -161,10 +197,19 @@ def _measure_surface(name, baseline, pools, shifted, window, args, thresholds, r
         flagged = requests_until_flagged(
             baseline, start, [pool.records[i] for i in order], window, thresholds, args.step
         )
+        after = compute_skew(baseline, (start + pool.records)[-window:], thresholds)
+        trusted = estimate_trust(after, pool.estimated)[0]
         result["flagged_after"][shift_name] = flagged
-        result["accuracy"][shift_name] = {"measured": round(pool.accuracy, 4), "estimated": _round(pool.estimated)}
+        result["accuracy"][shift_name] = {
+            "measured": round(pool.accuracy, 4),
+            "estimated": _round(pool.estimated),
+            "estimate_trusted": trusted,
+        }
         text = "never (within the set)" if flagged is None else f"after {flagged}"
-        print(f"  {name:<7}{shift_name:<46}{'flagged':>14} {text:<12} {_accuracy_text(pool)}")
+        print(
+            f"  {name:<7}{shift_name:<46}{'flagged':>14} {text:<12} {_accuracy_text(pool)}"
+            f" ({'trusted' if trusted else 'marked untrusted'})"
+        )
     return result
 
 
@@ -199,22 +244,53 @@ def bench_mnist(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, wi
         if surface == "tensor":
             pools = {"held-out digits as tensors": tensor_pool(digits)}
             shifted = {name: tensor_pool(np.stack([shift(d) for d in digits])) for name, shift in DIGIT_SHIFTS.items()}
+            if args.crossfit:
+                results["tensor_crossfit"] = _crossfit(args, spec, model, baseline, window, thresholds)
         else:
             pools = {
                 f"photos by held-out renderers ({', '.join(HELD_OUT_RENDERERS)})": pool(
-                    _digit_photos(digits, labels, spec, 1), "photo"
+                    _digit_photos(digits, labels, spec, 1, cache=args.digits.parent), "photo"
                 ),
                 "photos by the older generator (bench/photos.py)": pool(
-                    _digit_photos(digits, labels, spec, 2, older=True), "photo"
+                    _digit_photos(digits, labels, spec, 2, older=True, cache=args.digits.parent), "photo"
                 ),
             }
-            few, few_labels = digits[:shifted_count], labels[:shifted_count]
+            few, few_labels, cache = digits[:shifted_count], labels[:shifted_count], args.digits.parent
+            moved = {name: np.stack([shift(d) for d in few]) for name, shift in DIGIT_SHIFTS.items()}
             shifted = {
-                name: pool(_digit_photos(np.stack([shift(d) for d in few]), few_labels, spec, 10 + n), "photo")
-                for n, (name, shift) in enumerate(DIGIT_SHIFTS.items())
+                name: pool(_digit_photos(moved[name], few_labels, spec, 10 + n, cache=cache), "photo")
+                for n, name in enumerate(DIGIT_SHIFTS)
             }
         results[surface] = _measure_surface(surface, baseline, pools, shifted, window, args, thresholds, rng)
     return results
+
+
+def _crossfit(args, spec: ModelSpec, model: OnnxModel, baseline: dict, window: int, thresholds) -> dict:
+    """False alarms of the calibration procedure on fresh baselines and disjoint windows (``skew_crossfit``)."""
+    if not args.all_digits.is_file():
+        print(f"  tensor cross-fitted false alarms: skipped, {args.all_digits} missing (build_monitoring.py writes it)")
+        return {}
+    with np.load(args.all_digits) as data:
+        tensors = _tensors(data["x"])
+    predicted = model.probabilities(tensors).argmax(axis=1)
+    result = crossfit_false_alarms(
+        digit_features(tensors),
+        predicted,
+        list(spec.labels),
+        reference_size=baseline["items"],
+        window=window,
+        replications=args.crossfit,
+        trials=args.crossfit_trials,
+        false_alarm_rate=baseline["thresholds"]["false_alarm_rate"],
+        thresholds=thresholds,
+    )
+    low, high = result.interval()
+    name = f"cross-fitted: {args.crossfit} random baselines of {baseline['items']} of all {len(predicted)} digits"
+    print(
+        f"  tensor {name:<46}{'false alarms':>14} {result.rate:6.1%}   "
+        f"on {result.windows} disjoint windows, 95% interval {low:.1%}-{high:.1%}"
+    )
+    return {"false_alarm_rate": result.rate, "windows": result.windows, "interval": [round(low, 4), round(high, 4)]}
 
 
 def bench_hotdog(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, window: int, thresholds) -> dict:
@@ -276,6 +352,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=Path("model_repo/training/.cache/heldout-first-half.npz"),
         help="held-out digits, at least a window's worth (build_monitoring.py writes the default)",
     )
+    parser.add_argument(
+        "--all-digits",
+        type=Path,
+        default=Path("model_repo/training/.cache/mnist-all.npz"),
+        help="every MNIST digit there is, for the cross-fitted false alarms (build_monitoring.py writes it)",
+    )
+    parser.add_argument("--crossfit", type=int, default=100, help="cross-fit replications (0: skip)")
+    parser.add_argument("--crossfit-trials", type=int, default=2000, help="bootstrap draws per cross-fit baseline")
     parser.add_argument("--hotdog-photos", type=Path, default=Path("model_repo/training/hotdog_photos"))
     parser.add_argument("--window", type=int, help="MNIST window (default: skew.window)")
     parser.add_argument("--hotdog-window", type=int, default=200, help="hot dog window (its photo set has 347)")

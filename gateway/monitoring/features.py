@@ -11,11 +11,30 @@ import numpy as np
 INK_LEVEL = 0.5
 """A pixel at or above this intensity counts as ink (inputs are white ink on black, in [0, 1])."""
 
-DIGIT_FEATURES = ("mean_intensity", "ink_fraction", "contrast", "bbox_width", "bbox_height")
+DIGIT_FEATURES = (
+    "mean_intensity",
+    "ink_fraction",
+    "contrast",
+    "bbox_width",
+    "bbox_height",
+    "stroke_width",
+    "slant",
+    "grey_share",
+)
+FAINT_LEVEL = 0.05
+"""A pixel above this intensity is part of the digit (for ``grey_share``)."""
 
 
 def digit_features(batch: np.ndarray) -> dict[str, np.ndarray]:
-    """Features of each item in a batch of MNIST-style inputs ([N, 1, 28, 28] or [N, 28, 28])."""
+    """Features of each item in a batch of MNIST-style inputs ([N, 1, 28, 28] or [N, 28, 28]).
+
+    Besides intensity and extent, three that the photo pipeline does not normalise away
+    (it crops to the ink, fits it into 20 x 20 and sets the stroke intensity):
+    ``stroke_width`` (2 x ink area / ink boundary, in pixels: a thick pen),
+    ``slant`` (the second-moment shear, columns per row: a rotated or slanted digit) and
+    ``grey_share`` (the share of the digit's pixels that are grey, not ink: faint ink and
+    blur leave soft edges).
+    """
     images = batch.reshape(len(batch), batch.shape[-2], batch.shape[-1]).astype(np.float32)
     ink = images >= INK_LEVEL
     rows, cols = ink.any(axis=2), ink.any(axis=1)
@@ -31,7 +50,42 @@ def digit_features(batch: np.ndarray) -> dict[str, np.ndarray]:
         "contrast": images.std(axis=(1, 2)),
         "bbox_width": extent(cols),
         "bbox_height": extent(rows),
+        "stroke_width": _stroke_width(ink),
+        "slant": _slant(images),
+        "grey_share": _grey_share(images),
     }
+
+
+def _stroke_width(ink: np.ndarray) -> np.ndarray:
+    """2 x area / boundary pixels of the ink mask: a stroke w wide and L long has area wL and ~2L boundary."""
+    area = ink.sum(axis=(1, 2)).astype(np.float32)
+    padded = np.pad(ink, ((0, 0), (1, 1), (1, 1)))
+    inner = (
+        padded[:, 1:-1, 1:-1] & padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
+    )
+    boundary = area - inner.sum(axis=(1, 2)).astype(np.float32)
+    return np.divide(2.0 * area, boundary, out=np.zeros_like(area), where=boundary > 0)
+
+
+def _slant(images: np.ndarray) -> np.ndarray:
+    """Intensity-weighted covariance of column and row over the variance of the row (0 for an empty input)."""
+    total = images.sum(axis=(1, 2))
+    weight = np.maximum(total, 1e-6)
+    rows, cols = np.indices(images.shape[1:], dtype=np.float32)
+    mean_r = (images * rows).sum(axis=(1, 2)) / weight
+    mean_c = (images * cols).sum(axis=(1, 2)) / weight
+    dr = rows[np.newaxis] - mean_r[:, np.newaxis, np.newaxis]
+    dc = cols[np.newaxis] - mean_c[:, np.newaxis, np.newaxis]
+    var_r = (images * dr * dr).sum(axis=(1, 2)) / weight
+    cov = (images * dr * dc).sum(axis=(1, 2)) / weight
+    return np.divide(cov, var_r, out=np.zeros_like(cov), where=var_r > 1e-6)
+
+
+def _grey_share(images: np.ndarray) -> np.ndarray:
+    """Share of the digit's pixels (above FAINT_LEVEL) below the ink level."""
+    digit = (images > FAINT_LEVEL).sum(axis=(1, 2)).astype(np.float32)
+    grey = ((images > FAINT_LEVEL) & (images < INK_LEVEL)).sum(axis=(1, 2)).astype(np.float32)
+    return np.divide(grey, digit, out=np.zeros_like(digit), where=digit > 0)
 
 
 PHOTO_FEATURES = ("red_mean", "green_mean", "blue_mean", "brightness", "contrast", "saturation")

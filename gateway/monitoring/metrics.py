@@ -226,6 +226,8 @@ class GatewayMetrics:
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
+        trusted = ("gateway_estimate_trusted", "1: the estimate can be read as the accuracy (no alarm, enough records)")
+        self.estimate_trusted = Gauge(*trusted, surface_labels, multiprocess_mode="min", registry=self.registry)
 
     def _rollout(self) -> None:
         """Routing by arm, the followed rollout state and the guard."""
@@ -337,6 +339,7 @@ class GatewayMetrics:
             self.skew_alarm.labels(model, version, surface).set(int(skew["alarm"]))
             if skew["estimated_accuracy"] is not None:
                 self.estimated_accuracy.labels(model, version, surface).set(skew["estimated_accuracy"])
+            self.estimate_trusted.labels(model, version, surface).set(int(skew["estimate_trusted"]))
 
     def observe_rollout(self, model: str, policy: RolloutPolicy, revision: int) -> None:
         """The rollout state this replica now follows for ``model``."""

@@ -36,6 +36,8 @@ class Reference:
     groups: np.ndarray
     refused: int = 0
     """Photos the gateway's preprocessing refused (the client would get a 400): not in the reference."""
+    sources: np.ndarray | None = None
+    """The original each item was made from, where several items share one (hot dog: one photo, three uploads)."""
 
     def features(self, preprocessing: str) -> dict[str, np.ndarray]:
         """The features the prediction log computes for these items' records."""
@@ -45,7 +47,13 @@ class Reference:
         return values
 
 
-def photo_reference(photos: Sequence[bytes], truth: Sequence[int], groups: Sequence[int], spec: ModelSpec) -> Reference:
+def photo_reference(
+    photos: Sequence[bytes],
+    truth: Sequence[int],
+    groups: Sequence[int],
+    spec: ModelSpec,
+    sources: Sequence[int] | None = None,
+) -> Reference:
     """Photos through the gateway's decoding and preprocessing (refused ones left out and counted)."""
     tensors, sizes, kept = [], [], []
     for index, photo in enumerate(photos):
@@ -62,6 +70,7 @@ def photo_reference(photos: Sequence[bytes], truth: Sequence[int], groups: Seque
         np.asarray(truth)[kept],
         np.asarray(groups)[kept],
         refused=len(photos) - len(kept),
+        sources=None if sources is None else np.asarray(sources)[kept],
     )
 
 
@@ -101,6 +110,7 @@ def surface_baseline(
         values,
         predicted,
         groups=reference.groups,
+        clusters=reference.sources,
         false_alarm_rate=false_alarm_rate,
         trials=trials,
         seed=seed,

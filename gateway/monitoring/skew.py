@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.monitoring.features import SOURCE_FEATURES
+
 PSI_EPSILON = 1e-4
 """Floor for empty bins, so PSI stays finite (a common choice)."""
+INFORMATIONAL = frozenset(SOURCE_FEATURES)
+"""Shown with distance and threshold, but no alarm unless ``skew.feature_thresholds`` sets one: the upload's
+size says which camera or client sent it, not what reached the model (every new phone would alarm)."""
 
 
 @dataclass(frozen=True)
@@ -96,10 +101,12 @@ def compute_skew(baseline: dict, records: Sequence[dict], thresholds: SkewThresh
         live = live_histogram(histogram["edges"], values) if len(values) else np.zeros(len(histogram["counts"]))
         distance = psi(histogram["counts"], live) if len(values) else None
         threshold = thresholds.per_feature.get(name, limits[name])
+        informational = name in INFORMATIONAL and name not in thresholds.per_feature
         features[name] = {
             "distance": None if distance is None else round(distance, 4),
             "threshold": round(threshold, 4),
-            "alarm": bool(enough and distance is not None and distance > threshold),
+            "alarm": bool(enough and not informational and distance is not None and distance > threshold),
+            "informational": informational,
             "edges": histogram["edges"],
             "baseline_counts": histogram["counts"],
             "live_counts": live.astype(int).tolist(),

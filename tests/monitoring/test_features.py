@@ -51,3 +51,18 @@ def test_source_features_of_a_phone_photo() -> None:
     features = source_features(np.array([[4000, 3000], [1080, 1920]]))
     assert features["megapixels"].tolist() == [12.0, 1080 * 1920 / 1e6]
     assert features["aspect_ratio"].tolist() == [4000 / 3000, 1080 / 1920]
+
+
+def test_stroke_width_slant_and_grey_share_of_known_strokes() -> None:
+    image = np.zeros((3, 28, 28), np.float32)
+    image[0, 4:24, 13:15] = 1.0  # an upright stroke 2 px wide
+    image[1, 4:24, 12:16] = 1.0  # 4 px wide
+    for row in range(4, 24):  # leaning right going down: the column grows with the row
+        image[2, row, 4 + row // 2 : 6 + row // 2] = 1.0
+    image[2, 4:24][image[2, 4:24] == 0] = 0.0
+    features = digit_features(image)
+    assert features["stroke_width"][1] > 1.5 * features["stroke_width"][0] > 0
+    assert features["slant"][0] == 0.0 and features["slant"][2] == pytest.approx(0.5, abs=0.05)
+    assert features["grey_share"][0] == 0.0
+    faint = digit_features(image[:1] * 0.4)
+    assert faint["grey_share"][0] == 1.0

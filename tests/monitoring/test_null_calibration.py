@@ -100,3 +100,41 @@ def test_a_false_alarm_rate_outside_zero_to_one_is_refused(calibrated_baseline) 
     features, labels = population(np.random.default_rng(8), 100)
     with pytest.raises(ValueError, match="false_alarm_rate"):
         calibrate(calibrated_baseline, features, labels, false_alarm_rate=1.5)
+
+
+def test_a_reference_made_of_copies_is_drawn_by_source_and_gets_wider_thresholds() -> None:
+    """Three uploads of each of 300 photos hold 300 draws from the population, not 900."""
+    features, labels = population(np.random.default_rng(9), 300)
+    copies = {name: np.repeat(values, 3) + np.tile([0.0, 0.01, -0.01], 300) for name, values in features.items()}
+    tripled = np.repeat(labels, 3)
+    baseline = compute_baseline(copies, tripled, LABELS, "three uploads each")
+    by_item = calibrate(baseline, copies, tripled, windows=(200,), trials=400, seed=10)
+    by_source = calibrate(
+        baseline, copies, tripled, clusters=np.repeat(np.arange(300), 3), windows=(200,), trials=400, seed=10
+    )
+    assert by_source["windows"]["200"]["features"]["a"] > 1.2 * by_item["windows"]["200"]["features"]["a"]
+    assert "by source (300 sources)" in by_source["method"]
+
+
+def test_copies_in_the_reference_cost_no_false_alarms_once_drawn_by_source() -> None:
+    """Fresh windows against a reference of three uploads per photo alarm as often as against the photos
+    themselves when the pseudo-references are drawn by source; drawn by item, several times as often."""
+    rng = np.random.default_rng(11)
+    features, labels = population(rng, 400)
+    copies = {name: np.repeat(values, 3) for name, values in features.items()}
+
+    def rate(values: dict, truth: np.ndarray, clusters: np.ndarray | None) -> float:
+        baseline = compute_baseline(values, truth, LABELS, "reference")
+        baseline["thresholds"] = calibrate(
+            baseline, values, truth, clusters=clusters, false_alarm_rate=0.05, windows=(200,), trials=1000, seed=12
+        )
+        fresh = np.random.default_rng(13)
+        return np.mean(
+            [compute_skew(baseline, records(*population(fresh, 200)), SkewThresholds())["alarm"] for _ in range(300)]
+        )
+
+    photos = rate(features, labels, None)
+    by_source = rate(copies, np.repeat(labels, 3), np.repeat(np.arange(400), 3))
+    by_item = rate(copies, np.repeat(labels, 3), None)
+    assert by_source <= photos + 0.04
+    assert by_item >= 2 * by_source

@@ -90,3 +90,18 @@ def test_a_per_feature_threshold_from_the_settings_replaces_the_default(heldout_
     report = compute_skew(BASELINE, faint, tuned)["features"]["contrast"]
     assert default["alarm"] and not report["alarm"]
     assert report["threshold"] == 50.0 and report["distance"] == default["distance"]
+
+
+def test_the_upload_size_is_shown_but_raises_no_alarm_unless_the_operator_sets_a_threshold() -> None:
+    edges = [0.0, 1.0, 2.0, 3.0]
+    baseline = {
+        "features": {"megapixels": {"edges": edges, "counts": [10, 10, 10], "mean": 1.5}},
+        "labels": {"hotdog": 1.0},
+    }
+    smaller = [{"features": {"megapixels": 0.5}, "label": "hotdog"}] * 60  # a new client: every upload smaller
+    report = compute_skew(baseline, smaller, SkewThresholds())
+    megapixels = report["features"]["megapixels"]
+    assert megapixels["distance"] > megapixels["threshold"] and megapixels["informational"]
+    assert not megapixels["alarm"] and not report["alarm"]
+    opted_in = compute_skew(baseline, smaller, SkewThresholds(per_feature={"megapixels": 0.5}))
+    assert opted_in["alarm"] and not opted_in["features"]["megapixels"]["informational"]
