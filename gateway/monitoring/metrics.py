@@ -13,6 +13,7 @@ import contextvars
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -188,46 +189,41 @@ class GatewayMetrics:
         )
 
     def _monitoring(self) -> None:
-        """Live accuracy and training/serving skew."""
+        """Live accuracy and training/serving skew (per input surface)."""
         version_labels = ("model", "version")
-        self.live_accuracy = Gauge(
-            "gateway_live_accuracy",
-            "Share of predictions with feedback that were right",
-            version_labels,
-            multiprocess_mode="mostrecent",
-            registry=self.registry,
-        )
         surface_labels = (*version_labels, "surface")
-        self.skew_distance = Gauge(
+        feature_labels = (*surface_labels, "feature")
+        gauge = partial(Gauge, registry=self.registry, multiprocess_mode="mostrecent")
+        self.live_accuracy = gauge(
+            "gateway_live_accuracy", "Share of predictions with feedback that were right", version_labels
+        )
+        self.skew_distance = gauge(
             "gateway_skew_distance",
             "Distance of the live window of one input surface from its baseline (PSI; L-inf for labels)",
-            (*surface_labels, "feature"),
-            multiprocess_mode="mostrecent",
-            registry=self.registry,
+            feature_labels,
         )
-        self.skew_threshold = Gauge(
+        self.skew_threshold = gauge(
             "gateway_skew_threshold",
             "Threshold of gateway_skew_distance, calibrated on the null for the window's size",
-            (*surface_labels, "feature"),
-            multiprocess_mode="mostrecent",
-            registry=self.registry,
+            feature_labels,
         )
-        self.skew_alarm = Gauge(
+        self.skew_alarm = gauge(
             "gateway_skew_alarm",
             "1 when any feature of the live window of one input surface crosses its threshold",
             surface_labels,
             multiprocess_mode="max",
-            registry=self.registry,
         )
-        self.estimated_accuracy = Gauge(
+        self.estimated_accuracy = gauge(
             "gateway_estimated_accuracy",
             "Accuracy estimated without labels: mean temperature-calibrated confidence of the live window",
             surface_labels,
-            multiprocess_mode="mostrecent",
-            registry=self.registry,
         )
-        trusted = ("gateway_estimate_trusted", "1: the estimate can be read as the accuracy (no alarm, enough records)")
-        self.estimate_trusted = Gauge(*trusted, surface_labels, multiprocess_mode="min", registry=self.registry)
+        self.estimate_trusted = gauge(
+            "gateway_estimate_trusted",
+            "1: the estimate can be read as the accuracy (no alarm, enough records)",
+            surface_labels,
+            multiprocess_mode="min",
+        )
 
     def _rollout(self) -> None:
         """Routing by arm, the followed rollout state and the guard."""
