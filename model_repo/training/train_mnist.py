@@ -258,6 +258,7 @@ def train(
     photo_style_share: float = 0.0,
     checkpoint: Path | None = None,
     stray_share: float = 0.0,
+    max_lr: float = MAX_LR,
 ) -> None:
     """Train in place: AdamW with a one-cycle schedule, label smoothing and random affine augmentation
     (and, with ``photos``, a share of each batch seen as phone photos instead of clean digits; with
@@ -268,9 +269,9 @@ def train(
     """
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x) / BATCH_SIZE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=MAX_LR, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=MAX_LR, epochs=epochs, steps_per_epoch=steps_per_epoch
+        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch
     )
     first_epoch = 1
     if checkpoint is not None and checkpoint.exists():
@@ -412,6 +413,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="wide", help="layout (default %(default)s)")
     parser.add_argument("--checkpoint", type=Path, help="save the training state here each epoch; resume from it")
+    parser.add_argument("--init", type=Path, help="start from the weights of another run's --checkpoint (fine-tune)")
+    parser.add_argument("--max-lr", type=float, default=MAX_LR, help="peak learning rate (default %(default)s)")
     parser.add_argument(
         "--photo-share", type=float, default=0.5, help="chance a digit is seen as a photo (default %(default)s)"
     )
@@ -440,8 +443,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     y = torch.cat([torch.from_numpy(train_y), torch.from_numpy(extra.y)])
 
     model = DigitNet(args.arch)
+    if args.init is not None:
+        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+        print(f"starting from the weights in {args.init}")
     start = time.perf_counter()
-    train(model, x, y, args.epochs, args.seed, photos, args.photo_style, args.checkpoint, args.stray_marks)
+    train(model, x, y, args.epochs, args.seed, photos, args.photo_style, args.checkpoint, args.stray_marks, args.max_lr)
     training_seconds = time.perf_counter() - start
 
     partial = args.out.with_name(f".{args.out.name}.partial")
@@ -470,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "parameters": sum(parameter.numel() for parameter in model.parameters()),
         "photo_style_share": args.photo_style,
         "stray_marks_share": args.stray_marks,
+        "max_lr": args.max_lr,
+        "init": str(args.init) if args.init else None,
         "torch_version": torch.__version__,
         "onnxruntime_version": ort.__version__,
         "opset": OPSET,
