@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 PKI_DIR ?= pki
 
-.PHONY: install triton serve test lint format train bench-accuracy bench-triton loadtest clean
+.PHONY: install triton serve test lint format train bench-accuracy evaluate-mnist bench-triton loadtest clean
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard protos/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ train: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	$(BIN)/gateway bench accuracy
+
+# Every MNIST version's accuracy (held-out digits as tensors, clean PNGs, the project's photos, and one photo set
+# per held-out renderer, made again when the renderers or the preprocessing change) and CPU cost per item.
+MNIST_VERSIONS ?= 1 2 3
+evaluate-mnist: $(STAMP)
+	$(BIN)/python model_repo/training/evaluate_mnist.py $(foreach v,$(MNIST_VERSIONS),--version $(v))
 
 # Direct Triton vs Triton through the gateway (REST photos, KServe gRPC tensors), 64 concurrent clients.
 bench-triton: $(STAMP) $(TRITON_STAMP)

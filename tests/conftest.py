@@ -15,6 +15,7 @@ import pytest
 
 from gateway.bench.server_process import GatewayProcess
 from gateway.bench.server_process import start_gateway as start_gateway_process
+from gateway.models.repository import load_model_spec
 from gateway.security.pki import PkiPaths, init_pki
 from gateway.security.tls import client_context
 from tests.redis_server import RedisServer, free_port
@@ -23,6 +24,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = REPO_ROOT / "model_repo"
 SAMPLE = REPO_ROOT / "tests" / "data" / "mnist_heldout_sample.npz"
 BODY_LIMIT = 2 * 1024 * 1024
+MNIST_STABLE = load_model_spec(MODEL_REPO / "mnist").initial_stable or "1"
+"""The version the shipped mnist config makes stable: what a gateway on ``MODEL_REPO`` answers with."""
+
+
+def version_one_config(config: str) -> str:
+    """The shipped mnist config for a copy that holds version 1 and the versions a test adds: version 1
+    stable, the latest 2 loaded (besides the stable one), whatever the shipped config says."""
+    config = re.sub(r'(key: "gateway.stable_version"\s*value: \{ string_value: )"\d+"', r'\1"1"', config)
+    return re.sub(r"latest: \{ num_versions: \d+ \}", "latest: { num_versions: 2 }", config)
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +145,7 @@ def metrics(gateway: RunningGateway) -> str:
         return client.get("/metrics").text
 
 
-def executed(gateway: RunningGateway, model: str = "mnist", version: str = "1") -> tuple[float, float]:
+def executed(gateway: RunningGateway, model: str = "mnist", version: str = MNIST_STABLE) -> tuple[float, float]:
     """(batches run, requests run in them) of one model version, from the batcher's histogram on /metrics."""
     text = metrics(gateway)
     labels = f'{{model="{model}",version="{version}"}}'

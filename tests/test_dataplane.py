@@ -18,7 +18,7 @@ from gateway.core.types import Identity, PhotoRequest, Route, RowsRequest
 from gateway.monitoring.photos import PHOTO_KEY
 from gateway.monitoring.stores import INPUT_KEY
 from gateway.security.identity import DEV_IDENTITY
-from tests.conftest import MODEL_REPO
+from tests.conftest import MNIST_STABLE, MODEL_REPO
 from tests.redis_server import RedisServer
 
 STABLE = Route("1", "stable")
@@ -42,7 +42,7 @@ def test_classifies_and_reports_batching_settings(heldout_sample) -> None:
     async def scenario() -> None:
         service = make_service()
         prediction = await service.plane.classify(request(digit_png(x[42])))
-        assert prediction.label == str(y[42]) and prediction.version == "1"
+        assert prediction.label == str(y[42]) and prediction.version == MNIST_STABLE
         description = service.registry.describe_model("mnist")
         assert description["batching"]["max_batch_size"] == 64
         assert description["batching"]["max_queue_delay_microseconds"] == 2000

@@ -16,6 +16,7 @@ from gateway.security.pki import PkiPaths
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.badinputs import png_bomb, truncated_jpeg
 from tests.conftest import (
+    MNIST_STABLE,
     REPO_ROOT,
     RunningGateway,
     executed,
@@ -137,7 +138,7 @@ def test_grpc_requests_are_counted(gateway: RunningGateway, stub, heldout_sample
     stub.Classify(classifier_pb2.ClassifyRequest(model="mnist", image=digit_png(heldout_sample[0][2])), timeout=30)
     with gateway.client() as client:
         text = client.get("/metrics").text
-    assert 'gateway_requests_total{code="OK",model="mnist",protocol="grpc",version="1"}' in text
+    assert f'gateway_requests_total{{code="OK",model="mnist",protocol="grpc",version="{MNIST_STABLE}"}}' in text
 
 
 def test_the_readme_example_works(gateway: RunningGateway) -> None:

@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.bench.photos import digit_png
 from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from tests.conftest import MODEL_REPO, RunningGateway
+from tests.conftest import MNIST_STABLE, MODEL_REPO, RunningGateway
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_infer_a_batch_of_tensors(client, heldout_sample) -> None:
     assert probabilities.shape == (len(batch), 10)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (probabilities.argmax(axis=1) == y[::37]).mean() >= 0.9
-    assert result.get_response().model_version == "1"
+    assert result.get_response().model_version == MNIST_STABLE
 
 
 def test_same_digit_same_answer_as_rest(gateway: RunningGateway, client, heldout_sample) -> None:

@@ -23,7 +23,7 @@ from gateway.models.repository import load_repository
 from gateway.security.pki import PkiPaths
 from gateway.security.tls import client_context
 from tests.badinputs import image_bytes, png_bomb, truncated_jpeg
-from tests.conftest import BODY_LIMIT, MODEL_REPO, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import BODY_LIMIT, MNIST_STABLE, MODEL_REPO, RunningGateway, start_gateway, stop_gateway
 from tests.memory import peak_growth
 
 CLASSIFY = "/api/v1/models/mnist/classify"
@@ -64,7 +64,7 @@ def test_clean_digit_is_classified_with_full_answer(gateway: RunningGateway, hel
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["label"] == str(y[i])
-        assert body["model"] == "mnist" and body["version"] == "1"
+        assert body["model"] == "mnist" and body["version"] == MNIST_STABLE
         assert sorted(body["probabilities"]) == [str(d) for d in range(10)]
         assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-4
         assert max(body["probabilities"], key=body["probabilities"].get) == body["label"]
@@ -113,11 +113,13 @@ def test_metrics_count_batches_and_answers_by_code(gateway: RunningGateway, good
         classify_png(client, good[0])
         client.post("/api/v1/models/no-such-model/classify", content=b"x", headers={"content-type": "image/png"})
         text = client.get("/metrics").text
-    assert 'gateway_requests_total{code="200",model="mnist",protocol="rest",version="1"}' in text
+    assert f'gateway_requests_total{{code="200",model="mnist",protocol="rest",version="{MNIST_STABLE}"}}' in text
     assert 'gateway_requests_total{code="404",model="_unknown",protocol="rest",version=""}' in text
-    batches = float(re.search(r'^gateway_batch_size_count\{model="mnist",version="1"\} (\S+)$', text, re.M).group(1))
+    batches = float(
+        re.search(rf'^gateway_batch_size_count\{{model="mnist",version="{MNIST_STABLE}"\}} (\S+)$', text, re.M).group(1)
+    )
     assert batches >= 1
-    assert 'gateway_queue_depth{model="mnist",version="1"}' in text
+    assert f'gateway_queue_depth{{model="mnist",version="{MNIST_STABLE}"}}' in text
     assert "gateway_batch_execution_seconds_bucket" in text and "gateway_queue_delay_seconds_bucket" in text
 
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from gateway.bench.photos import digit_png
 from gateway.security.tls import client_context
-from tests.conftest import SLOW_BATCH_DELAY_US, RunningGateway, executed, metrics, requests_counted
+from tests.conftest import MNIST_STABLE, SLOW_BATCH_DELAY_US, RunningGateway, executed, metrics, requests_counted
 
 CLASSIFY = "/api/v1/models/mnist/classify"
 
@@ -26,7 +26,7 @@ def send_and_wait_until_queued(gateway: RunningGateway, photo: bytes) -> ssl.SSL
         + photo
     )
     deadline = time.monotonic() + 3
-    while 'gateway_queue_depth{model="mnist",version="1"} 1.0' not in metrics(gateway):
+    while f'gateway_queue_depth{{model="mnist",version="{MNIST_STABLE}"}} 1.0' not in metrics(gateway):
         assert time.monotonic() < deadline, "the request never reached the batcher's queue"
     return sock
 
@@ -39,13 +39,15 @@ def test_a_client_that_hangs_up_is_dropped_before_execution(slow_batching_gatewa
     deadline = time.monotonic() + SLOW_BATCH_DELAY_US / 1e6
     while 'code="499"' not in (text := metrics(gateway)):
         assert time.monotonic() < deadline, "the hang-up was not noticed while the request was queued"
-    assert 'gateway_requests_total{code="499",model="mnist",protocol="rest",version="1"} 1.0' in text
+    assert f'gateway_requests_total{{code="499",model="mnist",protocol="rest",version="{MNIST_STABLE}"}} 1.0' in text
     with gateway.client() as client:
         answer = client.post("/api/v1/models/mnist/classify", content=photo, headers={"content-type": "image/png"})
     assert answer.status_code == 200
     text = metrics(gateway)
-    assert 'gateway_batch_size_count{model="mnist",version="1"} 1.0' in text
-    assert 'gateway_batch_size_sum{model="mnist",version="1"} 1.0' in text, "the hung-up request was executed too"
+    assert f'gateway_batch_size_count{{model="mnist",version="{MNIST_STABLE}"}} 1.0' in text
+    assert f'gateway_batch_size_sum{{model="mnist",version="{MNIST_STABLE}"}} 1.0' in text, (
+        "the hung-up request was executed too"
+    )
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits(slow_batching_gateway, heldout_sample) -> None:

@@ -15,7 +15,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from gateway.bench.photos import digit_png
 from gateway.models.repository import load_repository
 from gateway.preprocess.pipeline import prepare_photo
-from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway
+from tests.conftest import MNIST_STABLE, MODEL_REPO, REPO_ROOT, RunningGateway
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_rest_version_status_and_errors(gateway: RunningGateway) -> None:
         {"version": version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
         for version in sorted(load_repository(MODEL_REPO)["mnist"].versions, key=int)
     ]
-    assert labelled["model_version_status"][0]["version"] == "1"
+    assert labelled["model_version_status"][0]["version"] == MNIST_STABLE
     assert canary.status_code == 404 and "labelled 'canary'" in canary.json()["error"]
     assert both.status_code == 400 and "either" in both.json()["error"]
     assert ragged.status_code == 400 and "one shape" in ragged.json()["error"]

@@ -18,6 +18,7 @@ from mobile_client.compare import compare, phone_photos
 from mobile_client.values import Prediction, Upload
 from tests.backends.conftest import start_replica, write_backends
 from tests.conftest import (
+    MNIST_STABLE,
     MODEL_REPO,
     REPO_ROOT,
     RunningGateway,
@@ -190,7 +191,7 @@ def test_no_retry_when_the_wait_would_pass_the_deadline(full_queue_gateway, digi
             first.post, CLASSIFY_MNIST, content=photo, headers={"content-type": "image/png"}, timeout=30
         )
         deadline = time.monotonic() + 10
-        while 'gateway_queue_depth{model="mnist",version="1"} 1.0' not in metrics(gateway):
+        while f'gateway_queue_depth{{model="mnist",version="{MNIST_STABLE}"}} 1.0' not in metrics(gateway):
             assert time.monotonic() < deadline, "the first request never reached the batcher's queue"
         with Client(address(gateway, transport), sleep=waits.append, prepare=False, **identity(gateway)) as client:
             tries = recorded(client)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from gateway.models.repository import RepositoryError, load_model_spec, load_repository
-from tests.conftest import MODEL_REPO
+from tests.conftest import MODEL_REPO, version_one_config
 
 
 def test_shipped_repository_parses_with_tritons_schema() -> None:
@@ -29,6 +29,7 @@ def model_copy(tmp_path: Path) -> Path:
         return other_versions | {n for n in names if n.endswith(".json")}
 
     shutil.copytree(source, target, ignore=ignore)
+    (target / "config.pbtxt").write_text(version_one_config((source / "config.pbtxt").read_text()))
     return target
 
 

@@ -9,7 +9,7 @@ import httpx
 from gateway.bench.photos import digit_png
 from gateway.security.pki import issue_client
 from gateway.security.tls import client_context
-from tests.conftest import RunningGateway
+from tests.conftest import MNIST_STABLE, RunningGateway
 
 
 def classify(client: httpx.Client, digit) -> dict:
@@ -30,7 +30,9 @@ def send_feedback(client: httpx.Client, request_id: str, label: str) -> httpx.Re
 
 
 def accuracy(client: httpx.Client) -> dict:
-    return client.get("/api/v1/models/mnist/accuracy").json()["versions"].get("1", {"feedback": 0, "correct": 0})
+    return (
+        client.get("/api/v1/models/mnist/accuracy").json()["versions"].get(MNIST_STABLE, {"feedback": 0, "correct": 0})
+    )
 
 
 def test_feedback_is_joined_counted_once_and_drives_live_accuracy(gateway: RunningGateway, heldout_sample) -> None:
@@ -44,7 +46,7 @@ def test_feedback_is_joined_counted_once_and_drives_live_accuracy(gateway: Runni
         assert joined.json() | {"already_recorded": False} == {
             "request_id": right["request_id"],
             "model": "mnist",
-            "version": "1",
+            "version": MNIST_STABLE,
             "predicted": right["label"],
             "label": str(y[60]),
             "correct": right["label"] == str(y[60]),
@@ -58,7 +60,7 @@ def test_feedback_is_joined_counted_once_and_drives_live_accuracy(gateway: Runni
         assert after["feedback"] - before["feedback"] == 2
         assert after["correct"] - before["correct"] == int(right["label"] == str(y[60]))
         assert 0.0 <= after["accuracy"] <= 1.0
-        assert 'gateway_live_accuracy{model="mnist",version="1"}' in client.get("/metrics").text
+        assert f'gateway_live_accuracy{{model="mnist",version="{MNIST_STABLE}"}}' in client.get("/metrics").text
 
 
 def test_feedback_errors(gateway: RunningGateway, heldout_sample) -> None:

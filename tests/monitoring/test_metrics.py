@@ -10,7 +10,7 @@ import pytest
 
 from gateway.bench.photos import digit_png
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
-from tests.conftest import RunningGateway, metrics
+from tests.conftest import MNIST_STABLE, RunningGateway, metrics
 from tests.security.helpers import wait_until
 
 
@@ -38,7 +38,7 @@ def test_every_grpc_call_is_counted_once_however_it_ends(slow_batching_gateway, 
             assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_until(lambda: sum(grpc_calls_counted(gateway).values()) >= late_calls, "the late calls are counted")
         waiting = stub.Classify.future(request, timeout=30)
-        queued = 'gateway_queue_depth{model="mnist",version="1"} 1.0'
+        queued = f'gateway_queue_depth{{model="mnist",version="{MNIST_STABLE}"}} 1.0'
         wait_until(lambda: queued in metrics(gateway), "the call to cancel waits in the batcher's queue")
         waiting.cancel()
         wait_until(lambda: sum(grpc_calls_counted(gateway).values()) >= late_calls + 1, "the cancelled call counted")

@@ -12,7 +12,7 @@ import numpy as np
 
 from gateway.bench.renderers import HELD_OUT_RENDERERS, render
 from gateway.security.pki import PkiPaths
-from tests.conftest import start_gateway_on_redis, stop_gateway
+from tests.conftest import MNIST_STABLE, start_gateway_on_redis, stop_gateway
 from tests.redis_server import RedisServer
 
 
@@ -74,15 +74,17 @@ def test_skew_endpoint_and_gauges(pki: PkiPaths, redis_server: RedisServer, tmp_
             # the window that ended with the 300 clean digits was quiet; the newest one alarms
             assert tensors["history"][-1]["alarm"] and any(not point["alarm"] for point in tensors["history"])
             metrics = client.get("/metrics").text
-            assert 'gateway_skew_alarm{model="mnist",surface="tensor",version="1"} 1.0' in metrics
-            assert 'gateway_skew_alarm{model="mnist",surface="photo",version="1"} 0.0' in metrics
+            assert f'gateway_skew_alarm{{model="mnist",surface="tensor",version="{MNIST_STABLE}"}} 1.0' in metrics
+            assert f'gateway_skew_alarm{{model="mnist",surface="photo",version="{MNIST_STABLE}"}} 0.0' in metrics
             assert (
-                'gateway_skew_distance{feature="mean_intensity",model="mnist",surface="tensor",version="1"}' in metrics
+                f'gateway_skew_distance{{feature="mean_intensity",model="mnist",surface="tensor",version="{MNIST_STABLE}"}}'
+                in metrics
             )
             assert (
-                'gateway_skew_threshold{feature="mean_intensity",model="mnist",surface="photo",version="1"}' in metrics
+                f'gateway_skew_threshold{{feature="mean_intensity",model="mnist",surface="photo",version="{MNIST_STABLE}"}}'
+                in metrics
             )
-            assert 'gateway_estimated_accuracy{model="mnist",surface="photo",version="1"}' in metrics
+            assert f'gateway_estimated_accuracy{{model="mnist",surface="photo",version="{MNIST_STABLE}"}}' in metrics
             assert client.get("/api/v1/models/mnist/skew", params={"version": "7"}).status_code == 404
             unknown = client.get("/api/v1/models/mnist/skew", params={"surface": "fax"})
             assert unknown.status_code == 400 and "photo, tensor" in unknown.text

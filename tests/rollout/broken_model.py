@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tests.conftest import MODEL_REPO
+from tests.conftest import MODEL_REPO, version_one_config
 
 PERMUTATION = np.array([3, 4, 5, 6, 7, 8, 9, 0, 1, 2], dtype=np.int64)
 """Output class i is the real model's class PERMUTATION[i]: every answer names another digit."""
@@ -35,8 +35,8 @@ def model_repo_with_versions(root: Path, broken: dict[str, str] | None = None, *
     ``all_versions``: version_policy all (the shipped config loads the latest 2)."""
     model = root / "mnist"
     model.mkdir(parents=True)
-    for name in ("config.pbtxt", "labels.txt"):
-        shutil.copy(MODEL_REPO / "mnist" / name, model / name)
+    shutil.copy(MODEL_REPO / "mnist" / "labels.txt", model / "labels.txt")
+    (model / "config.pbtxt").write_text(version_one_config((MODEL_REPO / "mnist" / "config.pbtxt").read_text()))
     if all_versions:
         config = (model / "config.pbtxt").read_text()
         (model / "config.pbtxt").write_text(config.replace("{ latest: { num_versions: 2 } }", "{ all: {} }"))
