@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gateway.backends.devices import CPU, Instance
+from gateway.backends.session_cpu import SessionThreads
 from gateway.models.repository import RepositoryError, TensorSpec
 from gateway.monitoring.tracing import TRACING
 
@@ -103,11 +104,15 @@ class OnnxRuntimeBackend:
         threads: int,
         instances: Sequence[Instance] | None = None,
         on_execution: ExecutionReport | None = None,
+        on_cpu: Callable[[float], None] | None = None,
     ) -> None:
         self.instances = tuple(
             instances or (Instance(f"{model_path.parent.parent.name}_0", "cpu", ((CPU, {}),), threads),)
         )
-        self._sessions = [open_session(model_path, instance) for instance in self.instances]
+        # each session's threads, to measure the CPU of its runs where they run (``on_cpu``, see session_cpu)
+        self._threads = [SessionThreads(lambda i=instance: open_session(model_path, i)) for instance in self.instances]
+        self._sessions = [threads.built for threads in self._threads]
+        self._on_cpu = on_cpu
         inputs, outputs = self._sessions[0].get_inputs(), self._sessions[0].get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise RepositoryError(f"{model_path}: expected one input and one output")
@@ -137,7 +142,10 @@ class OnnxRuntimeBackend:
     def _timed(self, batch: np.ndarray, instance: int) -> np.ndarray:
         started = time.perf_counter()
         try:
-            return self._runs[instance](batch)
+            if self._on_cpu is None:
+                return self._runs[instance](batch)
+            with self._threads[instance].measure(self._on_cpu):
+                return self._runs[instance](batch)
         finally:
             self._on_execution(self.instances[instance], time.perf_counter() - started)
 

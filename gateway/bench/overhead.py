@@ -7,9 +7,11 @@ load-generator process (gateway/bench/overhead_load.py; its own CPU is reported 
 The gateway's CPU is read from /proc before and after each surface, summed over every
 gateway process (the parent and its worker processes); the embedded redis-server's CPU is
 its own column. CPU per request = CPU seconds / answers (warm-up included, as the CPU is).
-The model runs inside the gateway (ONNX Runtime), so its CPU is part of that figure; the
-``model`` column measures it alone afterwards (this process, each row's mean batch size, a
-worker's share of the threads) and ``beyond`` is the rest: what the gateway itself costs.
+The model runs inside the gateway (ONNX Runtime), so its CPU is part of that figure: the
+``model`` column is the model's own CPU where it runs (the gateway measures every run on the
+session's threads: ``gateway_model_cpu_seconds`` on /metrics), and ``beyond`` is the rest, what
+the gateway itself costs per request. ``alone`` is the model measured alone afterwards (this
+process, each row's mean batch size, a worker's share of the threads), for comparison.
 
 Before the load, each payload's decode and preparation is timed in this process as the CPU
 time of one thread (p50; wall time would count the other helpers' load on a shared
@@ -136,12 +138,18 @@ def cpu_seconds(root: int, redis_dir: Path) -> tuple[float, float]:
     return _cpu_seconds(_process_tree(root)), _cpu_seconds(_redis_servers(redis_dir))
 
 
-def _batch_totals(metrics: str, model: str) -> tuple[float, float]:
-    """(sum, count) of gateway_batch_size over every version of ``model``."""
+def _summed(metrics: str, name: str, model: str) -> float:
+    """The sum of sample ``name`` over every version of ``model``."""
     labels = rf'\{{[^}}]*model="{re.escape(model)}"[^}}]*\}}'
-    total = sum(float(v) for v in re.findall(rf"^gateway_batch_size_sum{labels} (\S+)$", metrics, re.M))
-    count = sum(float(v) for v in re.findall(rf"^gateway_batch_size_count{labels} (\S+)$", metrics, re.M))
-    return total, count
+    return sum(float(v) for v in re.findall(rf"^{name}{labels} (\S+)$", metrics, re.M))
+
+
+def _model_totals(metrics: str, model: str) -> tuple[float, float, float]:
+    """(sum, count) of gateway_batch_size and the model's CPU seconds, over every version of ``model``."""
+    return tuple(
+        _summed(metrics, name, model)
+        for name in ("gateway_batch_size_sum", "gateway_batch_size_count", "gateway_model_cpu_seconds_total")
+    )
 
 
 async def _scrape(base_url: str, pki: PkiPaths) -> str:
@@ -179,7 +187,7 @@ def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surfa
         warmup_s=args.warmup,
         duration_s=args.duration,
     )
-    batches_before = _batch_totals(scrape(server.base_url, pki), surface.model)
+    totals_before = _model_totals(scrape(server.base_url, pki), surface.model)
     cpu_before = cpu_seconds(server.process.pid, redis_dir)
     finished = subprocess.run(
         [sys.executable, "-m", "gateway.bench.overhead_load"],
@@ -193,15 +201,18 @@ def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surfa
     if finished.returncode != 0:
         raise RuntimeError(f"load generator failed on {surface.name}:\n{finished.stderr[-3000:]}")
     result = json.loads(finished.stdout.strip().splitlines()[-1])
-    batches_after = _batch_totals(scrape(server.base_url, pki), surface.model)
+    totals_after = _model_totals(scrape(server.base_url, pki), surface.model)
     answered = max(result["answered"], 1)
-    batch_sum, batch_count = (a - b for a, b in zip(batches_after, batches_before, strict=True))
+    batch_sum, batch_count, model_cpu_s = (a - b for a, b in zip(totals_after, totals_before, strict=True))
+    gateway_cpu_ms = 1000 * (cpu_after[0] - cpu_before[0]) / answered
     return {
         "rps": round(result["rps"], 1),
         "p50_ms": round(result["p50_ms"], 2),
         "p99_ms": round(result["p99_ms"], 2),
         "errors": result["errors"],
-        "gateway_cpu_ms": round(1000 * (cpu_after[0] - cpu_before[0]) / answered, 3),
+        "gateway_cpu_ms": round(gateway_cpu_ms, 3),
+        "model_cpu_ms": round(1000 * model_cpu_s / answered, 3),
+        "beyond_model_cpu_ms": round(gateway_cpu_ms - 1000 * model_cpu_s / answered, 3),
         "redis_cpu_ms": round(1000 * (cpu_after[1] - cpu_before[1]) / answered, 3),
         "client_cpu_ms": round(1000 * result["client_cpu_s"] / answered, 3),
         "mean_batch": round(batch_sum / batch_count, 2) if batch_count else 0.0,
@@ -256,29 +267,29 @@ def model_cpu_ms(spec: ModelSpec, batch: int, threads: int, seconds: float) -> f
     return 1000 * spent / (runs * batch)
 
 
-def add_model_cost(results: dict[str, dict[str, dict]], chosen: list[Surface], specs, threads: int) -> None:
-    """Each row gets the model's own CPU per item at the batch size it ran, and the gateway's cost beyond it."""
+def add_model_alone(results: dict[str, dict[str, dict]], chosen: list[Surface], specs, threads: int) -> None:
+    """Each row gets the model's CPU per item measured alone, at the batch size the row ran (for comparison)."""
     cache: dict[tuple[str, int], float] = {}
     for surface in chosen:
         for row in results[surface.name].values():
             key = (surface.model, max(1, round(row["mean_batch"])))
             if key not in cache:
                 cache[key] = model_cpu_ms(specs[surface.model], key[1], threads, seconds=1.0)
-            row["model_cpu_ms"] = round(cache[key], 3)
-            row["beyond_model_cpu_ms"] = round(row["gateway_cpu_ms"] - cache[key], 3)
+            row["model_alone_cpu_ms"] = round(cache[key], 3)
 
 
 def _print_table(results: dict[str, dict[str, dict]]) -> None:
     print(
         f"{'surface':<28}{'batching':>9}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}"
-        f"{'gateway CPU ms/req':>20}{'model':>7}{'beyond':>8}{'redis':>7}{'client':>8}{'errors':>8}"
+        f"{'gateway CPU ms/req':>20}{'model':>7}{'beyond':>8}{'alone':>7}{'redis':>7}{'client':>8}{'errors':>8}"
     )
     for name, modes in results.items():
         for mode, row in modes.items():
             print(
                 f"{name:<28}{mode:>9}{row['rps']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
                 f"{row['mean_batch']:>7.1f}{row['gateway_cpu_ms']:>20.2f}{row['model_cpu_ms']:>7.2f}"
-                f"{row['beyond_model_cpu_ms']:>8.2f}{row['redis_cpu_ms']:>7.2f}{row['client_cpu_ms']:>8.2f}"
+                f"{row['beyond_model_cpu_ms']:>8.2f}{row['model_alone_cpu_ms']:>7.2f}{row['redis_cpu_ms']:>7.2f}"
+                f"{row['client_cpu_ms']:>8.2f}"
                 f"{row['errors']:>8}"
             )
 
@@ -321,11 +332,12 @@ def main(args: argparse.Namespace) -> int:
                 server.stop()
     cores = os.cpu_count() or 1
     threads = max(1, cores // (args.workers or cores)) if args.model_threads is None else args.model_threads
-    add_model_cost(results, chosen, specs, threads)
+    add_model_alone(results, chosen, specs, threads)
     _print_table(results)
     print(
-        f"model: ONNX Runtime alone at each row's batch size with {threads} thread(s) (a worker's share of the "
-        "cores), CPU ms per item; beyond: gateway CPU minus that"
+        "model: the model's own CPU per request, measured in the gateway on the threads that ran it; beyond: "
+        f"gateway CPU minus that; alone: ONNX Runtime alone at the row's batch size with {threads} thread(s) "
+        "(a worker's share of the cores), CPU ms per item"
     )
     print(f"load average after the run: {os.getloadavg()[0]:.2f}")
     print(

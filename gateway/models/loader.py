@@ -91,4 +91,5 @@ class VersionLoader:
         def report(instance: Instance, seconds: float) -> None:
             execution.labels(spec.name, version, instance.name, instance.device).observe(seconds)
 
-        return OnnxRuntimeBackend(path, spec.input, spec.output, self._onnx_threads, instances, report)
+        model_cpu = self._metrics.model_cpu.labels(spec.name, version).inc
+        return OnnxRuntimeBackend(path, spec.input, spec.output, self._onnx_threads, instances, report, model_cpu)

@@ -110,6 +110,34 @@ def instance_execution_histogram(registry: CollectorRegistry) -> Histogram:
     )
 
 
+def model_cpu_counter(registry: CollectorRegistry) -> Counter:
+    """The in-process model's own CPU time, measured on its session's threads (backends/session_cpu.py)."""
+    return Counter(
+        "gateway_model_cpu_seconds",
+        "CPU time the in-process model (ONNX Runtime) spent running batches, on every thread of its session",
+        ("model", "version"),
+        registry=registry,
+    )
+
+
+class LabelCache:
+    """``metric.labels(*values)``, looked up once per label set: prometheus_client validates the values and
+    takes a lock on every ``labels`` call, microseconds each, several times per request. Only for metrics
+    whose label values are bounded (models, loaded versions, status codes), as every label here is."""
+
+    __slots__ = ("_metric", "_children")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Counter | Histogram] = {}
+
+    def __call__(self, *values: str) -> Counter | Histogram:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class GatewayMetrics:
     """Own registry per process (and per test), never the global one."""
 
@@ -124,10 +152,13 @@ class GatewayMetrics:
         self._rollout()
         self._shadow()
         self._security()
+        self.model_cpu = model_cpu_counter(self.registry)
         redis_up = "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe"
         self.redis_up = Gauge("gateway_redis_up", redis_up, multiprocess_mode="min", registry=self.registry)
         self.operations = OperationsGauges()
         self.registry.register(self.operations)
+        cached = ("requests", "request_latency", "batch_size", "execution", "queue_delay", "batch_failures", "routed")
+        self.cached = {name: LabelCache(getattr(self, name)) for name in cached}
 
     def _serving(self) -> None:
         """Requests, batches, queues and version loads."""
@@ -317,13 +348,14 @@ class GatewayMetrics:
         )
 
     def observe_batch(self, model: str, version: str, stats: BatchStats) -> None:
-        self.batch_size.labels(model, version).observe(stats.size)
-        self.execution.labels(model, version).observe(stats.execution_s)
-        delays = self.queue_delay.labels(model, version)
+        cached = self.cached
+        cached["batch_size"](model, version).observe(stats.size)
+        cached["execution"](model, version).observe(stats.execution_s)
+        delays = cached["queue_delay"](model, version)
         for delay in stats.queue_delays_s:
             delays.observe(delay)
         if stats.failed:
-            self.batch_failures.labels(model, version).inc()
+            cached["batch_failures"](model, version).inc()
         self.inference.of(model, version).batch_done(stats)
 
     def observe_skew(self, model: str, version: str, report: dict) -> None:
@@ -346,18 +378,23 @@ class GatewayMetrics:
         self.rollout_revision.labels(model).set(revision)
 
     def observe_request(self, protocol: str, model: str, version: str, code: str, seconds: float) -> None:
-        self.requests.labels(protocol, model, version, code).inc()
-        self.request_latency.labels(protocol, model).observe(seconds)
+        self.cached["requests"](protocol, model, version, code).inc()
+        self.cached["request_latency"](protocol, model).observe(seconds)
 
     def render(self) -> bytes:
-        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
-        if not directory:
-            return generate_latest(self.registry)
-        every_worker = CollectorRegistry()
-        multiprocess.MultiProcessCollector(every_worker, path=directory)
-        every_worker.register(self.inference)  # summed over the workers' shared counters
-        every_worker.register(self.operations)  # read from this worker (its spool; the TLS files are shared)
-        return generate_latest(every_worker)
+        return render(self.registry, self.inference, self.operations)
+
+
+def render(registry: CollectorRegistry, inference: Collector, operations: OperationsGauges) -> bytes:
+    """The text of ``/metrics``: this process's registry, or (supervised workers) every worker's values summed."""
+    directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if not directory:
+        return generate_latest(registry)
+    every_worker = CollectorRegistry()
+    multiprocess.MultiProcessCollector(every_worker, path=directory)
+    every_worker.register(inference)  # summed over the workers' shared counters
+    every_worker.register(operations)  # read from this worker (its spool; the TLS files are shared)
+    return generate_latest(every_worker)
 
 
 class RequestMeter:

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from gateway.bench.overhead import cpu_seconds
 from tests.conftest import REPO_ROOT
 
@@ -48,6 +50,9 @@ def test_the_benchmark_drives_real_surfaces_and_reads_the_gateways_cpu(tmp_path)
         assert row["errors"] == 0 and row["rps"] > 0, name
         assert row["gateway_cpu_ms"] > 0 and row["client_cpu_ms"] > 0, name
         assert row["mean_batch"] >= 1, name
+        # the model's CPU, read from the gateway's own measurement, is a part of the gateway's, not all of it
+        assert 0 < row["model_cpu_ms"] < row["gateway_cpu_ms"], name
+        assert row["beyond_model_cpu_ms"] == pytest.approx(row["gateway_cpu_ms"] - row["model_cpu_ms"], abs=0.002)
     assert "gateway CPU ms/req" in finished.stdout
 
 
