@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["STREAM_PREFIX", "PredictionLog", "stream_name"]
 RETRY_S = 1.0
+LINGER_S = 0.02
+"""How long the writer waits, after the first record of a chunk, for more to join it (unless the buffer holds
+a whole chunk already). Every write costs the gateway a fixed ~0.15-0.3 ms of redis-py's CPU plus a vectorised
+feature pass: batches of the model's size (4-8 records) made that 30-60 us per record; a 20 ms linger gathers
+the records of several batches at once, and a record reaches Redis at most 20 ms later."""
 
 
 def append_whole(path: Path, data: bytes) -> None:
@@ -72,6 +77,7 @@ class PredictionLog:
         *,
         buffer_size: int = 10_000,
         write_batch: int = 256,
+        linger_s: float = LINGER_S,
         stream_maxlen: int = 1_000_000,
         photo_maxlen: int = 1_000,
         max_pending_photo_bytes: int = MAX_PENDING_PHOTO_BYTES,
@@ -83,6 +89,7 @@ class PredictionLog:
         self._offset = spool_path.with_name(spool_path.name + ".offset")
         self._buffer: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=buffer_size)
         self._write_batch = write_batch
+        self._linger_s = linger_s
         self._once = WriteOnce(stream_maxlen)
         self._photo_maxlen = photo_maxlen
         self._max_photo_bytes = max_pending_photo_bytes
@@ -92,6 +99,9 @@ class PredictionLog:
         """Turns a chunk of handed-in records into what is stored (features instead of input rows)."""
         self._writer: asyncio.Task | None = None
         self._in_flight: list[dict[str, Any]] = []
+        """The chunk being written (enriched)."""
+        self._taken: list[dict[str, Any]] = []
+        """Records taken from the buffer for the next chunk while the writer lingers (not enriched yet)."""
         self._next_retry = 0.0
         spool_path.parent.mkdir(parents=True, exist_ok=True)
         self._spool_lines = self._count_spool_lines()
@@ -143,8 +153,8 @@ class PredictionLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
-        leftover = self._in_flight + self._enrich(self._drain_buffer(len_limit=None))
-        self._in_flight = []
+        leftover = self._in_flight + self._enrich([*self._taken, *self._drain_buffer(len_limit=None)])
+        self._in_flight, self._taken = [], []
         if leftover:
             self._append_to_spool(leftover)
         if self._redis is not None:
@@ -177,8 +187,11 @@ class PredictionLog:
                 first = await asyncio.wait_for(self._buffer.get(), RETRY_S if self.spooled else None)
             except TimeoutError:
                 continue
+            self._taken = [first]
+            if self._linger_s > 0 and self._buffer.qsize() < self._write_batch - 1:
+                await asyncio.sleep(self._linger_s)
             records = self._enrich([first, *self._drain_buffer(self._write_batch - 1)])
-            self._in_flight = records
+            self._in_flight, self._taken = records, []
             await self._write(records)
             self._in_flight = []
             for _ in records:
