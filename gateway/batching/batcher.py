@@ -276,7 +276,8 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
                 batch = self._queue.take(now)
-                if batch is None:
+                if batch is None:  # the depth without the abandoned and expired items ``put`` no longer drops
+                    self._on_queue_depth(len(self._queue))
                     await self._wait(self._queue.ready_at())
             self._on_queue_depth(len(self._queue))
             task = loop.create_task(self._execute(batch, loop.time()))
