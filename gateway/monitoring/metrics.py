@@ -157,7 +157,7 @@ class GatewayMetrics:
         self.redis_up = Gauge("gateway_redis_up", redis_up, multiprocess_mode="min", registry=self.registry)
         self.operations = OperationsGauges()
         self.registry.register(self.operations)
-        cached = ("requests", "request_latency", "batch_size", "execution", "queue_delay", "batch_failures", "routed")
+        cached = ("requests", "request_latency", "batch_size", "execution", "queue_delay", "batch_failures")
         self.cached = {name: LabelCache(getattr(self, name)) for name in cached}
 
     def _serving(self) -> None:
