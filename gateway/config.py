@@ -269,7 +269,14 @@ class PredictionLogSettings:
     """Where every prediction is logged: a Redis Stream per model, spooled to disk while Redis is down."""
 
     redis_url: str = ""
-    """A shared Redis (redis://host:port/db, rediss://, unix://); empty: an embedded redis-server (a child process)."""
+    """A shared Redis (redis://host:port/db, rediss://, unix://), or a Sentinel-managed one that fails over
+    (redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]); empty: an embedded redis-server
+    (a child process). The prediction log, feedback, rollout state, idempotent answers and rate limits share it."""
+    redis_wait_replicas: int = -1
+    """Writes of the log and of rollout changes count as done once this many replicas hold them (WAIT);
+    -1 (default): 1 with redis+sentinel (a failover loses no confirmed write), else 0 (the master's word)."""
+    redis_wait_timeout_ms: int = 1_000
+    """How long a write waits for those replicas; past it the log spools the records (replayed, written once)."""
     embedded_db: Path = Path("var/redis/gateway.db")
     spool_dir: Path = Path("var/spool")
     buffer_size: int = 10_000
@@ -290,10 +297,25 @@ class PredictionLogSettings:
             raise ConfigError(f"predictions.input_max_values must be 0 (off) or more, got {self.input_max_values}")
         if not 0.0 <= self.sample_photos <= 1.0:
             raise ConfigError(f"predictions.sample_photos must be a fraction 0.0-1.0, got {self.sample_photos}")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        from gateway.redis_link import RedisUrlError, check_url
+
+        if self.redis_url:
+            try:
+                check_url(self.redis_url)
+            except RedisUrlError as exc:
+                raise ConfigError(f"predictions.redis_url: {exc}") from None
+        if self.redis_wait_replicas < -1:
             raise ConfigError(
-                f"predictions.redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
+                f"predictions.redis_wait_replicas must be -1 (auto), 0 (off) or more, got {self.redis_wait_replicas}"
             )
+        _check_positive("predictions.redis_wait_timeout_ms", self.redis_wait_timeout_ms)
+
+    @property
+    def wait_replicas(self) -> int:
+        """``redis_wait_replicas`` with -1 resolved: 1 for a Sentinel URL, else 0."""
+        if self.redis_wait_replicas >= 0:
+            return self.redis_wait_replicas
+        return 1 if self.redis_url.startswith("redis+sentinel://") else 0
 
 
 @dataclass

@@ -125,6 +125,8 @@ class GatewayMetrics:
         self._security()
         redis_up = "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe"
         self.redis_up = Gauge("gateway_redis_up", redis_up, multiprocess_mode="min", registry=self.registry)
+        failovers = "Changes of the Redis master (Sentinel failovers) this process followed"
+        self.redis_failovers = Counter("gateway_redis_failovers", failovers, registry=self.registry)
         self.operations = OperationsGauges()
         self.registry.register(self.operations)
 

@@ -149,9 +149,15 @@ class RolloutManager:
 
     # -- shared state ----------------------------------------------------------------------------------
 
-    async def start(self, connect: Callable[[], aioredis.Redis], accuracy: Accuracy) -> None:
-        """Read (or create) every model's shared state, then follow changes and run the guard."""
-        self._store = RolloutStore(connect)
+    async def start(
+        self,
+        connect: Callable[[], aioredis.Redis],
+        accuracy: Accuracy,
+        confirm: Callable[[aioredis.Redis], Awaitable[None]] | None = None,
+    ) -> None:
+        """Read (or create) every model's shared state, then follow changes and run the guard; a change is
+        done once ``confirm`` (enough replicas hold it, see ``redis_link``) returns."""
+        self._store = RolloutStore(connect, confirm)
         self.shadow = ShadowTracker(connect)
         self._accuracy = accuracy
         for model in list(self._states):
