@@ -63,6 +63,8 @@ class RolloutState:
         )
 
 
+Confirm = Callable[[aioredis.Redis], Awaitable[None]] | None
+"""Returns once enough replicas hold the writes made so far, else raises NotReplicated (see ``redis_link``)."""
 Change = Callable[[RolloutState], RolloutPolicy | None]
 """Computes the new policy from the current state (None: nothing to change); may raise a GatewayError."""
 
@@ -78,11 +80,7 @@ class ChangeResult:
 
 
 class RolloutStore(LazyRedis):
-    def __init__(
-        self,
-        connect: Callable[[], aioredis.Redis],
-        confirm: Callable[[aioredis.Redis], Awaitable[None]] | None = None,
-    ) -> None:
+    def __init__(self, connect: Callable[[], aioredis.Redis], confirm: Confirm = None) -> None:
         super().__init__(connect)
         self._confirm = confirm
         """Raises unless enough replicas hold the writes made so far: a change they do not hold could be
