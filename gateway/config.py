@@ -137,13 +137,21 @@ class LimitSettings:
     grpc_max_metadata_bytes: int = 16 * 1024
     """The metadata (headers) of one gRPC call; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
     max_connections: int = 10_000
-    """Open HTTP connections (and requests in progress) per gateway process; beyond it, 503."""
+    """Open HTTP connections (and requests in progress) per gateway process, beyond it 503; and open gRPC
+    connections per process, beyond it a new one is closed at once."""
     max_connections_per_client: int = 256
     """Open HTTP connections of one client certificate per gateway process; beyond it, 429 and closed."""
     tls_handshake_timeout_s: float = 10.0
-    """A TLS handshake (HTTP) not done by then is dropped (asyncio's default: 60 s)."""
+    """A TLS handshake not done by then is dropped: HTTP (asyncio's default: 60 s) and gRPC (with the HTTP/2
+    preface; gRPC's default: 120 s)."""
     header_timeout_s: float = 10.0
     """The request line and headers must arrive within this of the connection (or the request's first byte); 408."""
+    grpc_idle_timeout_s: float = 300.0
+    """A gRPC connection with no call for this long is closed (GOAWAY); clients reconnect when they next call."""
+    grpc_max_streams_per_connection: int = 128
+    """Concurrent calls on one gRPC connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); more wait client-side."""
+    grpc_max_calls_per_client: int = 256
+    """gRPC calls in progress of one client certificate per gateway process; beyond it, RESOURCE_EXHAUSTED."""
 
     def validate(self) -> None:
         if self.rate_per_s < 0 or self.burst < 0:
@@ -190,6 +198,9 @@ _PARSER_LIMITS = (
     "max_connections_per_client",
     "tls_handshake_timeout_s",
     "header_timeout_s",
+    "grpc_idle_timeout_s",
+    "grpc_max_streams_per_connection",
+    "grpc_max_calls_per_client",
 )
 
 
