@@ -146,6 +146,11 @@ class LimitSettings:
     preface; gRPC's default: 120 s)."""
     header_timeout_s: float = 10.0
     """The request line and headers must arrive within this of the connection (or the request's first byte); 408."""
+    accept_rate_per_address: float = 100.0
+    """New HTTP connections per second from one source address, checked before their TLS handshake (beyond
+    it, reset at once); 0: off. Behind a NAT or a balancer that hides clients' addresses, raise it or turn it off."""
+    accept_burst_per_address: int = 100
+    """New connections one source address may open at once before ``accept_rate_per_address`` applies."""
     grpc_idle_timeout_s: float = 300.0
     """A gRPC connection with no call for this long is closed (GOAWAY); clients reconnect when they next call."""
     grpc_max_streams_per_connection: int = 128
@@ -162,6 +167,12 @@ class LimitSettings:
                 f"got {self.rate_per_s} and {self.burst}"
             )
         _check_positive("limits.rate_redis_timeout_ms", self.rate_redis_timeout_ms)
+        if self.accept_rate_per_address < 0:
+            raise ConfigError(
+                f"limits.accept_rate_per_address must be >= 0 (0: off), got {self.accept_rate_per_address}"
+            )
+        if self.accept_rate_per_address > 0:
+            _check_positive("limits.accept_burst_per_address", self.accept_burst_per_address)
         _check_positive("limits.max_body_bytes", self.max_body_bytes)
         _check_positive("limits.max_image_pixels", self.max_image_pixels)
         _check_positive("limits.max_pending_photos", self.max_pending_photos)
