@@ -36,26 +36,32 @@ SLOW_MS = 1000.0
 
 async def _victim(
     host: str, port: int, pki: PkiPaths, requests: int, since: float | None = None
-) -> tuple[list[float], int, list[tuple[float, float]]]:
-    """Latencies, errors, and (seconds since ``since``, latency ms) of each request slower than SLOW_MS or failed."""
+) -> tuple[list[float], int, list[tuple[float, ...]]]:
+    """Latencies, errors, and for each request slower than SLOW_MS or failed: (seconds since ``since``, ms to
+    connect, ms of the TLS handshake, ms to the answer; -1 where that step failed)."""
     context = client_context(pki.ca_cert, pki.client_cert("operator"), pki.client_key("operator"))
     latencies, errors, slow = [], 0, []
     for _ in range(requests):
-        started = time.perf_counter()
+        marks = [time.perf_counter()]
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 10)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            marks.append(time.perf_counter())
+            await asyncio.wait_for(writer.start_tls(context, server_hostname="localhost"), 10)
+            marks.append(time.perf_counter())
             writer.write(b"GET /api/v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             answer = await asyncio.wait_for(reader.read(), 10)
+            marks.append(time.perf_counter())
             writer.close()
             ok = answer.startswith(b"HTTP/1.1 200 ")
         except (OSError, TimeoutError):
             ok = False
         errors += not ok
-        took_ms = (time.perf_counter() - started) * 1000
+        took_ms = (time.perf_counter() - marks[0]) * 1000
         if ok:
             latencies.append(took_ms)
         if since is not None and (not ok or took_ms > SLOW_MS):
-            slow.append((round(started - since, 1), round(took_ms) if ok else -1))
+            steps = [round((b - a) * 1000) for a, b in zip(marks, marks[1:], strict=False)]
+            slow.append((round(marks[0] - since, 1), *steps, *[-1] * (3 - len(steps))))
     return latencies, errors, slow
 
 
@@ -106,7 +112,7 @@ def _attacker(host: str, port: int, pki: PkiPaths, args: argparse.Namespace, sto
     out.put(asyncio.run(_attack(host, port, pki, args.stalled, args.storm, args.attacker_address, stop)))
 
 
-def _summary(latencies: list[float], errors: int, slow: list[tuple[float, float]]) -> dict:
+def _summary(latencies: list[float], errors: int, slow: list[tuple[float, ...]]) -> dict:
     ordered = sorted(latencies) or [float("nan")]
     return {
         "p50_ms": round(statistics.median(ordered), 1),
