@@ -164,9 +164,11 @@ def main() -> int:
         attacker.start()
         attack_began = time.perf_counter()
         time.sleep(args.ramp_s)  # lets the attacker open its connections before measuring
-        cpu_before, wall_before = _cpu_s(pid), time.perf_counter()
+        cpu_before, attacker_before, wall_before = _cpu_s(pid), _cpu_s(attacker.pid), time.perf_counter()
         loud = _summary(*asyncio.run(_victim(host, int(port), pki, args.requests, attack_began)))
-        loud["gateway_cpu_share"] = round((_cpu_s(pid) - cpu_before) / (time.perf_counter() - wall_before), 2)
+        wall = time.perf_counter() - wall_before
+        loud["gateway_cpu_share"] = round((_cpu_s(pid) - cpu_before) / wall, 2)
+        loud["attacker_cpu_share"] = round((_cpu_s(attacker.pid) - attacker_before) / wall, 2)
         load = os.getloadavg()
         print("under attack:", loud, flush=True)
         stop.set()
