@@ -40,6 +40,7 @@ def test_a_sentinel_url_names_its_sentinels_service_db_and_password() -> None:
         ("redis+sentinel://:hunter2@h:1/svc/zero", "the db in"),
         ("redis+sentinel://:hunter2@h:1/svc?ssl=1", "query parameters"),
         ("mongodb://:hunter2@h:1/svc", "must start with redis://"),
+        ("rediss+sentinel://:hunter2@h:1/svc", "must start with redis://"),
     ],
 )
 def test_a_bad_url_stops_the_start_naming_the_key_and_hiding_the_password(url: str, message: str) -> None:
