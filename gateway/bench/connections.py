@@ -128,6 +128,11 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _runqueue_wait_s(pid: int) -> float:
+    """Time the gateway's main thread (its event loop) was ready to run but waited for a CPU (/proc schedstat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def _environment(pairs: list[str]) -> dict[str, str]:
     """``section.key=value`` -> ``{"GATEWAY_SECTION_KEY": value}``."""
     env = {}
@@ -154,9 +159,12 @@ def main() -> int:
     host, port = server.base_url.removeprefix("https://").rsplit(":", 1)
     try:
         pid = server.process.pid
-        cpu_before = _cpu_s(pid)
+        cpu_before, waited_before, wall_before = _cpu_s(pid), _runqueue_wait_s(pid), time.perf_counter()
         quiet = _summary(*asyncio.run(_victim(host, int(port), pki, args.requests)))
         quiet["gateway_cpu_ms_per_request"] = round((_cpu_s(pid) - cpu_before) * 1000 / args.requests, 2)
+        quiet["gateway_waiting_for_cpu_share"] = round(
+            (_runqueue_wait_s(pid) - waited_before) / (time.perf_counter() - wall_before), 2
+        )
         print("quiet:", quiet, flush=True)
         spawn = multiprocessing.get_context("spawn")
         results, stop = spawn.Queue(), spawn.Event()
@@ -165,10 +173,12 @@ def main() -> int:
         attack_began = time.perf_counter()
         time.sleep(args.ramp_s)  # lets the attacker open its connections before measuring
         cpu_before, attacker_before, wall_before = _cpu_s(pid), _cpu_s(attacker.pid), time.perf_counter()
+        waited_before = _runqueue_wait_s(pid)
         loud = _summary(*asyncio.run(_victim(host, int(port), pki, args.requests, attack_began)))
         wall = time.perf_counter() - wall_before
         loud["gateway_cpu_share"] = round((_cpu_s(pid) - cpu_before) / wall, 2)
         loud["attacker_cpu_share"] = round((_cpu_s(attacker.pid) - attacker_before) / wall, 2)
+        loud["gateway_waiting_for_cpu_share"] = round((_runqueue_wait_s(pid) - waited_before) / wall, 2)
         load = os.getloadavg()
         print("under attack:", loud, flush=True)
         stop.set()
