@@ -14,6 +14,7 @@ is reported as not durable yet).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -149,15 +150,27 @@ class RedisLink:
         self._timeout_s = timeout_s
         self.sentinel = parse_sentinel_url(url) if urlsplit(url).scheme == SENTINEL_SCHEME else None
         self.watch = FailoverWatch(self.sentinel.service if self.sentinel else "", on_failover)
+        self._manager: tuple[asyncio.AbstractEventLoop, Sentinel] | None = None
+        """The Sentinel clients, shared by every client made in one event loop (their connections belong to it)."""
+
+    def _sentinels(self, timeouts: dict[str, float]) -> Sentinel:
+        assert self.sentinel is not None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop (a command line tool): its own, used by one client
+            return Sentinel(list(self.sentinel.sentinels), sentinel_kwargs=dict(timeouts), **timeouts)
+        if self._manager is None or self._manager[0] is not loop:
+            self._manager = (loop, Sentinel(list(self.sentinel.sentinels), sentinel_kwargs=dict(timeouts), **timeouts))
+        return self._manager[1]
 
     def connect(self) -> aioredis.Redis:
-        """A new client (own pool); with Sentinel, of whichever server is the master now."""
+        """A new client (own pool); with Sentinel, of whichever server is the master now. Call it inside the
+        event loop that will use the client."""
         timeouts = {"socket_timeout": self._timeout_s, "socket_connect_timeout": self._timeout_s}
         if self.sentinel is None:
             return aioredis.Redis.from_url(self.url, **timeouts)
         address = self.sentinel
-        manager = Sentinel(list(address.sentinels), sentinel_kwargs=dict(timeouts), **timeouts)
-        return manager.master_for(
+        return self._sentinels(timeouts).master_for(
             address.service,
             connection_pool_class=WatchedPool,
             watch=self.watch,
