@@ -142,6 +142,21 @@ def _environment(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _measured(pid: int, attacker: int | None, victim) -> dict:
+    """The victim's summary, with the gateway's CPU and run-queue wait (and the attacker's CPU) over its run."""
+    cpu, waited, wall = _cpu_s(pid), _runqueue_wait_s(pid), time.perf_counter()
+    attacker_cpu = _cpu_s(attacker) if attacker else 0.0
+    latencies, errors, slow = asyncio.run(victim())
+    summary = _summary(latencies, errors, slow)
+    wall = time.perf_counter() - wall
+    summary["gateway_cpu_ms_per_request"] = round((_cpu_s(pid) - cpu) * 1000 / (len(latencies) + errors), 2)
+    summary["gateway_cpu_share"] = round((_cpu_s(pid) - cpu) / wall, 2)
+    summary["gateway_waiting_for_cpu_share"] = round((_runqueue_wait_s(pid) - waited) / wall, 2)
+    if attacker:
+        summary["attacker_cpu_share"] = round((_cpu_s(attacker) - attacker_cpu) / wall, 2)
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stalled", type=int, default=2000)
@@ -159,26 +174,15 @@ def main() -> int:
     host, port = server.base_url.removeprefix("https://").rsplit(":", 1)
     try:
         pid = server.process.pid
-        cpu_before, waited_before, wall_before = _cpu_s(pid), _runqueue_wait_s(pid), time.perf_counter()
-        quiet = _summary(*asyncio.run(_victim(host, int(port), pki, args.requests)))
-        quiet["gateway_cpu_ms_per_request"] = round((_cpu_s(pid) - cpu_before) * 1000 / args.requests, 2)
-        quiet["gateway_waiting_for_cpu_share"] = round(
-            (_runqueue_wait_s(pid) - waited_before) / (time.perf_counter() - wall_before), 2
-        )
+        quiet = _measured(pid, None, lambda: _victim(host, int(port), pki, args.requests))
         print("quiet:", quiet, flush=True)
         spawn = multiprocessing.get_context("spawn")
         results, stop = spawn.Queue(), spawn.Event()
         attacker = spawn.Process(target=_attacker, args=(host, int(port), pki, args, stop, results))
         attacker.start()
-        attack_began = time.perf_counter()
+        began = time.perf_counter()
         time.sleep(args.ramp_s)  # lets the attacker open its connections before measuring
-        cpu_before, attacker_before, wall_before = _cpu_s(pid), _cpu_s(attacker.pid), time.perf_counter()
-        waited_before = _runqueue_wait_s(pid)
-        loud = _summary(*asyncio.run(_victim(host, int(port), pki, args.requests, attack_began)))
-        wall = time.perf_counter() - wall_before
-        loud["gateway_cpu_share"] = round((_cpu_s(pid) - cpu_before) / wall, 2)
-        loud["attacker_cpu_share"] = round((_cpu_s(attacker.pid) - attacker_before) / wall, 2)
-        loud["gateway_waiting_for_cpu_share"] = round((_runqueue_wait_s(pid) - waited_before) / wall, 2)
+        loud = _measured(pid, attacker.pid, lambda: _victim(host, int(port), pki, args.requests, began))
         load = os.getloadavg()
         print("under attack:", loud, flush=True)
         stop.set()
