@@ -107,7 +107,6 @@ class FailoverWatch:
         self._on_failover = on_failover
         self._lock = threading.Lock()
         self.master: tuple[str, int] | None = None
-        self.failovers = 0
 
     def seen(self, address: tuple[str, int]) -> None:
         with self._lock:
@@ -117,7 +116,6 @@ class FailoverWatch:
                 return
             if previous == self.master:
                 return
-            self.failovers += 1
         log.warning(
             "Redis FAILOVER: master of %r moved from %s:%d to %s:%d (Sentinel); clients follow it",
             self._service,

@@ -82,11 +82,6 @@ class SharedRedis:
         self._wait_timeout_ms = settings.redis_wait_timeout_ms
         self.embedded: EmbeddedRedis | None = None
 
-    @property
-    def failovers(self) -> int:
-        """Changes of master this process followed (Sentinel); 0 for a plain or embedded Redis."""
-        return self._link.watch.failovers if self._link is not None else 0
-
     async def confirm(self, client: aioredis.Redis) -> None:
         """Return once the configured replicas hold every write made so far (``predictions.redis_wait_replicas``),
         else raise NotReplicated (a RedisError)."""
