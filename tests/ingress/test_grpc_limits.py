@@ -64,9 +64,7 @@ def test_a_connection_that_never_finishes_its_handshake_is_dropped(limited) -> N
     host, port = limited.server.grpc_target.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=20) as sock:
         sock.sendall(b"\x16\x03\x01\x00\xff")  # a TLS record header promising a ClientHello that never comes
-        started = time.monotonic()
-        assert sock.recv(1024) == b""  # closed by the gateway (gRPC's default would wait 120 s; the timeout fails)
-    assert time.monotonic() - started < 15
+        assert sock.recv(1024) == b""  # closed by the gateway (gRPC's default waits 120 s: the 20 s timeout fails)
 
 
 def test_an_idle_connection_is_closed_and_the_next_call_reconnects(limited, photo) -> None:
