@@ -89,6 +89,7 @@ class AdmittingServer:
         self._buckets = buckets
         self._timeout_s = handshake_timeout_s
         self._handshakes: set[asyncio.Task] = set()
+        self._closing = False
         self._accepting = asyncio.get_running_loop().create_task(self._accept_forever(), name="accept")
 
     async def _accept_forever(self) -> None:
@@ -110,17 +111,20 @@ class AdmittingServer:
 
     async def _handshake(self, conn: socket.socket) -> None:
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
+            _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
                 self._protocol, conn, ssl=self._context, ssl_handshake_timeout=self._timeout_s
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:  # ConnectionError is an OSError
             log.debug("TLS handshake failed: %s", exc)
             conn.close()
+            return
+        if self._closing and hasattr(protocol, "shutdown"):
+            protocol.shutdown()  # connected after the server's shutdown began: answered, then closed
 
     def close(self) -> None:
+        """Stop accepting; handshakes under way finish (their client may already have sent its request)."""
+        self._closing = True
         self._accepting.cancel()
-        for task in self._handshakes:
-            task.cancel()
 
     async def wait_closed(self) -> None:
         await asyncio.gather(self._accepting, *self._handshakes, return_exceptions=True)
