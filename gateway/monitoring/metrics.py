@@ -109,6 +109,16 @@ def instance_execution_histogram(registry: CollectorRegistry) -> Histogram:
     )
 
 
+def redis_metrics(registry: CollectorRegistry) -> tuple[Gauge, Counter]:
+    """The shared Redis: reachable at the last probe, and the changes of master (Sentinel failovers) followed."""
+    up = "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe"
+    failovers = "Changes of the Redis master (Sentinel failovers) this process followed"
+    return (
+        Gauge("gateway_redis_up", up, multiprocess_mode="min", registry=registry),
+        Counter("gateway_redis_failovers", failovers, registry=registry),
+    )
+
+
 class GatewayMetrics:
     """Own registry per process (and per test), never the global one."""
 
@@ -123,10 +133,7 @@ class GatewayMetrics:
         self._rollout()
         self._shadow()
         self._security()
-        redis_up = "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe"
-        self.redis_up = Gauge("gateway_redis_up", redis_up, multiprocess_mode="min", registry=self.registry)
-        failovers = "Changes of the Redis master (Sentinel failovers) this process followed"
-        self.redis_failovers = Counter("gateway_redis_failovers", failovers, registry=self.registry)
+        self.redis_up, self.redis_failovers = redis_metrics(self.registry)
         self.operations = OperationsGauges()
         self.registry.register(self.operations)
 
