@@ -61,7 +61,7 @@ class Gateway:
         run left), the rollout (following the shared state, the guard) and the repository scan."""
         self.redis.start()
         await self.monitor.start()
-        await self.rollout.start(self.redis.connect, self.monitor.live_accuracy)
+        await self.rollout.start(self.redis.connect, self.monitor.live_accuracy, confirm=self.redis.confirm)
         await self.registry.start()
 
     async def aclose(self) -> None:
@@ -99,7 +99,7 @@ def build_gateway(settings: Settings) -> Gateway:
         scan_interval_s=settings.rollout.scan_interval_s,
     )
     registry.load()
-    redis = SharedRedis(settings.predictions)
+    redis = SharedRedis(settings.predictions, on_failover=metrics.redis_failovers.inc)
     rate_limiter = _rate_limiter(settings.limits, redis, metrics)
     monitor = Monitor(settings.predictions, settings.skew, redis, registry, authz, metrics)
     shadows = ShadowCopies(rollout, metrics, max_in_flight=settings.rollout.shadow_max_in_flight)

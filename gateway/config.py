@@ -137,13 +137,26 @@ class LimitSettings:
     grpc_max_metadata_bytes: int = 16 * 1024
     """The metadata (headers) of one gRPC call; beyond it, RESOURCE_EXHAUSTED (gRPC's own check)."""
     max_connections: int = 10_000
-    """Open HTTP connections (and requests in progress) per gateway process; beyond it, 503."""
+    """Open HTTP connections (and requests in progress) per gateway process, beyond it 503; and open gRPC
+    connections per process, beyond it a new one is closed at once."""
     max_connections_per_client: int = 256
     """Open HTTP connections of one client certificate per gateway process; beyond it, 429 and closed."""
     tls_handshake_timeout_s: float = 10.0
-    """A TLS handshake (HTTP) not done by then is dropped (asyncio's default: 60 s)."""
+    """A TLS handshake not done by then is dropped: HTTP (asyncio's default: 60 s) and gRPC (with the HTTP/2
+    preface; gRPC's default: 120 s)."""
     header_timeout_s: float = 10.0
     """The request line and headers must arrive within this of the connection (or the request's first byte); 408."""
+    accept_rate_per_address: float = 100.0
+    """New HTTP connections per second from one source address, checked before their TLS handshake (beyond
+    it, reset at once); 0: off. Behind a NAT or a balancer that hides clients' addresses, raise it or turn it off."""
+    accept_burst_per_address: int = 100
+    """New connections one source address may open at once before ``accept_rate_per_address`` applies."""
+    grpc_idle_timeout_s: float = 300.0
+    """A gRPC connection with no call for this long is closed (GOAWAY); clients reconnect when they next call."""
+    grpc_max_streams_per_connection: int = 128
+    """Concurrent calls on one gRPC connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); more wait client-side."""
+    grpc_max_calls_per_client: int = 256
+    """gRPC calls in progress of one client certificate per gateway process; beyond it, RESOURCE_EXHAUSTED."""
 
     def validate(self) -> None:
         if self.rate_per_s < 0 or self.burst < 0:
@@ -154,6 +167,12 @@ class LimitSettings:
                 f"got {self.rate_per_s} and {self.burst}"
             )
         _check_positive("limits.rate_redis_timeout_ms", self.rate_redis_timeout_ms)
+        if self.accept_rate_per_address < 0:
+            raise ConfigError(
+                f"limits.accept_rate_per_address must be >= 0 (0: off), got {self.accept_rate_per_address}"
+            )
+        if self.accept_rate_per_address > 0:
+            _check_positive("limits.accept_burst_per_address", self.accept_burst_per_address)
         _check_positive("limits.max_body_bytes", self.max_body_bytes)
         _check_positive("limits.max_image_pixels", self.max_image_pixels)
         _check_positive("limits.max_pending_photos", self.max_pending_photos)
@@ -190,6 +209,9 @@ _PARSER_LIMITS = (
     "max_connections_per_client",
     "tls_handshake_timeout_s",
     "header_timeout_s",
+    "grpc_idle_timeout_s",
+    "grpc_max_streams_per_connection",
+    "grpc_max_calls_per_client",
 )
 
 
@@ -269,7 +291,14 @@ class PredictionLogSettings:
     """Where every prediction is logged: a Redis Stream per model, spooled to disk while Redis is down."""
 
     redis_url: str = ""
-    """A shared Redis (redis://host:port/db, rediss://, unix://); empty: an embedded redis-server (a child process)."""
+    """A shared Redis (redis://host:port/db, rediss://, unix://), or a Sentinel-managed one that fails over
+    (redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]); empty: an embedded redis-server
+    (a child process). The prediction log, feedback, rollout state, idempotent answers and rate limits share it."""
+    redis_wait_replicas: int = -1
+    """Writes of the log and of rollout changes count as done once this many replicas hold them (WAIT);
+    -1 (default): 1 with redis+sentinel (a failover loses no confirmed write), else 0 (the master's word)."""
+    redis_wait_timeout_ms: int = 1_000
+    """How long a write waits for those replicas; past it the log spools the records (replayed, written once)."""
     embedded_db: Path = Path("var/redis/gateway.db")
     spool_dir: Path = Path("var/spool")
     buffer_size: int = 10_000
@@ -290,10 +319,25 @@ class PredictionLogSettings:
             raise ConfigError(f"predictions.input_max_values must be 0 (off) or more, got {self.input_max_values}")
         if not 0.0 <= self.sample_photos <= 1.0:
             raise ConfigError(f"predictions.sample_photos must be a fraction 0.0-1.0, got {self.sample_photos}")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        from gateway.redis_link import RedisUrlError, check_url
+
+        if self.redis_url:
+            try:
+                check_url(self.redis_url)
+            except RedisUrlError as exc:
+                raise ConfigError(f"predictions.redis_url: {exc}") from None
+        if self.redis_wait_replicas < -1:
             raise ConfigError(
-                f"predictions.redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
+                f"predictions.redis_wait_replicas must be -1 (auto), 0 (off) or more, got {self.redis_wait_replicas}"
             )
+        _check_positive("predictions.redis_wait_timeout_ms", self.redis_wait_timeout_ms)
+
+    @property
+    def wait_replicas(self) -> int:
+        """``redis_wait_replicas`` with -1 resolved: 1 for a Sentinel URL, else 0."""
+        if self.redis_wait_replicas >= 0:
+            return self.redis_wait_replicas
+        return 1 if self.redis_url.startswith("redis+sentinel://") else 0
 
 
 @dataclass

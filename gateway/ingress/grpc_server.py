@@ -30,6 +30,7 @@ from gateway.ingress.grpc_common import (
     grpc_status_for,
     routing_key,
 )
+from gateway.ingress.grpc_limits import CallsPerClient, server_options
 from gateway.ingress.idempotency import IDEMPOTENCY_HEADER, IdempotentCalls, request_id_for
 from gateway.ingress.kserve_grpc import KServeServicer
 from gateway.monitoring.tracing import TRACING, TracingInterceptor
@@ -125,8 +126,13 @@ async def build_grpc_server(
         ("grpc.max_receive_message_length", limits.grpc_max_message_bytes),
         ("grpc.max_metadata_size", limits.grpc_max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", limits.grpc_max_metadata_bytes),
+        *server_options(limits),
     ]
-    server = grpc.aio.server(options=options, interceptors=[TracingInterceptor(TRACING)] if TRACING.on else None)
+    interceptors = [
+        CallsPerClient(limits.grpc_max_calls_per_client),
+        *([TracingInterceptor(TRACING)] if TRACING.on else []),
+    ]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     mtls, parse_limits = settings.tls.enabled, limits.parse_limits()
     classifier = ClassifierServicer(gateway.plane, gateway.idempotent_calls, mtls=mtls)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, server)

@@ -22,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import STARTUP_FAILURE
 
 from gateway.config import Settings
+from gateway.ingress.admission import AddressBuckets, AdmittingServer
 from gateway.ingress.connections import ClientConnections, refusal
 from gateway.security.tls_reload import TlsMaterial
 
@@ -191,11 +192,15 @@ def protocol_class(settings: Settings) -> type[PeerCertHttpToolsProtocol]:
 class GatewayServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT once its own shutdown is done, which would kill the process
     before the gRPC server and the batchers are drained; the gateway finishes its shutdown instead.
-    Its listeners bound the TLS handshake (``tls_handshake_timeout_s``; asyncio's default is 60 s)."""
+    Its listeners bound the TLS handshake (``tls_handshake_timeout_s``; asyncio's default is 60 s) and, with
+    ``admission``, the new connections of each source address before their handshake (see ``admission``)."""
 
-    def __init__(self, config: uvicorn.Config, tls_handshake_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, config: uvicorn.Config, tls_handshake_timeout_s: float = 10.0, admission: AddressBuckets | None = None
+    ) -> None:
         super().__init__(config)
         self._handshake_timeout_s = tls_handshake_timeout_s
+        self.admission = admission
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -219,11 +224,17 @@ class GatewayServer(uvicorn.Server):
             )
 
         loop = asyncio.get_running_loop()
-        timeout = {"ssl_handshake_timeout": self._handshake_timeout_s} if config.ssl else {}
-        self.servers = [
-            await loop.create_server(create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog, **timeout)
-            for sock in sockets
-        ]
+        if config.ssl and self.admission is not None:
+            timeout_s = self._handshake_timeout_s
+            self.servers = [  # type: ignore[list-item]  # closes and waits like an asyncio Server
+                AdmittingServer(sock, create_protocol, config.ssl, self.admission, timeout_s) for sock in sockets
+            ]
+        else:
+            timeout = {"ssl_handshake_timeout": self._handshake_timeout_s} if config.ssl else {}
+            self.servers = [
+                await loop.create_server(create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog, **timeout)
+                for sock in sockets
+            ]
         self.started = True
 
 
@@ -265,7 +276,13 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
         timeout_keep_alive=settings.server.http_keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
         timeout_graceful_shutdown=10,
     )
-    return GatewayServer(config, settings.limits.tls_handshake_timeout_s)
+    limits = settings.limits
+    admission = (
+        AddressBuckets(limits.accept_rate_per_address, limits.accept_burst_per_address)
+        if limits.accept_rate_per_address > 0
+        else None
+    )
+    return GatewayServer(config, limits.tls_handshake_timeout_s, admission)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

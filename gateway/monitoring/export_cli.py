@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import httpx
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.monitoring.export import (
@@ -30,6 +29,7 @@ from gateway.monitoring.export import (
     time_range,
 )
 from gateway.monitoring.parquet_export import ParquetExportWriter
+from gateway.redis_link import RedisLink
 from gateway.security.pki import PkiPaths
 from gateway.security.tls import client_context
 
@@ -53,7 +53,7 @@ class RedisSource:
     """The prediction log's Redis itself (no gateway needed; whoever can reach Redis can read everything)."""
 
     def __init__(self, url: str, labels: list[str] | None) -> None:
-        self._client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self._client = RedisLink(url, timeout_s=10).connect()  # redis+sentinel:// too
         self.description = re.sub(r"//[^@/]*@", "//", url)  # never the password of redis://user:password@host
         self.labels = labels
 

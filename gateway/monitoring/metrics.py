@@ -138,6 +138,16 @@ class LabelCache:
         return child
 
 
+def redis_metrics(registry: CollectorRegistry) -> tuple[Gauge, Counter]:
+    """The shared Redis: reachable at the last probe, and the changes of master (Sentinel failovers) followed."""
+    up = "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe"
+    failovers = "Changes of the Redis master (Sentinel failovers) this process followed"
+    return (
+        Gauge("gateway_redis_up", up, multiprocess_mode="min", registry=registry),
+        Counter("gateway_redis_failovers", failovers, registry=registry),
+    )
+
+
 class GatewayMetrics:
     """Own registry per process (and per test), never the global one."""
 
@@ -153,8 +163,7 @@ class GatewayMetrics:
         self._shadow()
         self._security()
         self.model_cpu = model_cpu_counter(self.registry)
-        redis_up = "1 when the Redis of the prediction log, rollout state and rate limits answered the last probe"
-        self.redis_up = Gauge("gateway_redis_up", redis_up, multiprocess_mode="min", registry=self.registry)
+        self.redis_up, self.redis_failovers = redis_metrics(self.registry)
         self.operations = OperationsGauges()
         self.registry.register(self.operations)
         cached = ("requests", "request_latency", "batch_size", "execution", "queue_delay", "batch_failures")

@@ -23,7 +23,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ class PredictionLog:
         photo_maxlen: int = 1_000,
         max_pending_photo_bytes: int = MAX_PENDING_PHOTO_BYTES,
         enrich: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+        confirm: Callable[[aioredis.Redis], Awaitable[None]] | None = None,
     ) -> None:
         self._connect = connect
         self._redis: aioredis.Redis | None = None
@@ -97,6 +98,9 @@ class PredictionLog:
         """Bytes of sampled photos handed in and not yet stored or dropped."""
         self._enrich = enrich or (lambda records: records)
         """Turns a chunk of handed-in records into what is stored (features instead of input rows)."""
+        self._confirm = confirm
+        """Raises a RedisError unless enough replicas hold the chunk just written (see ``redis_link``): then the
+        chunk is spooled and replayed, and the replay skips whatever survived (each record written once)."""
         self._writer: asyncio.Task | None = None
         self._in_flight: list[dict[str, Any]] = []
         """The chunk being written (enriched)."""
@@ -226,6 +230,8 @@ class PredictionLog:
                 self._redis = self._connect()
             await self._store_photos(records)
             self.repeats_skipped += len(records) - await self._once.write(self._redis, records)
+            if self._confirm is not None:
+                await self._confirm(self._redis)
             return True
         except (RedisError, OSError) as exc:
             log.warning("prediction log: Redis unavailable (%s); spooling to %s", exc, self._spool)

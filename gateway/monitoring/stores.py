@@ -19,6 +19,7 @@ from gateway.monitoring.feedback import FeedbackStore
 from gateway.monitoring.log_reader import LogReader
 from gateway.monitoring.logged_input import MODEL_INPUT_KEY, encode_input
 from gateway.monitoring.prediction_log import PredictionLog
+from gateway.redis_link import RedisLink, confirm_replicated
 
 FEATURES_BY_PREPARATION: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {
     "mnist_digit": digit_features,
@@ -74,18 +75,25 @@ class SharedRedis:
     ``redis.ConnectionError`` (callers treat it as Redis being unreachable).
     """
 
-    def __init__(self, settings: PredictionLogSettings) -> None:
-        self._url = settings.redis_url
+    def __init__(self, settings: PredictionLogSettings, on_failover: Callable[[], None] | None = None) -> None:
+        self._link = RedisLink(settings.redis_url, on_failover=on_failover) if settings.redis_url else None
         self._db_path = settings.embedded_db
+        self._wait_replicas = settings.wait_replicas
+        self._wait_timeout_ms = settings.redis_wait_timeout_ms
         self.embedded: EmbeddedRedis | None = None
 
+    async def confirm(self, client: aioredis.Redis) -> None:
+        """Return once the configured replicas hold every write made so far (``predictions.redis_wait_replicas``),
+        else raise NotReplicated (a RedisError)."""
+        await confirm_replicated(client, self._wait_replicas, self._wait_timeout_ms)
+
     def start(self) -> None:
-        if not self._url and self.embedded is None:
+        if self._link is None and self.embedded is None:
             self.embedded = EmbeddedRedis(self._db_path)
 
     def connect(self) -> aioredis.Redis:
-        if self._url:
-            return aioredis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+        if self._link is not None:
+            return self._link.connect()
         if self.embedded is None:
             raise redis.ConnectionError("the embedded Redis is not started yet")
         return aioredis.Redis(unix_socket_path=self.embedded.socket_path, socket_timeout=2, socket_connect_timeout=2)
@@ -130,6 +138,7 @@ def open_prediction_stores(settings: PredictionLogSettings, redis_link: SharedRe
         stream_maxlen=settings.stream_maxlen,
         photo_maxlen=settings.photo_maxlen,
         enrich=functools.partial(add_batch_features, max_input_values=settings.input_max_values),
+        confirm=shared.confirm,
     )
     return PredictionStores(
         log, FeedbackStore(shared.connect), LogReader(shared.connect), shared, owns_redis=redis_link is None

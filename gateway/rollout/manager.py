@@ -28,7 +28,7 @@ from gateway.rollout.guard import CanaryJudge, GuardBounds, Verdict, removal
 from gateway.rollout.policy import RolloutPolicy
 from gateway.rollout.router import CANARY, PINNED, Route, choose
 from gateway.rollout.shadow import ShadowTracker
-from gateway.rollout.store import ChangeResult, RolloutState, RolloutStore
+from gateway.rollout.store import ChangeResult, Confirm, RolloutState, RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,9 @@ class RolloutManager:
 
     # -- shared state ----------------------------------------------------------------------------------
 
-    async def start(self, connect: Callable[[], aioredis.Redis], accuracy: Accuracy) -> None:
+    async def start(self, connect: Callable[[], aioredis.Redis], accuracy: Accuracy, confirm: Confirm = None) -> None:
         """Read (or create) every model's shared state, then follow changes and run the guard."""
-        self._store = RolloutStore(connect)
+        self._store = RolloutStore(connect, confirm)
         self.shadow = ShadowTracker(connect)
         self._accuracy = accuracy
         for model in list(self._states):

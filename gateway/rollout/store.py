@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from gateway.core.errors import Conflict, Unavailable
 from gateway.redis_client import LazyRedis
+from gateway.redis_link import NotReplicated
 from gateway.rollout.policy import RolloutPolicy
 
 CHANNEL = "rollout:changed"
@@ -61,6 +63,8 @@ class RolloutState:
         )
 
 
+Confirm = Callable[[aioredis.Redis], Awaitable[None]] | None
+"""Returns once enough replicas hold the writes made so far, else raises NotReplicated (see ``redis_link``)."""
 Change = Callable[[RolloutState], RolloutPolicy | None]
 """Computes the new policy from the current state (None: nothing to change); may raise a GatewayError."""
 
@@ -76,6 +80,23 @@ class ChangeResult:
 
 
 class RolloutStore(LazyRedis):
+    def __init__(self, connect: Callable[[], aioredis.Redis], confirm: Confirm = None) -> None:
+        super().__init__(connect)
+        self._confirm = confirm
+        """Raises unless enough replicas hold the writes made so far: a change they do not hold could be
+        undone by a failover, so it is not reported as done."""
+
+    async def _durable(self) -> None:
+        if self._confirm is None:
+            return
+        try:
+            await self._confirm(self._client())
+        except NotReplicated as exc:
+            raise Unavailable(
+                f"the change is on the Redis master but not yet on its replicas ({exc}); a failover now could "
+                "undo it: read the rollout back before acting on it"
+            ) from None
+
     async def get(self, model: str) -> RolloutState | None:
         raw = await self._client().get(state_key(model))
         return None if raw is None else RolloutState.from_dict(json.loads(raw))
@@ -139,6 +160,7 @@ class RolloutStore(LazyRedis):
                         )
                         pipe.publish(CHANNEL, payload)
                         await pipe.execute()
+                        await self._durable()
                         return ChangeResult(before, after)
                     except WatchError:
                         continue
