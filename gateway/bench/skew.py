@@ -141,8 +141,7 @@ def _digit_photos(
     """
     path = None if cache is None else cache / _photo_cache_key(digits, seed, older)
     if path is not None and path.is_file():
-        with np.load(path) as data:
-            return Reference(data["tensors"], data["sizes"], data["truth"], data["groups"], int(data["refused"]))
+        return Reference.load(path)
     rng = np.random.default_rng(seed)
     if older:
         photos = [digit_photo(d, rng, orientation=int(rng.choice([1, 6, 8]))) for d in digits]
@@ -150,15 +149,7 @@ def _digit_photos(
         photos = [render(d / 255.0, HELD_OUT_RENDERERS[i % 2], rng) for i, d in enumerate(digits)]
     reference = photo_reference(photos, labels, np.zeros(len(labels)), spec)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path,
-            tensors=reference.tensors,
-            sizes=reference.sizes,
-            truth=reference.truth,
-            groups=reference.groups,
-            refused=reference.refused,
-        )
+        reference.save(path)
     return reference
 
 

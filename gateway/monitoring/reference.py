@@ -39,6 +39,17 @@ class Reference:
     sources: np.ndarray | None = None
     """The original each item was made from, where several items share one (hot dog: one photo, three uploads)."""
 
+    def save(self, path: Path) -> None:
+        """Kept as a cache file (making a photo reference costs minutes of CPU); ``sources`` is not kept."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"tensors": self.tensors, "truth": self.truth, "groups": self.groups, "refused": self.refused}
+        np.savez_compressed(path, sizes=self.sizes, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        with np.load(path) as data:
+            return cls(data["tensors"], data["sizes"], data["truth"], data["groups"], int(data["refused"]))
+
     def features(self, preprocessing: str) -> dict[str, np.ndarray]:
         """The features the prediction log computes for these items' records."""
         values = FEATURES_BY_PREPARATION[preprocessing](self.tensors)

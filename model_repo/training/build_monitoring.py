@@ -70,18 +70,9 @@ def cached_photo_reference(
     """Digits photographed and prepared (minutes of CPU), kept in the cache until renderers or preprocessing change."""
     path = mnist_data.DEFAULT_CACHE_DIR / f"photos-{name}-{len(digits)}-{seed}-{_code_digest()}.npz"
     if path.is_file():
-        with np.load(path) as data:
-            return Reference(data["tensors"], data["sizes"], data["truth"], data["groups"], int(data["refused"]))
+        return Reference.load(path)
     reference = photo_reference(*rendered(digits, labels, names, seed), spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path,
-        tensors=reference.tensors,
-        sizes=reference.sizes,
-        truth=reference.truth,
-        groups=reference.groups,
-        refused=reference.refused,
-    )
+    reference.save(path)
     return reference
 
 
