@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import mnist_data
@@ -25,12 +24,9 @@ from torch import nn
 from train_mnist import (
     OPSET,
     DigitNet,
-    check_agreement,
-    export_onnx,
-    ort_predict,
-    ort_session,
+    export_checked,
+    move_into_place,
     per_class_accuracy,
-    to_tensor,
 )
 
 
@@ -65,15 +61,9 @@ def main() -> None:
     model = Ensemble(members)
     images, labels = mnist_data.load_digits(mnist_data.fetch_package())
     _, _, test_x, test_y = mnist_data.split(images, labels)
-    partial = args.out.with_name(f".{args.out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model_path = partial / "model.onnx"
-    export_onnx(model, model_path)
-    session = ort_session(model_path, args.threads)
-    heldout = to_tensor(test_x)
-    max_diff = check_agreement(model, session, heldout)
-    predicted = ort_predict(session, heldout).argmax(1)
-    accuracy = float((predicted == test_y).mean())
+    exported = export_checked(model, args.out, args.threads, test_x, test_y)
+    partial, model_path, max_diff = exported.partial, exported.path, exported.max_diff
+    predicted, accuracy = exported.ort_predicted, exported.ort_accuracy
     size_kib = model_path.stat().st_size / 1024
     print(f"held-out accuracy (ONNX Runtime): {accuracy:.4f}; {model_path} is {size_kib:.0f} KiB")
     metrics = {
@@ -92,13 +82,7 @@ def main() -> None:
         "data": f"npm:{mnist_data.PACKAGE_SPEC} (sha256 {mnist_data.TARBALL_SHA256})",
     }
     (partial / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.out.exists():
-        for item in args.out.iterdir():
-            if not (partial / item.name).exists():
-                shutil.move(str(item), partial / item.name)
-        shutil.rmtree(args.out)
-    partial.rename(args.out)
-    print(f"wrote {args.out}")
+    move_into_place(partial, args.out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import extra_data
@@ -371,6 +372,42 @@ def check_agreement(model: DigitNet, session: ort.InferenceSession, x: torch.Ten
     return worst
 
 
+@dataclass
+class ExportedModel:
+    """A trained model written as ONNX into a partial directory, checked against torch on the held-out digits."""
+
+    partial: Path
+    path: Path
+    heldout: torch.Tensor
+    ort_predicted: np.ndarray
+    ort_accuracy: float
+    max_diff: float
+
+
+def export_checked(model: nn.Module, out: Path, threads: int, test_x: np.ndarray, test_y: np.ndarray) -> ExportedModel:
+    """``model`` exported beside ``out`` (moved into place by ``move_into_place`` once its metrics are written)."""
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    path = partial / "model.onnx"
+    export_onnx(model, path)
+    session = ort_session(path, threads)
+    heldout = to_tensor(test_x)
+    max_diff = check_agreement(model, session, heldout)
+    predicted = ort_predict(session, heldout).argmax(1)
+    return ExportedModel(partial, path, heldout, predicted, float((predicted == test_y).mean()), max_diff)
+
+
+def move_into_place(partial: Path, out: Path) -> None:
+    """Retraining a version in place: files this run does not write (a baseline) stay; those it wrote replace theirs."""
+    if out.exists():
+        for item in out.iterdir():
+            if not (partial / item.name).exists():
+                shutil.move(str(item), partial / item.name)
+        shutil.rmtree(out)
+    partial.rename(out)
+    print(f"wrote {out}")
+
+
 def per_class_accuracy(predicted: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Accuracy for each true class, keyed by the digit as a string."""
     digits = range(mnist_data.NUM_CLASSES)
@@ -450,16 +487,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     train(model, x, y, args.epochs, args.seed, photos, args.photo_style, args.checkpoint, args.stray_marks, args.max_lr)
     training_seconds = time.perf_counter() - start
 
-    partial = args.out.with_name(f".{args.out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model_path = partial / "model.onnx"
-    export_onnx(model, model_path)
-    session = ort_session(model_path, args.threads)
-    heldout = to_tensor(test_x)
-    max_diff = check_agreement(model, session, heldout)
-    torch_accuracy = float((torch_predict(model, heldout).argmax(1) == test_y).mean())
-    ort_predicted = ort_predict(session, heldout).argmax(1)
-    ort_accuracy = float((ort_predicted == test_y).mean())
+    exported = export_checked(model, args.out, args.threads, test_x, test_y)
+    partial, model_path, max_diff = exported.partial, exported.path, exported.max_diff
+    ort_predicted, ort_accuracy = exported.ort_predicted, exported.ort_accuracy
+    torch_accuracy = float((torch_predict(model, exported.heldout).argmax(1) == test_y).mean())
     print(f"held-out accuracy: torch {torch_accuracy:.4f}, ONNX Runtime {ort_accuracy:.4f}")
     print(f"training {training_seconds:.0f}s; {model_path} is {model_path.stat().st_size / 1024:.0f} KiB")
 
@@ -498,13 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "share": photos.share,
         }
     (partial / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.out.exists():  # retraining a version in place: files this run does not write (a baseline) stay
-        for item in args.out.iterdir():
-            if not (partial / item.name).exists():
-                shutil.move(str(item), partial / item.name)
-        args.out.rmdir()
-    partial.rename(args.out)
-    print(f"wrote {args.out}")
+    move_into_place(partial, args.out)
 
 
 if __name__ == "__main__":
