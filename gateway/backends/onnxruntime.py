@@ -136,8 +136,9 @@ class OnnxRuntimeBackend:
             return lambda batch: session.run([self._output_name], {self._input_name: batch})[0]
         return _BoundRun(session, self._input_name, self._output_name, instance.device)
 
-    def infer_sync(self, batch: np.ndarray, instance: int = 0) -> np.ndarray:
-        return self._runs[instance](batch)
+    def infer_sync(self, batch: np.ndarray) -> np.ndarray:
+        """On the first instance, on the calling thread (benchmarks, accuracy runs)."""
+        return self._runs[0](batch)
 
     def _timed(self, batch: np.ndarray, instance: int) -> np.ndarray:
         started = time.perf_counter()

@@ -86,10 +86,11 @@ class VersionLoader:
         instances = plan_instances(
             spec.config, f"model {spec.name!r} ({spec.directory}/config.pbtxt)", self._onnx_threads
         )
-        execution = self._metrics.instance_execution
+        metric = self._metrics.instance_execution
+        execution = {i.name: metric.labels(spec.name, version, i.name, i.device) for i in instances}
 
-        def report(instance: Instance, seconds: float) -> None:
-            execution.labels(spec.name, version, instance.name, instance.device).observe(seconds)
+        def report(instance: Instance, seconds: float) -> None:  # after every batch: no label lookup
+            execution[instance.name].observe(seconds)
 
         model_cpu = self._metrics.model_cpu.labels(spec.name, version).inc
         return OnnxRuntimeBackend(path, spec.input, spec.output, self._onnx_threads, instances, report, model_cpu)
