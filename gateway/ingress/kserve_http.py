@@ -32,6 +32,7 @@ from gateway.ingress.http_common import (
     ROUTING_KEY_HEADER,
     caller_identity,
     http_code,
+    json_response,
     read_body,
     surface_app,
     version_headers,
@@ -151,10 +152,8 @@ def infer_response(payload: dict, binary: bool, spec: ModelSpec, answer: RowsAns
         reply["id"] = payload["id"]
     headers = version_headers(answer.route)
     if not binary:
-        if not np.isfinite(probabilities).all():
-            raise ValueError("Out of range float values are not JSON compliant")  # as JSONResponse refuses them
         output["data"] = probabilities.ravel().tolist()
-        return Response(orjson.dumps(reply), media_type="application/json", headers=headers)
+        return json_response(reply, headers, probabilities)
     raw = probabilities.astype("<f4").tobytes()
     output["parameters"] = {"binary_data_size": len(raw)}
     header = orjson.dumps(reply)

@@ -39,7 +39,6 @@ from gateway.ingress.rest_classify import (
     VERSION_PATTERN,
     Classify,
     ClassifyOptions,
-    _image_from_multipart,
     classify_arguments,
     classify_handler,
 )
@@ -50,7 +49,7 @@ from gateway.monitoring.monitor import Monitor
 from gateway.monitoring.tracing import TRACING, fastapi_telemetry
 
 log = logging.getLogger(__name__)
-__all__ = ["_image_from_multipart", "create_app", "http_status_for"]  # the fuzz tests find the multipart parser here
+__all__ = ["create_app", "http_status_for"]
 
 CLASSIFY_PATH = "/api/v1/models/{model}/classify"
 

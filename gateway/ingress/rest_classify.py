@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from python_multipart.exceptions import MultipartParseError
@@ -33,6 +31,7 @@ from gateway.ingress.http_common import (
     ROUTING_KEY_HEADER,
     caller_identity,
     http_code,
+    json_response,
     read_body,
     request_id_of,
     version_headers,
@@ -186,8 +185,6 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 def prediction_response(prediction: Prediction, request_id: str, replayed: bool) -> Response:
-    if not all(map(math.isfinite, prediction.probabilities.values())):
-        raise ValueError("Out of range float values are not JSON compliant")  # as JSONResponse refuses them: a 500
     replay_headers = {REPLAYED_HEADER: "true"} if replayed else {}
     body = {
         "model": prediction.model,
@@ -203,7 +200,7 @@ def prediction_response(prediction: Prediction, request_id: str, replayed: bool)
         **replay_headers,
         **version_headers(Route(prediction.version, prediction.arm)),
     }
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    return json_response(body, headers, prediction.probabilities.values())
 
 
 async def read_photo(request: Request, limits: ParseLimits) -> bytes:

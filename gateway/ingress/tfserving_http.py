@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -23,6 +22,7 @@ from gateway.ingress.http_common import (
     TFSERVING_PREFIX,
     caller_identity,
     http_code,
+    json_response,
     read_body,
     surface_app,
     version_headers,
@@ -148,11 +148,9 @@ def predict_handler(plane: DataPlane, mtls: bool, limits: ParseLimits) -> Predic
             layout, rows = predict_request(request, plane, body, identity, model, version or None, label, limits)
             answer = await plane.infer(rows)
             meter.done("200", answer.route.version)
-        if not np.isfinite(answer.probabilities).all():
-            raise ValueError("Out of range float values are not JSON compliant")  # as JSONResponse refuses them
         probabilities = answer.probabilities.tolist()
         predictions = {"predictions": probabilities} if layout == "instances" else {"outputs": probabilities}
-        return Response(orjson.dumps(predictions), media_type="application/json", headers=version_headers(answer.route))
+        return json_response(predictions, version_headers(answer.route), answer.probabilities)
 
     return predict
 

@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2
 from gateway.ingress.json_body import json_depth, parse_json
 from gateway.ingress.kserve_grpc import input_batch
 from gateway.ingress.kserve_http import parse_infer_request
-from gateway.ingress.rest import _image_from_multipart
+from gateway.ingress.rest_classify import _image_from_multipart
 from gateway.ingress.tfserving_http import parse_predict
 from gateway.models.repository import load_repository
 from tests.conftest import MODEL_REPO
