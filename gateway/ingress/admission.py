@@ -23,7 +23,8 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from gateway.security.ratelimit import LocalBucket
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,13 @@ BUCKETS_KEPT = 100_000
 """Above this many addresses, the full buckets (addresses quiet for a while) are forgotten."""
 
 
-@dataclass
-class Bucket:
-    tokens: float
-    updated: float
-
-
 class AddressBuckets:
     """One token bucket per source address."""
 
     def __init__(self, rate_per_s: float, burst: int) -> None:
         self.rate = rate_per_s
         self.burst = burst
-        self._buckets: dict[str, Bucket] = {}
+        self._buckets: dict[str, LocalBucket] = {}
         self.refused = 0
 
     def take(self, address: str, now: float | None = None) -> bool:
@@ -55,11 +50,8 @@ class AddressBuckets:
         if bucket is None:
             if len(self._buckets) >= BUCKETS_KEPT:
                 self._forget_full(now)
-            bucket = self._buckets[address] = Bucket(float(self.burst), now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
+            bucket = self._buckets[address] = LocalBucket(float(self.burst), now)
+        if bucket.take(self.rate, self.burst, now) == 0.0:
             return True
         self.refused += 1
         return False
