@@ -22,7 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Scope
 
 from gateway.app import Gateway
-from gateway.core.errors import GatewayError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from gateway.core.errors import CallerGone, GatewayError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from gateway.core.limits import ParseLimits
 from gateway.core.types import PhotoRequest, Prediction, Route
 from gateway.ingress.hot_routes import Arguments, bounded_int, header_values, query_values
@@ -31,6 +31,7 @@ from gateway.ingress.http_common import (
     ROUTING_KEY_HEADER,
     caller_identity,
     http_code,
+    http_status_for,
     json_response,
     read_body,
     request_id_of,
@@ -44,7 +45,6 @@ RAW_IMAGE_TYPES = frozenset(ACCEPTED_FORMATS.values())
 MULTIPART = "multipart/form-data"
 UNDECODABLE_PHOTO_TYPES = {"image/heic": "HEIC", "image/heif": "HEIF", "image/avif": "AVIF"}
 """What phones save by default, named in the 415 so a developer knows what to change."""
-CLIENT_CLOSED_REQUEST = "499"
 TIMEOUT_HEADER = "x-request-timeout-ms"
 PRIORITY_HEADER = "x-priority"
 VERSION_PATTERN = r"^[0-9]{1,9}$"
@@ -125,8 +125,9 @@ def classify_handler(gateway: Gateway, mtls: bool, limits: ParseLimits) -> Class
                     work = gateway.idempotent_calls.run(request_id, lambda: plane.classify(call))
                     prediction, replayed = await _unless_client_leaves(request, work)
             except ClientDisconnected:
-                meter.done(CLIENT_CLOSED_REQUEST, ok=False)
-                return Response(status_code=499)  # nobody is listening; the status is for logs and metrics
+                gone = CallerGone("the client closed the connection before its answer was ready")
+                meter.done(http_code(gone), ok=False)
+                return Response(status_code=http_status_for(gone))  # nobody listens: for logs and metrics
             meter.done("200", prediction.version)
         return prediction_response(prediction, request_id, replayed)
 
