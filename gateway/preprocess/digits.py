@@ -56,6 +56,12 @@ def _rank(count: int, q: float) -> int:
     return min(count - 1, int(q * (count - 1)))
 
 
+def _median(values: np.ndarray) -> float:
+    """The lower median of ``values`` (any shape), by one partition."""
+    middle = _rank(values.size, 0.5)
+    return float(np.partition(values.ravel(), middle)[middle])
+
+
 def _histogram(pixels: np.ndarray) -> np.ndarray:
     """Cumulative counts of the 256 grey levels of uint8 ``pixels``."""
     return np.cumsum(cv2.calcHist([pixels], [0], None, [256], [0, 256]).ravel())
@@ -118,7 +124,7 @@ def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
     """Subtract a smooth estimate of the paper's brightness (per-tile level, interpolated), in place."""
     height, width = ink.shape
     if min(height, width) < GRID * 4:
-        background = float(np.partition(ink.ravel(), _rank(ink.size, 0.5))[_rank(ink.size, 0.5)])
+        background = _median(ink)
     else:
         background = cv2.resize(_paper_grid(ink), (width, height), interpolation=cv2.INTER_LINEAR)
     np.subtract(ink, background, out=ink)
@@ -192,8 +198,7 @@ def _normalise(digit: np.ndarray) -> np.ndarray:
     if peak <= 0:
         return digit
     ink = digit[digit > 0.1 * peak]
-    middle = _rank(ink.size, 0.5)
-    return np.clip(digit / float(np.partition(ink, middle)[middle]), 0.0, 1.0)
+    return np.clip(digit / _median(ink), 0.0, 1.0)
 
 
 def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
