@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from collections.abc import Iterator
@@ -110,6 +111,18 @@ def start_gateway_on_redis(
 
 def stop_gateway(gateway: RunningGateway) -> None:
     gateway.server.stop()
+
+
+@contextlib.contextmanager
+def gateway_with(pki: PkiPaths, env: dict[str, str]) -> Iterator[RunningGateway]:
+    """A gateway on the shipped repository with these GATEWAY_* settings; still alive when the caller is done
+    (a test that killed a worker fails here), and stopped whatever happened."""
+    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=env)
+    try:
+        yield running
+        running.assert_alive()
+    finally:
+        stop_gateway(running)
 
 
 SLOW_BATCH_DELAY_US = 3_000_000

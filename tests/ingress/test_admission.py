@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.ingress.admission import AddressBuckets
-from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import RunningGateway, gateway_with
 
 GET = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
 ATTACKER, OTHER = "127.0.0.2", "127.0.0.3"  # not the address the start-up checks come from
@@ -29,10 +29,8 @@ def test_a_bucket_per_address_allows_its_burst_then_its_rate() -> None:
 @pytest.fixture(scope="module")
 def admitting(pki) -> Iterator[RunningGateway]:
     env = {"GATEWAY_LIMITS_ACCEPT_RATE_PER_ADDRESS": "0.5", "GATEWAY_LIMITS_ACCEPT_BURST_PER_ADDRESS": "3"}
-    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=env)
-    yield running
-    running.assert_alive()
-    stop_gateway(running)
+    with gateway_with(pki, env) as running:
+        yield running
 
 
 def ask(gateway: RunningGateway, source: str) -> bytes:

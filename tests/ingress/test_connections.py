@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import RunningGateway, gateway_with
 
 LIMITS = {
     "GATEWAY_LIMITS_MAX_CONNECTIONS_PER_CLIENT": "3",
@@ -23,10 +23,8 @@ GET = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def limited(pki) -> Iterator[RunningGateway]:
-    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=LIMITS)
-    yield running
-    running.assert_alive()
-    stop_gateway(running)
+    with gateway_with(pki, LIMITS) as running:
+        yield running
 
 
 def address(gateway: RunningGateway) -> tuple[str, int]:

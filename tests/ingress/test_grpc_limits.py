@@ -13,7 +13,7 @@ import pytest
 
 from gateway.bench.photos import digit_png
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
-from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import RunningGateway, gateway_with
 
 LIMITS = {
     "GATEWAY_LIMITS_TLS_HANDSHAKE_TIMEOUT_S": "1",
@@ -25,10 +25,8 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def limited(pki) -> Iterator[RunningGateway]:
-    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=LIMITS)
-    yield running
-    running.assert_alive()
-    stop_gateway(running)
+    with gateway_with(pki, LIMITS) as running:
+        yield running
 
 
 def own_channel(gateway: RunningGateway, identity: str = "app") -> grpc.Channel:

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.bench.photos import digit_png
-from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import RunningGateway, gateway_with
 
 LIMITS = {
     "GATEWAY_LIMITS_JSON_MAX_DEPTH": "12",
@@ -41,10 +41,8 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def hostile(pki) -> Iterator[RunningGateway]:
-    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=LIMITS)
-    yield running
-    running.assert_alive()
-    stop_gateway(running)
+    with gateway_with(pki, LIMITS) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
