@@ -7,11 +7,13 @@ polls the condition it needs, with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -124,8 +126,10 @@ class SentinelCluster:
         return [json.loads(fields[b"record"]) for _, fields in entries]
 
     def stop(self) -> None:
+        """Every process ended; one a test froze (SIGSTOP) is resumed first, or it would sit out SIGTERM."""
         for process in [*self.sentinels, *self.servers.values()]:
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
                 process.terminate()
         for process in [*self.sentinels, *self.servers.values()]:
             try:
@@ -133,3 +137,15 @@ class SentinelCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[SentinelCluster]:
+    """Three servers and three Sentinels under ``root``, stopped whatever the test did to them."""
+    cluster = SentinelCluster(root)
+    cluster.root.mkdir()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -19,7 +19,7 @@ import pytest
 from gateway.bench.photos import digit_png
 from gateway.security.pki import PkiPaths
 from tests.conftest import RunningGateway, metrics, start_gateway, stop_gateway
-from tests.redis_sentinel import PASSWORD, SentinelCluster, wait_until
+from tests.redis_sentinel import PASSWORD, SentinelCluster, running_cluster, wait_until
 from tests.rollout.broken_model import model_repo_with_versions
 
 ROLLOUT = "/api/v1/models/mnist/rollout"
@@ -29,13 +29,8 @@ CLIENTS = 4
 
 @pytest.fixture
 def cluster(tmp_path) -> Iterator[SentinelCluster]:
-    running = SentinelCluster(tmp_path / "sentinel")
-    running.root.mkdir()
-    try:
-        running.start()
+    with running_cluster(tmp_path / "sentinel") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from gateway.monitoring.stores import SharedRedis, open_prediction_stores
 from gateway.redis_link import RedisUrlError, parse_sentinel_url, redacted
 from gateway.rollout.policy import RolloutPolicy
 from gateway.rollout.store import RolloutStore, state_key
-from tests.redis_sentinel import SentinelCluster, wait_until
+from tests.redis_sentinel import SentinelCluster, running_cluster, wait_until
 
 
 def test_a_sentinel_url_names_its_sentinels_service_db_and_password() -> None:
@@ -63,16 +63,8 @@ def test_writes_wait_for_one_replica_by_default_with_sentinel_only() -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    running = SentinelCluster(tmp_path / "sentinel")
-    running.root.mkdir()
-    try:
-        running.start()
+    with running_cluster(tmp_path / "sentinel") as running:
         yield running
-    finally:
-        for process in running.servers.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-        running.stop()
 
 
 def freeze_replicas(cluster: SentinelCluster, sig: signal.Signals) -> None:
