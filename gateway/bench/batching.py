@@ -16,7 +16,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
+from gateway.bench.backend_alone import run_alone
 from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_photo
 from gateway.bench.profile import stage_shares, start_py_spy
@@ -191,15 +191,9 @@ def ceiling_rps(model_repo: Path, model: str, batch_size: int, seconds: float, t
     spec = load_repository(model_repo)[model]
     backend = OnnxRuntimeBackend(spec.versions[spec.latest_version], spec.input, spec.output, threads=threads)
     batch = np.random.default_rng(0).random((batch_size, *spec.input.dims), dtype=np.float32)
-    for _ in range(20):
-        backend.infer_sync(batch)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        backend.infer_sync(batch)
-        runs += 1
-    elapsed = time.perf_counter() - started
+    runs = run_alone(backend, batch, seconds, warmup=20)
     backend.close()
-    return runs * batch_size / elapsed
+    return runs.items_per_s
 
 
 def main(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from gateway.backends.devices import CPU, CUDA, TENSORRT, DeviceProbe, Instance, tensorrt_profile
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
+from gateway.bench.backend_alone import run_alone
 from gateway.bench.http_load import Connection
 from gateway.bench.photos import digit_photo
 from gateway.bench.server_process import start_gateway
@@ -77,13 +78,7 @@ def model_alone(repo: Path, seconds: float, probe: DeviceProbe, dry_run: bool) -
             by_batch = {}
             for size in BATCHES[:3] if dry_run else BATCHES:
                 batch = np.random.default_rng(0).random((size, *spec.input.dims), dtype=np.float32)
-                for _ in range(3):
-                    backend.infer_sync(batch)
-                runs, started = 0, time.perf_counter()
-                while time.perf_counter() - started < seconds:
-                    backend.infer_sync(batch)
-                    runs += 1
-                by_batch[size] = round(runs * size / (time.perf_counter() - started), 1)
+                by_batch[size] = round(run_alone(backend, batch, seconds, warmup=3).items_per_s, 1)
             backend.close()
             figures[f"{name}/{device}"] = by_batch
     return figures

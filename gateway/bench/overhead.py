@@ -253,18 +253,14 @@ def preparation_ms(specs: dict[str, ModelSpec], all_surfaces: list[Surface], pho
 def model_cpu_ms(spec: ModelSpec, batch: int, threads: int, seconds: float) -> float:
     """CPU ms per item of the model alone (ONNX Runtime in this process) at ``batch`` rows and ``threads``."""
     from gateway.backends.onnxruntime import OnnxRuntimeBackend
+    from gateway.bench.backend_alone import run_alone
 
     version = spec.initial_stable if spec.initial_stable in spec.versions else spec.latest_version
     backend = OnnxRuntimeBackend(spec.versions[version], spec.input, spec.output, threads=threads)
     rows = np.random.default_rng(0).random((batch, *spec.input.dims), dtype=np.float32)
-    backend.infer_sync(rows)
-    runs, wall, cpu = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - wall < seconds or runs < 3:
-        backend.infer_sync(rows)
-        runs += 1
-    spent = time.process_time() - cpu
+    runs = run_alone(backend, rows, seconds, warmup=1, least=3)
     backend.close()
-    return 1000 * spent / (runs * batch)
+    return runs.cpu_ms_per_item
 
 
 def add_model_alone(results: dict[str, dict[str, dict]], chosen: list[Surface], specs, threads: int) -> None:
