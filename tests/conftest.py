@@ -113,6 +113,16 @@ def stop_gateway(gateway: RunningGateway) -> None:
     gateway.server.stop()
 
 
+@pytest.fixture
+def two_workers(pki: PkiPaths) -> Iterator[tuple[RunningGateway, int]]:
+    """A gateway of two worker processes (server.workers = 2) and the port of its supervisor's health server."""
+    health_port = free_port()
+    env = {"GATEWAY_SERVER_WORKERS": "2", "GATEWAY_SERVER_HEALTH_PORT": str(health_port)}
+    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=env)
+    yield running, health_port
+    stop_gateway(running)
+
+
 @contextlib.contextmanager
 def gateway_with(pki: PkiPaths, env: dict[str, str]) -> Iterator[RunningGateway]:
     """A gateway on the shipped repository with these GATEWAY_* settings; still alive when the caller is done

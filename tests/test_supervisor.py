@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from gateway.security.tls import client_context
 from gateway.supervisor import reserve_port, worker_settings
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 
 CLASSIFY = "/api/v1/models/mnist/classify"
 CONNECTIONS = 12
@@ -106,15 +105,6 @@ class RawConnection:
 @pytest.fixture(scope="module")
 def photo(heldout_sample) -> bytes:
     return digit_png(heldout_sample[0][0])
-
-
-@pytest.fixture
-def two_workers(pki: PkiPaths) -> Iterator[tuple[RunningGateway, int]]:
-    health_port = free_port()
-    env = {"GATEWAY_SERVER_WORKERS": "2", "GATEWAY_SERVER_HEALTH_PORT": str(health_port)}
-    gateway = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=env)
-    yield gateway, health_port
-    stop_gateway(gateway)
 
 
 def test_workers_share_the_ports_and_metrics_show_every_worker(two_workers, photo) -> None:

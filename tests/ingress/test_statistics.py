@@ -22,7 +22,6 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import MODEL_REPO, RunningGateway, start_gateway, stop_gateway
 from tests.ingress.conftest import triton_grpc_client, triton_http_client
-from tests.redis_server import free_port
 from tests.test_supervisor import owner_of, workers_of
 
 UNARY_GRPC = 12
@@ -197,15 +196,6 @@ def connection_owners(port: int, pids: list[int]) -> set[int | None]:
             if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
                 inodes.append(fields[9])
     return {owner_of(inode, pids) for inode in inodes}
-
-
-@pytest.fixture
-def two_workers(pki) -> Iterator[tuple[RunningGateway, int]]:
-    health_port = free_port()
-    env = {"GATEWAY_SERVER_WORKERS": "2", "GATEWAY_SERVER_HEALTH_PORT": str(health_port)}
-    running = start_gateway(pki, "--model-repo", str(MODEL_REPO), env=env)
-    yield running, health_port
-    stop_gateway(running)
 
 
 def test_with_two_workers_every_call_answers_for_the_whole_gateway(two_workers, heldout_sample) -> None:
