@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,21 @@ def start_gateway_on_redis(
 
 def stop_gateway(gateway: RunningGateway) -> None:
     gateway.server.stop()
+
+
+def refused_start(pki: PkiPaths, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``gateway serve`` with ``args``, which must stop at start-up with status 2; its output, to say why."""
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--grpc-port", "0"]
+    result = subprocess.run(
+        [*command, "--pki-dir", str(pki.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    return result
 
 
 @pytest.fixture

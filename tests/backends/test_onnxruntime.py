@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.backends.devices import CPU, CUDA, DeviceProbe, Instance
 from gateway.backends.onnxruntime import OnnxRuntimeBackend, _BoundRun, open_session
 from gateway.models.repository import RepositoryError, load_repository
-from tests.conftest import MODEL_REPO, REPO_ROOT, start_gateway, stop_gateway
+from tests.conftest import MODEL_REPO, refused_start, start_gateway, stop_gateway
 from tests.redis_server import free_port
 
 HOTDOG = load_repository(MODEL_REPO)["hotdog"]
@@ -90,15 +88,7 @@ def copy_repo(root: Path, mnist_config: str) -> Path:
 @needs_no_gpu
 def test_a_gateway_asked_for_a_gpu_it_has_not_got_refuses_to_start(pki, tmp_path: Path) -> None:
     repo = copy_repo(tmp_path, "instance_group [ { kind: KIND_GPU, gpus: [ 0 ], count: 2 } ]")
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--grpc-port", "0"]
-        + ["--pki-dir", str(pki.root), "--model-repo", str(repo)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 2, result.stderr
+    result = refused_start(pki, "--model-repo", str(repo))
     assert "no version of model 'mnist' loads" in result.stderr
     assert "instance_group 0 (KIND_GPU, gpus [0], count 2) asks for a GPU" in result.stderr
     assert "this onnxruntime has no CUDAExecutionProvider" in result.stderr

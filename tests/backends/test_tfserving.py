@@ -3,15 +3,13 @@ exists in any registry here): gateway B sends its batches over gRPC to gateway A
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway.bench.photos import digit_png
-from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway, refused_start, start_gateway, stop_gateway
 
 
 def backends_file(path: Path, upstream: RunningGateway, **model: str) -> Path:
@@ -57,15 +55,7 @@ def test_photos_run_on_the_upstream_tf_serving(front: RunningGateway, gateway: R
 
 def test_an_upstream_without_the_model_is_refused_at_start(gateway, pki, tmp_path: Path) -> None:
     backends = backends_file(tmp_path / "b.toml", gateway, remote_name="cifar")
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--grpc-port", "0"]
-        + ["--pki-dir", str(pki.root), "--model-repo", str(MODEL_REPO), "--backends", str(backends)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 2
+    result = refused_start(pki, "--model-repo", str(MODEL_REPO), "--backends", str(backends))
     assert f"no replica of model 'mnist' version 1 on {gateway.server.grpc_target} can be reached" in result.stderr
 
 

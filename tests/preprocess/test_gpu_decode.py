@@ -6,8 +6,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from gateway.models.repository import load_repository
 from gateway.preprocess.gpu_decode import DeviceUnavailable, open_photo_decoder
 from gateway.preprocess.pipeline import prepare_photo
 from tests.badinputs import image_bytes, png_bomb, truncated_jpeg
-from tests.conftest import MODEL_REPO, REPO_ROOT
+from tests.conftest import MODEL_REPO, refused_start
 
 SPECS = load_repository(MODEL_REPO)
 MAX_PIXELS = 40_000_000
@@ -48,16 +46,9 @@ def test_a_gateway_asked_to_decode_on_a_gpu_it_cannot_use_refuses_to_start(pki) 
         pass
     else:
         pytest.skip("this host can decode on a GPU")
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--http-port", "0", "--grpc-port", "0"]
-        + ["--pki-dir", str(pki.root), "--model-repo", str(MODEL_REPO)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env={**os.environ, "GATEWAY_PREPROCESS_DEVICE": "cuda"},
+    result = refused_start(
+        pki, "--model-repo", str(MODEL_REPO), env={**os.environ, "GATEWAY_PREPROCESS_DEVICE": "cuda"}
     )
-    assert result.returncode == 2, result.stderr
     assert 'gateway: error: preprocess.device = "cuda"' in result.stderr
 
 
