@@ -337,7 +337,9 @@ class PredictionLogSettings:
         """``redis_wait_replicas`` with -1 resolved: 1 for a Sentinel URL, else 0."""
         if self.redis_wait_replicas >= 0:
             return self.redis_wait_replicas
-        return 1 if self.redis_url.startswith("redis+sentinel://") else 0
+        from gateway.redis_link import SENTINEL_SCHEME
+
+        return 1 if self.redis_url.startswith(f"{SENTINEL_SCHEME}://") else 0
 
 
 @dataclass
