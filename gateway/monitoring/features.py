@@ -83,8 +83,9 @@ def _slant(images: np.ndarray) -> np.ndarray:
 
 def _grey_share(images: np.ndarray) -> np.ndarray:
     """Share of the digit's pixels (above FAINT_LEVEL) below the ink level."""
-    digit = (images > FAINT_LEVEL).sum(axis=(1, 2)).astype(np.float32)
-    grey = ((images > FAINT_LEVEL) & (images < INK_LEVEL)).sum(axis=(1, 2)).astype(np.float32)
+    in_digit = images > FAINT_LEVEL
+    digit = in_digit.sum(axis=(1, 2)).astype(np.float32)
+    grey = (in_digit & (images < INK_LEVEL)).sum(axis=(1, 2)).astype(np.float32)
     return np.divide(grey, digit, out=np.zeros_like(digit), where=digit > 0)
 
 
