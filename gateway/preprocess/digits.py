@@ -14,6 +14,9 @@ of decoding its photo.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -30,7 +33,6 @@ EXTREME = 0.001
 """The darkest and lightest 0.1% of a photo: ink at one end, paper at the other (a thin "1" is more than that)."""
 OTSU_BINS = 64
 _OTSU_EDGES = np.linspace(0.0, 1.0, OTSU_BINS + 1)
-_OTSU_CENTRES = (_OTSU_EDGES[:-1] + _OTSU_EDGES[1:]) / 2
 _GRID_KERNEL = np.ones((3, 3), np.uint8)
 
 
@@ -72,31 +74,37 @@ def _level_at(cumulative: np.ndarray, rank: int) -> int:
     return int(np.searchsorted(cumulative, rank, side="right"))
 
 
-def _ink_is_dark(pixels: np.ndarray) -> bool:
+def _ink_is_dark(pixels: np.ndarray, whole: np.ndarray) -> bool:
     """Dark ink on light paper, or light ink (a chalk board, an MNIST digit) on dark?
 
     Paper dominates the border of a photo, and the ink is the far end of the photo's range
     from it: ink is dark when the border's median lies nearer the lightest pixels than the
     darkest. (Not "the border is lighter than mid-grey": dark kraft paper under a shadow is
-    darker than that and still carries darker ink.)
+    darker than that and still carries darker ink.) ``whole``: the photo's cumulative histogram.
     """
-    band = max(1, min(pixels.shape) // 10)
-    border = np.concatenate(
-        [pixels[:band].ravel(), pixels[-band:].ravel(), pixels[:, :band].ravel(), pixels[:, -band:].ravel()]
-    )
-    paper = _level_at(_histogram(border), _rank(border.size, 0.5))
-    whole = _histogram(pixels)
+    height, width = pixels.shape
+    band = max(1, min(height, width) // 10)
+    border = np.ones((height, width), np.uint8)
+    border[band : height - band, band : width - band] = 0
+    count = height * width - max(0, height - 2 * band) * max(0, width - 2 * band)
+    paper = _level_at(np.cumsum(cv2.calcHist([pixels], [0], border, [256], [0, 256]).ravel()), _rank(count, 0.5))
     darkest = _level_at(whole, _rank(pixels.size, EXTREME))
     lightest = _level_at(whole, pixels.size - 1 - _rank(pixels.size, EXTREME))
     return paper - darkest > lightest - paper
 
 
+_LIGHT_INK = np.arange(256, dtype=np.uint8).astype(np.float32) * np.float32(1 / 255)
+_DARK_INK = np.float32(1) - _LIGHT_INK
+"""Ink per grey level, float32: level / 255 for light ink, 1.0 - level / 255 for dark ink (one lookup pass)."""
+
+
+def _ink_lut(dark: bool) -> np.ndarray:
+    return _DARK_INK if dark else _LIGHT_INK
+
+
 def _ink_layer(pixels: np.ndarray, dark: bool) -> np.ndarray:
     """float32 ink in [0, 1]: 1.0 - pixel / 255 for dark ink (pixel / 255 for light ink)."""
-    ink = pixels.astype(np.float32) * np.float32(1 / 255)
-    if dark:
-        np.subtract(np.float32(1), ink, out=ink)
-    return ink
+    return cv2.LUT(pixels, _ink_lut(dark))
 
 
 def _paper_grid(ink: np.ndarray) -> np.ndarray:
@@ -113,7 +121,7 @@ def _paper_grid(ink: np.ndarray) -> np.ndarray:
     tiles = ink[: tile_h * GRID, : tile_w * GRID].reshape(GRID, tile_h, GRID, tile_w).swapaxes(1, 2)
     tiles = tiles.reshape(GRID, GRID, -1)
     median = _rank(tiles.shape[-1], 0.5)
-    medians = np.partition(tiles, median, axis=-1)[..., median]
+    medians = np.partition(tiles, median, axis=-1)[..., median]  # (numpy partitions float32 faster than uint8)
     peaks = tiles.max(axis=-1)
     opened = cv2.dilate(cv2.erode(medians, _GRID_KERNEL), _GRID_KERNEL)
     contrast = float((peaks - opened).max())
@@ -140,23 +148,15 @@ def _ink_peak(ink: np.ndarray) -> float:
 
 
 def _otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of ``values`` in [0, 1], on OTSU_BINS bins (a value of exactly 1.0 in the last)."""
+    """Otsu's threshold of ``values`` in [0, 1], on OTSU_BINS bins (a value of exactly 1.0 in the last).
+
+    OpenCV's Otsu on the bin numbers (0 to OTSU_BINS - 1 as grey levels): the class split is the same as
+    on the bins' centres, as Otsu's criterion does not change under a shift and scale of the values.
+    """
     bins = np.multiply(values, np.float32(OTSU_BINS)).astype(np.uint8)  # exact scaling, then floor
-    counts = cv2.calcHist([bins], [0], None, [OTSU_BINS + 1], [0, OTSU_BINS + 1]).ravel()
-    weights = counts[:OTSU_BINS].astype(np.float64)
-    weights[-1] += counts[OTSU_BINS]
-    edges, centres = _OTSU_EDGES, _OTSU_CENTRES
-    total = weights.sum()
-    cumulative = np.cumsum(weights)
-    cumulative_mean = np.cumsum(weights * centres)
-    below, above = cumulative, total - cumulative
-    valid = (below > 0) & (above > 0)
-    mean_below = np.divide(cumulative_mean, below, out=np.zeros_like(cumulative_mean), where=valid)
-    mean_above = np.divide(
-        cumulative_mean[-1] - cumulative_mean, above, out=np.zeros_like(cumulative_mean), where=valid
-    )
-    between = np.where(valid, below * above * (mean_below - mean_above) ** 2, 0.0)
-    return float(edges[int(np.argmax(between)) + 1])
+    np.minimum(bins, np.uint8(OTSU_BINS - 1), out=bins)
+    last_below, _ = cv2.threshold(bins, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    return float(_OTSU_EDGES[int(last_below) + 1])
 
 
 def _ink_bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
@@ -164,12 +164,54 @@ def _ink_bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     it (a grain of the paper, sensor noise) would otherwise stretch the box and shrink the digit."""
     inked = (ink > 0).view(np.uint8)
     around = cv2.boxFilter(inked, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    mask = (around > 1) & (inked > 0)
-    rows = np.flatnonzero(np.count_nonzero(mask, axis=1) >= max(1, mask.shape[1] // 200))
-    cols = np.flatnonzero(np.count_nonzero(mask, axis=0) >= max(1, mask.shape[0] // 200))
+    mask = cv2.bitwise_and(cv2.compare(around, 1, cv2.CMP_GT), inked)  # 1 where an ink pixel has ink around
+    rows = np.flatnonzero(cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S) >= max(1, mask.shape[1] // 200))
+    cols = np.flatnonzero(cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S) >= max(1, mask.shape[0] // 200))
     if rows.size == 0 or cols.size == 0:
         raise InvalidInput("no digit found in the photo: it looks blank (no ink stands out from the paper)")
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _lanczos(x: float) -> float:
+    """Pillow's Lanczos (a = 3) kernel, evaluated as its C code does."""
+    if not -3.0 <= x < 3.0:
+        return 0.0
+    if x == 0.0:
+        return 1.0
+    return math.sin(math.pi * x) / (math.pi * x) * (math.sin(x / 3 * math.pi) / (x / 3 * math.pi))
+
+
+@functools.lru_cache(maxsize=512)
+def _lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
+    """float64 [out_size, in_size]: Pillow's antialiased Lanczos resampling of one axis as a matrix, with
+    its coefficients computed as Pillow computes them (``precompute_coeffs`` in Resample.c)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    weights = np.zeros((out_size, in_size))
+    for out in range(out_size):
+        centre = (out + 0.5) * scale
+        first = max(int(centre - support + 0.5), 0)
+        last = min(int(centre + support + 0.5), in_size)
+        taps = [_lanczos((x + first - centre + 0.5) / filterscale) for x in range(last - first)]
+        total = 0.0
+        for tap in taps:
+            total += tap
+        weights[out, first:last] = [tap / total for tap in taps] if total != 0.0 else taps
+    return weights
+
+
+def _lanczos_resize(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 ``crop`` resized to ``size`` (width, height) as Pillow's LANCZOS resize of a float image does
+    (the horizontal pass first, each pass accumulated in double and stored as float32), by two small matrix
+    products instead of a round trip through Pillow."""
+    height, width = crop.shape
+    out = crop
+    if size[0] != width:
+        out = (out.astype(np.float64) @ _lanczos_weights(width, size[0]).T).astype(np.float32)
+    if size[1] != height:
+        out = (_lanczos_weights(height, size[1]) @ out.astype(np.float64)).astype(np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
@@ -198,13 +240,14 @@ def _normalise(digit: np.ndarray) -> np.ndarray:
     if peak <= 0:
         return digit
     ink = digit[digit > 0.1 * peak]
-    return np.clip(digit / _median(ink), 0.0, 1.0)
+    digit = np.divide(digit, np.float32(_median(ink)))  # the digit is >= 0 already: only the top is clipped
+    return np.minimum(digit, np.float32(1), out=digit)
 
 
 def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
     """Return a float32 [1, 28, 28] array in [0, 1], white ink on black, MNIST-style."""
     pixels = _to_work_array(_grey_pixels(photo))
-    ink = _flatten_lighting(_ink_layer(pixels, _ink_is_dark(pixels)))
+    ink = _flatten_lighting(_ink_layer(pixels, _ink_is_dark(pixels, _histogram(pixels))))
     peak = _ink_peak(ink)
     if peak < 0.08:
         raise InvalidInput("no digit found in the photo: the contrast between ink and paper is too low")
@@ -217,5 +260,5 @@ def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
     height, width = crop.shape
     scale = BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+    digit = _lanczos_resize(crop, size)
     return _centre_by_mass(_normalise(np.maximum(digit, np.float32(0))))[np.newaxis]
