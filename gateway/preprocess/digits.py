@@ -49,7 +49,9 @@ def _to_work_array(grey: np.ndarray) -> np.ndarray:
     scale = WORK_SIDE / max(width, height)
     if scale < 1:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BOX))
+        grey = np.ascontiguousarray(grey)
+        reduced = Image.frombuffer("L", (width, height), grey, "raw", "L", 0, 1).resize(size, Image.Resampling.BOX)
+        grey = np.frombuffer(reduced.tobytes(), np.uint8).reshape(size[1], size[0])  # (no __array_interface__)
     return grey
 
 
