@@ -142,3 +142,39 @@ def test_a_speck_of_dirt_does_not_shrink_the_digit(heldout_sample) -> None:
     ink[150, 150] = 1.0  # one dark pixel in the corner of the paper
     specked = photo_of(ink, paper=0.9, ink_level=0.1, seed=5, size=(160, 160))
     assert correlation(prepared(specked), prepared(clean)) > 0.98
+
+
+@pytest.mark.parametrize("crop_shape", [(97, 41), (20, 13), (160, 3), (7, 150), (33, 33)])
+def test_the_crop_is_resized_as_pillows_lanczos_does(crop_shape: tuple[int, int]) -> None:
+    """The matrix form of the crop's Lanczos resize gives Pillow's pixels (float32, to rounding)."""
+    from gateway.preprocess.digits import BOX, _lanczos_resize
+
+    crop = np.random.default_rng(sum(crop_shape)).random(crop_shape, dtype=np.float32)
+    height, width = crop_shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    expected = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+    got = _lanczos_resize(crop, size)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_otsus_threshold_is_the_between_class_maximum_on_the_bins() -> None:
+    """OpenCV's Otsu on the bin numbers picks the split that maximises the between-class variance of the
+    bins' centres, the criterion written out here."""
+    from gateway.preprocess.digits import OTSU_BINS, _otsu_threshold
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        values = np.clip(
+            np.concatenate([rng.normal(rng.uniform(0.05, 0.3), 0.05, 3000), rng.normal(0.8, 0.1, 400)]), 0, 1
+        ).astype(np.float32)
+        bins = np.minimum((values * np.float32(OTSU_BINS)).astype(np.int64), OTSU_BINS - 1)
+        weights = np.bincount(bins, minlength=OTSU_BINS).astype(np.float64)
+        centres = (np.arange(OTSU_BINS) + 0.5) / OTSU_BINS
+        below = np.cumsum(weights)
+        above = below[-1] - below
+        mean_below = np.cumsum(weights * centres) / np.maximum(below, 1)
+        mean_above = (np.sum(weights * centres) - np.cumsum(weights * centres)) / np.maximum(above, 1)
+        between = np.where((below > 0) & (above > 0), below * above * (mean_below - mean_above) ** 2, 0)
+        assert _otsu_threshold(values) == pytest.approx((int(np.argmax(between)) + 1) / OTSU_BINS)
