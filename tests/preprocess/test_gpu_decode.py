@@ -18,16 +18,15 @@ import struct
 import threading
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from gateway.bench.gpu_decode import HostJpegDevice
 from gateway.config import ConfigError, load_settings
 from gateway.core.errors import GatewayError
 from gateway.models.repository import load_repository
 from gateway.preprocess.gpu_decode import (
-    ORIENTATIONS,
     BatchedDecoder,
     DevicePlan,
     DeviceUnavailable,
@@ -221,10 +220,9 @@ def test_a_big_endian_exif_block_is_read_and_a_malformed_one_counts_as_upright()
 # --- devices the decoder runs on ---
 
 
-class OpenCvJpegDevice:
-    """A stand-in for nvJPEG where there is no GPU: libjpeg at full size (orientation ignored, as nvJPEG
-    ignores it), then the device path's own shrink (area) and orientation steps; all or nothing, as
-    torchvision's batched call. ``gate``: the first call waits for it, so that photos queue behind it."""
+class OpenCvJpegDevice(HostJpegDevice):
+    """The host stand-in for nvJPEG, counting its calls. ``gate``: the first call waits for it, so that photos
+    queue behind it."""
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.calls: list[int] = []
@@ -237,22 +235,7 @@ class OpenCvJpegDevice:
         if self.gate is not None:
             assert self.gate.wait(30), "the test never opened the gate"
             self.gate = None
-        flag = (cv2.IMREAD_GRAYSCALE if mode == "L" else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
-        images = [cv2.imdecode(np.frombuffer(photo, np.uint8), flag) for photo in photos]
-        if any(image is None for image in images):
-            raise RuntimeError("Error while decoding JPEG images")
-        return [i[None] if i.ndim == 2 else cv2.cvtColor(i, cv2.COLOR_BGR2RGB).transpose(2, 0, 1) for i in images]
-
-    def to_host(self, image: np.ndarray, plan: DevicePlan) -> np.ndarray:
-        pixels = image[0] if plan.mode == "L" else image.transpose(1, 2, 0)
-        if plan.scale > 1:
-            (height, width), scale = plan.shrunk, plan.scale
-            padding = ((0, height * scale - plan.height), (0, width * scale - plan.width), (0, 0))[: pixels.ndim]
-            blocks = np.pad(pixels, padding, mode="edge").reshape(height, scale, width, scale, -1)
-            pixels = np.round(blocks.mean(axis=(1, 3))).astype(np.uint8).squeeze(-1 if plan.mode == "L" else ())
-        for step in ORIENTATIONS[plan.orientation]:
-            pixels = pixels.swapaxes(0, 1) if step == "transpose" else np.flip(pixels, 1 if step == "flip_x" else 0)
-        return np.ascontiguousarray(pixels)
+        return super().decode(photos, mode)
 
 
 class OpenCvTorchvisionIo:
