@@ -10,6 +10,7 @@ torchvision is installed); and nvJPEG on CUDA (skipped without a GPU).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import logging
@@ -403,3 +404,104 @@ def _plan(photo: bytes) -> DevicePlan:
     plan = device_plan(photo, max_pixels=MAX_PIXELS, min_side=256, mode="RGB")
     assert plan is not None
     return plan
+
+
+# --- wired into a gateway ---
+
+
+class CountingDecoder(BatchedDecoder):
+    """Says when ``expected`` photos have been handed over (queued, or taken by the device)."""
+
+    def __init__(self, device, max_batch: int, expected: int) -> None:
+        super().__init__(device, max_batch)
+        self.handed_over = 0
+        self.all_handed_over = threading.Event()
+        self._expected = expected
+        self._count = threading.Lock()
+
+    def submit(self, data: bytes, plan: DevicePlan):
+        answer = super().submit(data, plan)
+        with self._count:
+            self.handed_over += 1
+            if self.handed_over == self._expected:
+                self.all_handed_over.set()
+        return answer
+
+
+def _cuda_gateway(monkeypatch, decoder_for, **batching):
+    """build_gateway with preprocess.device = "cuda" on two preprocess workers, its decoder from ``decoder_for``
+    (called with the device batch the gateway asks for); what open_photo_decoder was asked."""
+    import gateway.app as app_module
+
+    opened = []
+
+    def open_decoder(device: str, max_batch: int = 64):
+        opened.append((device, max_batch))
+        return decoder_for(max_batch)
+
+    monkeypatch.setattr(app_module, "open_photo_decoder", open_decoder)
+    settings = load_settings(
+        overrides={
+            "tls": {"enabled": False},
+            "models": {"repo": MODEL_REPO},
+            "preprocess": {"device": "cuda", "batch": 16},
+            "batching": batching,
+            "runtime": {"preprocess_workers": 2},
+        },
+        environ={},
+    )
+    return app_module.build_gateway(settings), opened
+
+
+def test_a_gateway_decodes_concurrent_photos_in_one_device_call_and_refuses_only_the_bad_one(monkeypatch) -> None:
+    from gateway.core.types import PhotoRequest
+    from gateway.security.identity import DEV_IDENTITY
+
+    gate = threading.Event()
+    device = OpenCvJpegDevice(gate)
+    uploads = [PHOTOS[0], PHOTOS[1], BAD["corrupt"], PHOTOS[3], PHOTOS[5], PHOTOS[7]]
+    decoder = CountingDecoder(device, 16, expected=len(uploads))
+
+    async def scenario() -> tuple[list, list]:
+        service, opened = _cuda_gateway(monkeypatch, lambda max_batch: decoder)
+        try:
+            calls = [
+                service.plane.classify(PhotoRequest(model="mnist", photo=photo, identity=DEV_IDENTITY))
+                for photo in uploads
+            ]
+            answers = asyncio.gather(*calls, return_exceptions=True)
+            # six photos, two workers: only a preprocess pool sized for the device batch hands them all over
+            assert await asyncio.to_thread(decoder.all_handed_over.wait, 30)
+            gate.set()
+            return opened, await answers
+        finally:
+            gate.set()
+            await service.aclose()
+
+    try:
+        opened, answers = asyncio.run(scenario())
+    finally:
+        decoder.close()
+    assert opened == [("cuda", 16)]
+    # the photos handed over before the decoding thread woke, then the others, queued behind them, in one call
+    # (plus one call per photo of the batch the corrupt one failed)
+    assert max(device.calls) >= 4 and sum(c for c in device.calls if c > 1) >= 5
+    refused = [answer for answer in answers if isinstance(answer, Exception)]
+    assert len(refused) == 1 and answers[2] is refused[0] and refused[0].code == "invalid_input"
+    assert all(answer.label for answer in answers if answer is not refused[0])
+
+
+def test_a_gateway_with_batching_off_decodes_every_photo_alone(monkeypatch) -> None:
+    decoders = []
+
+    async def scenario() -> list:
+        service, opened = _cuda_gateway(
+            monkeypatch,
+            lambda max_batch: decoders.append(BatchedDecoder(HostJpegDevice(), max_batch)) or decoders[-1],
+            enabled=False,
+        )
+        await service.aclose()
+        return opened
+
+    assert asyncio.run(scenario()) == [("cuda", 1)]
+    decoders[0].close()
