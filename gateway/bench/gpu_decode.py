@@ -66,18 +66,23 @@ class NvImageCodecDevice:
     def __init__(self, nvimgcodec: Any, torch: Any, io: Any) -> None:
         self._torch = torch
         self._decoder = nvimgcodec.Decoder()
-        self._params = {
-            "L": nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.GRAY),
-            "RGB": nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.RGB),
-        }
+        spec = nvimgcodec.ColorSpec
+        self._rgb = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=spec.RGB)
+        gray = getattr(spec, "GRAY", None)  # not in every release: then RGB, weighted to grey on the device
+        self._gray = gray and nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=gray)
         self._host = TorchJpegDevice(torch, io)
 
     def decode(self, photos: Sequence[bytes], mode: str) -> list[Any]:
-        images = self._decoder.decode(list(photos), params=self._params[mode])
+        params = self._gray if mode == "L" and self._gray else self._rgb
+        images = self._decoder.decode(list(photos), params=params)
         if any(image is None for image in images):
             raise RuntimeError("nvImageCodec could not decode every photo")
         tensors = [self._torch.as_tensor(image, device="cuda") for image in images]
-        return [t.reshape(*t.shape[:2], -1).permute(2, 0, 1) for t in tensors]  # HWC (or HW) -> CHW
+        planar = [t.reshape(*t.shape[:2], -1).permute(2, 0, 1) for t in tensors]  # HWC (or HW) -> CHW
+        if mode == "L" and params is self._rgb:
+            weights = self._torch.tensor([0.299, 0.587, 0.114], device="cuda").view(3, 1, 1)
+            planar = [(p.float() * weights).sum(0, keepdim=True).round_().to(self._torch.uint8) for p in planar]
+        return planar
 
     def to_host(self, image: Any, plan: DevicePlan) -> np.ndarray:
         return self._host.to_host(image, plan)
