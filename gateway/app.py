@@ -78,7 +78,7 @@ class Gateway:
 
 def build_gateway(settings: Settings) -> Gateway:
     """Read the repository and load every model (RepositoryError stops start-up), then wire the parts."""
-    photo_decoder = _photo_decoder(settings.preprocess.device)  # before any model loads: a missing GPU stops it
+    photo_decoder = _photo_decoder(settings)  # before any model loads: a missing GPU stops it
     metrics = GatewayMetrics()
     authz = _authorizer(settings, metrics, lambda model: registry.find(model) is not None)
     # The rollout routes among the registry's loaded versions and asks it to sync when a rollout change
@@ -103,7 +103,7 @@ def build_gateway(settings: Settings) -> Gateway:
     rate_limiter = _rate_limiter(settings.limits, redis, metrics)
     monitor = Monitor(settings.predictions, settings.skew, redis, registry, authz, metrics)
     shadows = ShadowCopies(rollout, metrics, max_in_flight=settings.rollout.shadow_max_in_flight)
-    pool = ThreadPoolExecutor(settings.runtime.effective_preprocess_workers, thread_name_prefix="preprocess")
+    pool = ThreadPoolExecutor(_preprocess_threads(settings, photo_decoder), thread_name_prefix="preprocess")
     limits = settings.limits
     plane = DataPlane(
         registry,
@@ -171,9 +171,17 @@ def _rate_limiter(limits: LimitSettings, redis: SharedRedis, metrics: GatewayMet
     )
 
 
-def _photo_decoder(device: str) -> PhotoDecoder | None:
-    """preprocess.device's decoder, or the start-up error saying what is missing."""
+def _photo_decoder(settings: Settings) -> PhotoDecoder | None:
+    """preprocess.device's decoder, or the start-up error saying what is missing. Batching off decodes every
+    photo alone too."""
+    batch = settings.preprocess.batch if settings.batching.enabled else 1
     try:
-        return open_photo_decoder(device)
+        return open_photo_decoder(settings.preprocess.device, batch)
     except DeviceUnavailable as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _preprocess_threads(settings: Settings, decoder: PhotoDecoder | None) -> int:
+    """One per core; with a GPU decoder at least a device batch of them (they wait on the GPU, not a core)."""
+    threads = settings.runtime.effective_preprocess_workers
+    return threads if decoder is None else max(threads, settings.preprocess.batch)

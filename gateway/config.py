@@ -241,10 +241,15 @@ class PreprocessSettings:
     device: str = "cpu"
     """Where JPEGs are decoded: cpu (the default) or cuda (nvJPEG through torchvision, the gpu extra; other
     formats and every refusal stay on the CPU path). Checked at start: cuda without a GPU decoder is refused."""
+    batch: int = 64
+    """With device = cuda: the most photos decoded in one device call (those handed over at the same moment;
+    no photo waits for others). The preprocess threads are at least this many, so that a batch can form."""
 
     def validate(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f'preprocess.device must be "cpu" or "cuda", got {self.device!r}')
+        if self.batch < 1:
+            raise ConfigError(f"preprocess.batch must be >= 1, got {self.batch}")
 
 
 @dataclass

@@ -50,9 +50,14 @@ def prepare_photo(
 ) -> PreparedInput:
     """Decode and preprocess one photo into exactly the model's input shape (``decoder``: on a GPU where it can)."""
     preparation = preparation_for(spec)
-    where = {"max_pixels": max_pixels, "min_side": preparation.min_side, "mode": preparation.mode}
+    where = {
+        "max_pixels": max_pixels,
+        "min_side": preparation.min_side,
+        "mode": preparation.mode,
+        "min_long_side": preparation.min_long_side,
+    }
     photo = decoder.decode(data, **where) if decoder is not None else None
-    photo = photo or decode_image(data, **where, min_long_side=preparation.min_long_side)
+    photo = photo or decode_image(data, **where)
     tensor = preparation.prepare(photo.pixels)
     if tensor.shape != spec.input.dims:
         raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")

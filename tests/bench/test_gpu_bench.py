@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -26,14 +27,24 @@ def test_the_dry_run_measures_every_step_and_names_what_is_missing(tmp_path: Pat
     assert report["dry_run"] is True and "CPUExecutionProvider" in report["providers"]
     assert set(report["model_alone"]) == {"hotdog/cpu", "mnist/cpu"}
     assert all(rate > 0 for figures in report["model_alone"].values() for rate in figures.values())
-    assert report["decode"]["cpu_photos_per_s"] > 0
-    assert "needs a GPU JPEG decoder" in report["decode"]["gpu_decode_missing"]
+    for model in ("hotdog", "mnist"):
+        decode = report["decode"][model]
+        assert decode["cpu"]["photos_per_s"] > 0 and decode["cpu"]["cpu_ms_per_photo"] > 0
+        assert "torch" in decode["torchvision"] and "torch" in decode["nvimagecodec"], "each missing decoder named"
+        stand_in = decode["host_stand_in/batch_8"]
+        assert stand_in["photos_per_s"] > 0 and decode["host_stand_in/parity"]["refused"] == 0
+        assert decode["host_stand_in/parity"]["max_levels"] <= 8, "the device path's shrink is the CPU path's"
+    assert re.search(r"^mnist +cpu +[\d.]+ +[\d.]+ +\(the reference\)$", result.stdout, re.M)
+    assert re.search(r"^hotdog +best GPU: host_stand_in/batch_\d+, [\d.]+x one CPU core", result.stdout, re.M)
     runs = report["gateway"]
-    expected = {
-        f"{surface}/decode_cpu/batching_{b}"
-        for surface in ("hotdog/rest", "mnist/rest", "mnist/kserve")
-        for b in ("on", "off")
-    }
+    surfaces = ["hotdog/rest", "mnist/rest"] + [f"{m}/kserve_rows_{r}" for m in ("hotdog", "mnist") for r in (1, 8)]
+    expected = {f"{surface}/decode_cpu/batching_{b}" for surface in surfaces for b in ("on", "off")}
     assert set(runs) == expected
     assert all(run["errors"] == 0 and run["rps"] > 0 and run["gateway_cpu_ms_per_request"] > 0 for run in runs.values())
-    assert (tmp_path / "onnxruntime.txt").read_text().startswith("1.")
+    assert (
+        runs["mnist/kserve_rows_8/decode_cpu/batching_on"]["rows_per_s"]
+        > runs["mnist/kserve_rows_8/decode_cpu/batching_on"]["rps"]
+    )
+    assert "no CUDA provider" in report["gateway_cores_per_gpu"]["mnist"]
+    environment = (tmp_path / "environment.txt").read_text()
+    assert "onnxruntime 1." in environment and "providers" in environment
