@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gateway.bench.grpc_floor import MODES
 from gateway.bench.http_load import Connection
 from gateway.bench.overhead_load import Job
 from gateway.bench.photo_path import DEFAULT_PHOTO, phone_jpeg
@@ -170,12 +171,11 @@ def scrape(base_url: str, pki: PkiPaths) -> str:
     return asyncio.run(_scrape(base_url, pki))
 
 
-def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surface, args: argparse.Namespace) -> dict:
-    """One surface against a running gateway: load from a separate process, CPU and batch sizes around it."""
-    job = Job(
+def _job(surface: Surface, base_url: str, grpc_target: str, pki: PkiPaths, args: argparse.Namespace) -> Job:
+    return Job(
         surface=surface.kind,
-        base_url=server.base_url,
-        grpc_target=server.grpc_target,
+        base_url=base_url,
+        grpc_target=grpc_target,
         ca=str(pki.ca_cert),
         cert=str(pki.client_cert("app")),
         key=str(pki.client_key("app")),
@@ -187,8 +187,10 @@ def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surfa
         warmup_s=args.warmup,
         duration_s=args.duration,
     )
-    totals_before = _model_totals(scrape(server.base_url, pki), surface.model)
-    cpu_before = cpu_seconds(server.process.pid, redis_dir)
+
+
+def run_load(job: Job, name: str, args: argparse.Namespace) -> dict:
+    """The load generator's result for one job (a process of its own, so its CPU is not the server's)."""
     finished = subprocess.run(
         [sys.executable, "-m", "gateway.bench.overhead_load"],
         input=job.to_json(),
@@ -197,10 +199,53 @@ def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surfa
         check=False,
         timeout=args.warmup + args.duration + 120,
     )
-    cpu_after = cpu_seconds(server.process.pid, redis_dir)
     if finished.returncode != 0:
-        raise RuntimeError(f"load generator failed on {surface.name}:\n{finished.stderr[-3000:]}")
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"load generator failed on {name}:\n{finished.stderr[-3000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def drive_floor(mode: str, surface: Surface, pki: PkiPaths, args: argparse.Namespace) -> dict:
+    """The bare gRPC server of ``grpc_floor`` in ``mode``, driven like the gateway's KServe gRPC surface."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.bench.grpc_floor",
+            mode,
+            str(pki.ca_cert),
+            str(pki.server_cert),
+            str(pki.server_key),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(server.stdout.readline())
+        job = _job(surface, "", f"localhost:{port}", pki, args)
+        cpu_before = _cpu_seconds([server.pid])
+        result = run_load(job, f"the {mode} floor", args)
+        cpu_ms = 1000 * (_cpu_seconds([server.pid]) - cpu_before) / max(result["answered"], 1)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    return {
+        "rps": round(result["rps"], 1),
+        "p50_ms": round(result["p50_ms"], 2),
+        "p99_ms": round(result["p99_ms"], 2),
+        "errors": result["errors"],
+        "server_cpu_ms": round(cpu_ms, 3),
+        "client_cpu_ms": round(1000 * result["client_cpu_s"] / max(result["answered"], 1), 3),
+    }
+
+
+def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surface, args: argparse.Namespace) -> dict:
+    """One surface against a running gateway: load from a separate process, CPU and batch sizes around it."""
+    job = _job(surface, server.base_url, server.grpc_target, pki, args)
+    totals_before = _model_totals(scrape(server.base_url, pki), surface.model)
+    cpu_before = cpu_seconds(server.process.pid, redis_dir)
+    result = run_load(job, surface.name, args)
+    cpu_after = cpu_seconds(server.process.pid, redis_dir)
     totals_after = _model_totals(scrape(server.base_url, pki), surface.model)
     answered = max(result["answered"], 1)
     batch_sum, batch_count, model_cpu_s = (a - b for a, b in zip(totals_after, totals_before, strict=True))
@@ -304,6 +349,7 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     results: dict[str, dict[str, dict]] = {s.name: {} for s in chosen}
+    floors: dict[str, dict] = {}
     modes = {"on": "true", "off": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         pki = init_pki(Path(tmp) / "pki")
@@ -326,10 +372,25 @@ def main(args: argparse.Namespace) -> int:
                     print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
             finally:
                 server.stop()
+        kserve_grpc = next((s for s in chosen if s.kind == "kserve-grpc"), None)
+        for mode in args.floor if kserve_grpc is not None else ():
+            floors[mode] = row = drive_floor(mode, kserve_grpc, pki, args)
+            print(f"  bare gRPC server ({mode}), canned KServe answer: {json.dumps(row)}", flush=True)
     cores = os.cpu_count() or 1
     threads = max(1, cores // (args.workers or cores)) if args.model_threads is None else args.model_threads
     add_model_alone(results, chosen, specs, threads)
     _print_table(results)
+    for mode, row in floors.items():
+        print(
+            f"{'floor: bare gRPC ' + mode:<28}{'-':>9}{row['rps']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{'-':>7}{row['server_cpu_ms']:>20.2f}{'':>7}{'':>8}{'':>7}{'':>7}{row['client_cpu_ms']:>8.2f}"
+            f"{row['errors']:>8}"
+        )
+    if floors:
+        print(
+            "floor: a bare gRPC server with mTLS answering KServe ModelInfer with a canned response, driven by the "
+            "same load (gateway/bench/grpc_floor.py): what grpcio itself costs per call"
+        )
     print(
         "model: the model's own CPU per request, measured in the gateway on the threads that ran it; beyond: "
         f"gateway CPU minus that; alone: ONNX Runtime alone at the row's batch size with {threads} thread(s) "
@@ -344,6 +405,7 @@ def main(args: argparse.Namespace) -> int:
                 "code": str(args.code or "."),
                 "preparation_p50_ms": preparation,
                 "surfaces": results,
+                "grpc_floor": floors,
             }
         )
     )
@@ -374,4 +436,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--only", default="", help="run only the surfaces whose name contains this (lower case)")
     parser.add_argument("--repeat", type=int, default=40, help="timings per photo for the preparation figures")
     parser.add_argument("--skip-preparation", action="store_true")
+    parser.add_argument(
+        "--floor",
+        nargs="*",
+        choices=MODES,
+        default=["aio"],
+        help="bare gRPC servers to measure beside the KServe gRPC surface (see gateway/bench/grpc_floor.py)",
+    )
     parser.set_defaults(handler=main)
