@@ -23,6 +23,7 @@ from gateway.core.errors import (
     Unavailable,
 )
 from gateway.core.types import Identity
+from gateway.ingress.grpc_limits import CALLER_PEM
 from gateway.monitoring.tracing import TRACING
 from gateway.security.identity import DEV_IDENTITY, peer_from_pem
 from gateway.security.tls_reload import check_not_revoked
@@ -141,9 +142,12 @@ def caller_identity(context: grpc.aio.ServicerContext, mtls: bool) -> Identity:
     """The Identity in the verified client certificate (the local operator when mTLS is off)."""
     if not mtls:
         return DEV_IDENTITY
-    pem = context.auth_context().get("x509_pem_cert")
+    pem = CALLER_PEM.get()
+    if pem is None:  # no CallsPerClient in front of this servicer
+        found = context.auth_context().get("x509_pem_cert")
+        pem = found[0] if found else None
     if not pem:
         raise Unauthenticated("no verified client certificate on this connection")
-    identity, serial = peer_from_pem(pem[0])
+    identity, serial = peer_from_pem(pem)
     check_not_revoked(serial)
     return identity

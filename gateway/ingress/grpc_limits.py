@@ -13,6 +13,7 @@ certificate in this worker; past ``limits.grpc_max_calls_per_client`` a call is 
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,11 +36,18 @@ def server_options(limits: LimitSettings) -> list[tuple[str, int]]:
     ]
 
 
-def _client_of(context: grpc.aio.ServicerContext) -> bytes | None:
-    """The client certificate's subject (None without a certificate: mTLS off, or refused later)."""
+CALLER_PEM: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("caller_pem", default=None)
+"""The verified client certificate (PEM) of the call in progress, as ``CallsPerClient`` read it: the servicer's
+``caller_identity`` takes it from here instead of building the call's auth context a second time."""
+
+
+def _client_of(context: grpc.aio.ServicerContext) -> tuple[bytes | None, bytes | None]:
+    """(the client certificate's subject, its PEM); (None, None) without a certificate: mTLS off, or refused
+    later. One ``auth_context()`` per call: grpcio builds a new dict of the peer's properties each time."""
     auth = context.auth_context()
-    found = auth.get("x509_subject") or auth.get("x509_pem_cert")
-    return found[0] if found else None
+    pem = auth.get("x509_pem_cert")
+    found = auth.get("x509_subject") or pem
+    return (found[0] if found else None), (pem[0] if pem else None)
 
 
 class CallsPerClient(grpc.aio.ServerInterceptor):
@@ -48,12 +56,15 @@ class CallsPerClient(grpc.aio.ServerInterceptor):
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
         self._open: Counter[bytes] = Counter()
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        """Per method: the service's handler and its counted wrapper, made once (not per call)."""
 
     def in_progress(self, client: bytes) -> int:
         return self._open[client]
 
     async def _enter(self, context: grpc.aio.ServicerContext) -> bytes | None:
-        client = _client_of(context)
+        client, pem = _client_of(context)
+        CALLER_PEM.set(pem)
         if client is None:
             return None
         if self._open[client] >= self.per_client:
@@ -105,6 +116,14 @@ class CallsPerClient(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
+        known = self._wrapped.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         codec = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from gateway.monitoring.export import ExportPage, ExportQuery, read_page
@@ -30,14 +31,8 @@ class LogReader(LazyRedis):
         client = self._client()
         oldest = await self._oldest_id(client, max_age_s)
         entries = await client.xrevrange(stream_name(model), max="+", min=oldest, count=window * LOOK_BACK_WINDOWS)
-        records = []
-        for _, fields in entries:
-            record = json.loads(fields[b"record"])
-            if record.get("version") == version and surface in (None, record.get("input")):
-                records.append(record)
-                if len(records) == window:
-                    break
-        return records[::-1]
+        # thousands of records: parsed on a thread, so the event loop goes on answering requests meanwhile
+        return await asyncio.to_thread(_newest, entries, version, surface, window)
 
     @staticmethod
     async def _oldest_id(client: aioredis.Redis, max_age_s: int) -> str:
@@ -56,6 +51,18 @@ class LogReader(LazyRedis):
     async def photo(self, request_id: str) -> StoredPhoto | None:
         """The sampled photo of prediction ``request_id``, if one was kept and is still in its stream."""
         return await read_photo(self._client(), request_id)
+
+
+def _newest(entries: list, version: str, surface: str | None, window: int) -> list[dict[str, Any]]:
+    """The first ``window`` of ``entries`` (newest first) at ``version`` and ``surface``, oldest first."""
+    records = []
+    for _, fields in entries:
+        record = orjson.loads(fields[b"record"])
+        if record.get("version") == version and surface in (None, record.get("input")):
+            records.append(record)
+            if len(records) == window:
+                break
+    return records[::-1]
 
 
 async def _server_ms(client: aioredis.Redis) -> int:

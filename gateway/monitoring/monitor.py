@@ -112,7 +112,10 @@ class Monitor:
         thresholds = SkewThresholds(
             settings.psi_threshold, settings.labels_threshold, settings.min_window, settings.per_feature
         )
-        report = version_report(model, chosen, version_dir, records, baselines, size, thresholds, accuracy)
+        # the statistics of thousands of records, on a thread: the event loop goes on answering requests
+        report = await asyncio.to_thread(
+            version_report, model, chosen, version_dir, records, baselines, size, thresholds, accuracy
+        )
         report["window_s"] = max_age_s
         self._metrics.observe_skew(model, chosen, report)
         return report
