@@ -239,6 +239,16 @@ def drive_floor(mode: str, surface: Surface, pki: PkiPaths, args: argparse.Names
     }
 
 
+def measure_floors(chosen: list[Surface], pki: PkiPaths, args: argparse.Namespace) -> dict[str, dict]:
+    """The ``--floor`` servers' rows, when the KServe gRPC surface is among the chosen ones."""
+    kserve_grpc = next((s for s in chosen if s.kind == "kserve-grpc"), None)
+    floors = {}
+    for mode in args.floor if kserve_grpc is not None else ():
+        floors[mode] = row = drive_floor(mode, kserve_grpc, pki, args)
+        print(f"  bare gRPC server ({mode}), canned KServe answer: {json.dumps(row)}", flush=True)
+    return floors
+
+
 def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surface, args: argparse.Namespace) -> dict:
     """One surface against a running gateway: load from a separate process, CPU and batch sizes around it."""
     job = _job(surface, server.base_url, server.grpc_target, pki, args)
@@ -335,6 +345,26 @@ def _print_table(results: dict[str, dict[str, dict]]) -> None:
             )
 
 
+def model_threads(workers: int | None) -> int:
+    """A worker's share of the cores (the ONNX threads of the model-alone column)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // (workers or cores))
+
+
+def _print_floors(floors: dict[str, dict]) -> None:
+    for mode, row in floors.items():
+        print(
+            f"{'floor: bare gRPC ' + mode:<28}{'-':>9}{row['rps']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{'-':>7}{row['server_cpu_ms']:>20.2f}{'':>7}{'':>8}{'':>7}{'':>7}{row['client_cpu_ms']:>8.2f}"
+            f"{row['errors']:>8}"
+        )
+    if floors:
+        print(
+            "floor: a bare gRPC server with mTLS answering KServe ModelInfer with a canned response, driven by the "
+            "same load (gateway/bench/grpc_floor.py): what grpcio itself costs per call"
+        )
+
+
 def main(args: argparse.Namespace) -> int:
     with np.load(args.digits) as data:
         digits = data["x"]
@@ -349,7 +379,6 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     results: dict[str, dict[str, dict]] = {s.name: {} for s in chosen}
-    floors: dict[str, dict] = {}
     modes = {"on": "true", "off": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         pki = init_pki(Path(tmp) / "pki")
@@ -372,25 +401,11 @@ def main(args: argparse.Namespace) -> int:
                     print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
             finally:
                 server.stop()
-        kserve_grpc = next((s for s in chosen if s.kind == "kserve-grpc"), None)
-        for mode in args.floor if kserve_grpc is not None else ():
-            floors[mode] = row = drive_floor(mode, kserve_grpc, pki, args)
-            print(f"  bare gRPC server ({mode}), canned KServe answer: {json.dumps(row)}", flush=True)
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // (args.workers or cores)) if args.model_threads is None else args.model_threads
+        floors = measure_floors(chosen, pki, args)
+    threads = args.model_threads if args.model_threads is not None else model_threads(args.workers)
     add_model_alone(results, chosen, specs, threads)
     _print_table(results)
-    for mode, row in floors.items():
-        print(
-            f"{'floor: bare gRPC ' + mode:<28}{'-':>9}{row['rps']:>8.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
-            f"{'-':>7}{row['server_cpu_ms']:>20.2f}{'':>7}{'':>8}{'':>7}{'':>7}{row['client_cpu_ms']:>8.2f}"
-            f"{row['errors']:>8}"
-        )
-    if floors:
-        print(
-            "floor: a bare gRPC server with mTLS answering KServe ModelInfer with a canned response, driven by the "
-            "same load (gateway/bench/grpc_floor.py): what grpcio itself costs per call"
-        )
+    _print_floors(floors)
     print(
         "model: the model's own CPU per request, measured in the gateway on the threads that ran it; beyond: "
         f"gateway CPU minus that; alone: ONNX Runtime alone at the row's batch size with {threads} thread(s) "
