@@ -69,6 +69,7 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
     ``on_ready``: called once the ports are served instead of printing the banner (a supervised worker).
     """
     from gateway.app import build_gateway
+    from gateway.heap import settle_after_start_up
     from gateway.ingress.grpc_server import build_grpc_server
     from gateway.ingress.health import HealthServer
     from gateway.ingress.http_server import bind_socket, build_server
@@ -98,6 +99,7 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
                     settings, f"gateway: health on http://{server.host}:{health.port} (/healthz /readyz /metrics)"
                 )
         app = create_app(gateway, mtls=settings.tls.enabled, limits=settings.limits.parse_limits())
+        settle_after_start_up()
         if on_ready is None:
             _print_banner(settings, sock.getsockname()[1], grpc_port)
         else:

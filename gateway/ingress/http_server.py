@@ -51,6 +51,46 @@ class HangUp:
             self._task = None
 
 
+class OneWritePerStep:
+    """The connection's transport, with the writes made in one step of the event loop joined into one.
+
+    uvicorn writes a response's status line and headers, then its body, as two writes; over TLS each is a
+    record of its own and a send of its own (a third of a KServe HTTP call's CPU on the event loop, py-spy:
+    docs/performance.md). Here the first write of a step waits for the loop's next turn (``call_soon``), and
+    the writes made meanwhile go out with it. ``close`` sends what waits first; ``abort`` drops it, as the
+    transport drops its own buffer. Everything else is the transport's."""
+
+    __slots__ = ("_transport", "_loop", "_pending")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._pending.append(data)
+            return
+        self._pending = [data]
+        self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
 class PeerCertHttpToolsProtocol(HttpToolsProtocol):
     """Adds the peer certificate to the scope, and holds every connection to its limits
     (``gateway.ingress.connections``): the request line and headers within ``max_header_bytes``
@@ -72,6 +112,7 @@ class PeerCertHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = OneWritePerStep(transport, self.loop)  # type: ignore[assignment]
         self._peercert = transport.get_extra_info("peercert")
         self._header_bytes = self._unparsed_header_bytes = 0
         self._in_headers = self._began = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -9,7 +10,7 @@ import time
 from fastapi import FastAPI
 
 from gateway.config import load_settings
-from gateway.ingress.http_server import bind_socket, build_server
+from gateway.ingress.http_server import OneWritePerStep, bind_socket, build_server
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_the_configured_time() -> None:
@@ -88,3 +89,64 @@ def test_a_request_on_an_idle_keep_alive_connection_during_shutdown_is_answered_
         server.should_exit = True
         serving.join(15)
         sock.close()
+
+
+class _RecordingTransport:
+    """What the connection's real transport was asked to do, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes | None]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+        self.closing = True
+
+    def abort(self) -> None:
+        self.calls.append(("abort", None))
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+def test_the_writes_of_one_step_leave_as_one_write_on_the_loops_next_turn() -> None:
+    async def scenario() -> list:
+        transport = _RecordingTransport()
+        writes = OneWritePerStep(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        writes.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        writes.write(b"{}")
+        assert transport.calls == [], "written before the step ended"
+        await asyncio.sleep(0)
+        writes.write(b"next")
+        await asyncio.sleep(0)
+        return transport.calls
+
+    assert asyncio.run(scenario()) == [
+        ("write", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"),
+        ("write", b"next"),
+    ]
+
+
+def test_close_sends_what_waits_and_abort_drops_it() -> None:
+    async def scenario() -> tuple[list, list, str]:
+        closed, aborted = _RecordingTransport(), _RecordingTransport()
+        loop = asyncio.get_running_loop()
+        closing, aborting = OneWritePerStep(closed, loop), OneWritePerStep(aborted, loop)  # type: ignore[arg-type]
+        closing.write(b"last answer")
+        closing.close()
+        aborting.write(b"dropped")
+        aborting.abort()
+        await asyncio.sleep(0)
+        return closed.calls, aborted.calls, closing.get_extra_info("peercert")
+
+    closed, aborted, info = asyncio.run(scenario())
+    assert closed == [("write", b"last answer"), ("close", None)]
+    assert aborted == [("abort", None)]
+    assert info == "info peercert"  # everything else is the transport's
