@@ -159,7 +159,7 @@ class LimitSettings:
     it, reset at once); 0: off. Behind a NAT or a balancer that hides clients' addresses, raise it or turn it off."""
     accept_burst_per_address: int = 100
     """New connections one source address may open at once before ``accept_rate_per_address`` applies."""
-    tls_handshakes_per_address: int = 4
+    tls_handshakes_per_address: int = 2
     """TLS handshakes of one source address in progress at once on the HTTP port, per process; its next
     connections wait (within ``tls_handshake_timeout_s``), so its handshakes cannot crowd out another address's;
     0: no bound."""
