@@ -89,6 +89,8 @@ class TlsSettings:
         return self.ca or self.pki_dir / "ca.pem"
 
     def validate(self) -> None:
+        if not 0 <= self.session_tickets <= MAX_SESSION_TICKETS:
+            raise ConfigError(f"tls.session_tickets must be 0 to {MAX_SESSION_TICKETS}, got {self.session_tickets}")
         if not self.enabled:
             return
         for key, path in (("tls.cert", self.cert_path), ("tls.key", self.key_path), ("tls.ca", self.ca_path)):
@@ -101,8 +103,6 @@ class TlsSettings:
             raise ConfigError(f"tls.crl: {self.crl} does not exist (`gateway pki crl --dir {self.pki_dir}` writes one)")
         if not self.reload_interval_s > 0:
             raise ConfigError(f"tls.reload_interval_s must be > 0, got {self.reload_interval_s}")
-        if not 0 <= self.session_tickets <= MAX_SESSION_TICKETS:
-            raise ConfigError(f"tls.session_tickets must be 0 to {MAX_SESSION_TICKETS}, got {self.session_tickets}")
 
 
 @dataclass
