@@ -23,6 +23,7 @@ many of one address's. The time waiting for a slot counts towards the handshake 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -204,5 +205,6 @@ class AdmittingServer:
 
 
 def _reset(conn: socket.socket) -> None:
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+    with contextlib.suppress(OSError):  # a peer already gone: closed all the same
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
     conn.close()
