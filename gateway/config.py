@@ -56,6 +56,9 @@ class ServerSettings:
             raise ConfigError("server.host must not be empty")
 
 
+MAX_SESSION_TICKETS = 8
+
+
 @dataclass
 class TlsSettings:
     """mTLS is on unless ``enabled`` is explicitly false (local development only)."""
@@ -69,6 +72,9 @@ class TlsSettings:
     """A PEM certificate revocation list of the client CA (``gateway pki revoke`` writes one); unset: none."""
     reload_interval_s: float = 1.0
     """How often the server certificate, key, CA bundle and CRL files are checked for changes (no restart)."""
+    session_tickets: int = 0
+    """TLS 1.3 session tickets the HTTP port sends after each handshake, for clients that resume sessions;
+    each costs the server about 0.55 ms per handshake (``gateway.security.tls.server_context``); 0: none."""
 
     @property
     def cert_path(self) -> Path:
@@ -83,6 +89,8 @@ class TlsSettings:
         return self.ca or self.pki_dir / "ca.pem"
 
     def validate(self) -> None:
+        if not 0 <= self.session_tickets <= MAX_SESSION_TICKETS:
+            raise ConfigError(f"tls.session_tickets must be 0 to {MAX_SESSION_TICKETS}, got {self.session_tickets}")
         if not self.enabled:
             return
         for key, path in (("tls.cert", self.cert_path), ("tls.key", self.key_path), ("tls.ca", self.ca_path)):
@@ -151,6 +159,10 @@ class LimitSettings:
     it, reset at once); 0: off. Behind a NAT or a balancer that hides clients' addresses, raise it or turn it off."""
     accept_burst_per_address: int = 100
     """New connections one source address may open at once before ``accept_rate_per_address`` applies."""
+    tls_handshakes_per_address: int = 2
+    """TLS handshakes of one source address in progress at once on the HTTP port, per process; its next
+    connections wait (within ``tls_handshake_timeout_s``), so its handshakes cannot crowd out another address's;
+    0: no bound."""
     grpc_idle_timeout_s: float = 300.0
     """A gRPC connection with no call for this long is closed (GOAWAY); clients reconnect when they next call."""
     grpc_max_streams_per_connection: int = 128
@@ -173,6 +185,10 @@ class LimitSettings:
             )
         if self.accept_rate_per_address > 0:
             _check_positive("limits.accept_burst_per_address", self.accept_burst_per_address)
+        if self.tls_handshakes_per_address < 0:
+            raise ConfigError(
+                f"limits.tls_handshakes_per_address must be >= 0 (0: no bound), got {self.tls_handshakes_per_address}"
+            )
         _check_positive("limits.max_body_bytes", self.max_body_bytes)
         _check_positive("limits.max_image_pixels", self.max_image_pixels)
         _check_positive("limits.max_pending_photos", self.max_pending_photos)

@@ -46,6 +46,8 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ("", {"GATEWAY_LIMITS_HEADER_TIMEOUT_S": "0"}, "limits.header_timeout_s must be > 0"),
         ("", {"GATEWAY_LIMITS_TLS_HANDSHAKE_TIMEOUT_S": "-1"}, "limits.tls_handshake_timeout_s must be > 0"),
         ("[tls]\nenabled = 'maybe'\n", {}, "tls.enabled must be true or false"),
+        ("", {"GATEWAY_TLS_SESSION_TICKETS": "9"}, "tls.session_tickets must be 0 to 8, got 9"),
+        ("", {"GATEWAY_LIMITS_TLS_HANDSHAKES_PER_ADDRESS": "-1"}, "limits.tls_handshakes_per_address must be >= 0"),
         ("", {"GATEWAY_RUNTIME_ONNX_THREADS": "two"}, "runtime.onnx_threads must be an integer"),
         ("[models]\nrepo = 'does/not/exist'\n", {}, "models.repo"),
         ("[server\n", {}, "is not valid TOML"),

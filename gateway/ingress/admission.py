@@ -12,16 +12,24 @@ HTTP protocol. Without a token the connection is reset at once: an accept and a 
 nothing read.
 The address is the TCP peer's: behind a NAT or a load balancer that hides clients' addresses, raise the
 limit or set it to 0 (off).
+
+An admitted connection then waits for one of its address's handshake slots (``HandshakeSlots``,
+``limits.tls_handshakes_per_address`` in progress at once): the event loop runs every handshake step in the order
+the data arrived, so a hundred handshakes of one address in progress put a hundred steps of cryptography ahead of
+each step of another address's handshake. With the slots, another address's handshake waits behind at most that
+many of one address's. The time waiting for a slot counts towards the handshake timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 
 from gateway.security.ratelimit import LocalBucket
@@ -61,24 +69,79 @@ class AddressBuckets:
         self._buckets = {a: b for a, b in self._buckets.items() if now - b.updated < full_after}
 
 
+WAITING_PER_ADDRESS = 1_000
+"""Connections of one address waiting for a handshake slot; beyond it a new one is reset (the accept rate
+normally keeps it far lower: the burst plus the rate times the handshake timeout)."""
+
+
+class HandshakeSlots:
+    """At most ``per_address`` TLS handshakes in progress for one source address (0: no bound); the address's
+    next connections wait, in order of arrival, and each finished handshake hands its slot to the next."""
+
+    def __init__(self, per_address: int, waiting_per_address: int = WAITING_PER_ADDRESS) -> None:
+        self.per_address = per_address
+        self._waiting_per_address = waiting_per_address
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, deque] = {}
+        self.refused = 0
+
+    def submit(self, address: str, item: object) -> bool | None:
+        """True: ``item`` has a slot, start it now; False: it waits (``finished`` hands it over); None: too
+        many of the address's connections already wait, refuse it."""
+        running = self._running.get(address, 0)
+        if not self.per_address or running < self.per_address:
+            self._running[address] = running + 1
+            return True
+        waiting = self._waiting.setdefault(address, deque())
+        if len(waiting) >= self._waiting_per_address:
+            self.refused += 1
+            return None
+        waiting.append(item)
+        return False
+
+    def finished(self, address: str) -> object | None:
+        """A handshake of ``address`` ended: the waiting item that takes its slot (start it), or None."""
+        waiting = self._waiting.get(address)
+        if waiting:
+            item = waiting.popleft()
+            if not waiting:
+                del self._waiting[address]
+            return item
+        running = self._running[address] - 1
+        if running:
+            self._running[address] = running
+        else:
+            del self._running[address]
+        return None
+
+    def waiting(self) -> list:
+        """Every waiting item, taken out (at shutdown)."""
+        items = [item for queue in self._waiting.values() for item in queue]
+        self._waiting.clear()
+        return items
+
+
 class AdmittingServer:
     """Accepts on ``sock``; an admitted connection gets its TLS handshake (``loop.connect_accepted_socket``) and
-    then ``protocol``, a refused one is reset before anything is read from it. Closes like an asyncio Server
-    (the caller closes the socket)."""
+    then ``protocol``, a refused one is reset before anything is read from it. ``buckets`` (None: no accept rate)
+    refuse an address's connections past its rate, ``slots`` hold them back while that address has enough
+    handshakes in progress. Closes like an asyncio Server (the caller closes the socket)."""
 
     def __init__(
         self,
         sock: socket.socket,
         protocol: Callable[[], asyncio.Protocol],
         context: ssl.SSLContext,
-        buckets: AddressBuckets,
+        buckets: AddressBuckets | None,
         handshake_timeout_s: float,
+        slots: HandshakeSlots | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._protocol = protocol
         self._context = context
         self._buckets = buckets
+        self._slots = slots or HandshakeSlots(0)
         self._timeout_s = handshake_timeout_s
         self._handshakes: set[asyncio.Task] = set()
         self._closing = False
@@ -93,30 +156,55 @@ class AdmittingServer:
                 log.warning("accepting a connection failed: %s", exc)
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            if isinstance(peer, tuple) and not self._buckets.take(peer[0]):
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-                conn.close()
+            address = peer[0] if isinstance(peer, tuple) else ""
+            if self._buckets is not None and address and not self._buckets.take(address):
+                _reset(conn)
                 continue
-            task = loop.create_task(self._handshake(conn))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            accepted = (conn, time.monotonic())
+            admitted = self._slots.submit(address, accepted)
+            if admitted:
+                self._start(address, accepted)
+            elif admitted is None:
+                _reset(conn)
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    def _start(self, address: str, accepted: tuple[socket.socket, float]) -> None:
+        task = asyncio.get_running_loop().create_task(self._handshake(address, *accepted))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, address: str, conn: socket.socket, accepted_at: float) -> None:
         try:
+            left_s = self._timeout_s - (time.monotonic() - accepted_at)
+            if left_s <= 0:  # waited for a slot past the handshake timeout
+                _reset(conn)
+                return
             _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
-                self._protocol, conn, ssl=self._context, ssl_handshake_timeout=self._timeout_s
+                self._protocol, conn, ssl=self._context, ssl_handshake_timeout=left_s
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:  # ConnectionError is an OSError
             log.debug("TLS handshake failed: %s", exc)
             conn.close()
             return
+        finally:
+            following = self._slots.finished(address)
+            if following is not None:
+                self._start(address, following)  # type: ignore[arg-type]
         if self._closing and hasattr(protocol, "shutdown"):
             protocol.shutdown()  # connected after the server's shutdown began: answered, then closed
 
     def close(self) -> None:
-        """Stop accepting; handshakes under way finish (their client may already have sent its request)."""
+        """Stop accepting; handshakes under way finish (their client may already have sent its request), the
+        connections still waiting for a slot are reset."""
         self._closing = True
         self._accepting.cancel()
+        for conn, _ in self._slots.waiting():
+            _reset(conn)
 
     async def wait_closed(self) -> None:
         await asyncio.gather(self._accepting, *self._handshakes, return_exceptions=True)
+
+
+def _reset(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # a peer already gone: closed all the same
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+    conn.close()

@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import STARTUP_FAILURE
 
 from gateway.config import Settings
-from gateway.ingress.admission import AddressBuckets, AdmittingServer
+from gateway.ingress.admission import AddressBuckets, AdmittingServer, HandshakeSlots
 from gateway.ingress.connections import ClientConnections, refusal
 from gateway.security.tls_reload import TlsMaterial
 
@@ -234,14 +234,20 @@ class GatewayServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT once its own shutdown is done, which would kill the process
     before the gRPC server and the batchers are drained; the gateway finishes its shutdown instead.
     Its listeners bound the TLS handshake (``tls_handshake_timeout_s``; asyncio's default is 60 s) and, with
-    ``admission``, the new connections of each source address before their handshake (see ``admission``)."""
+    ``admission``, the new connections of each source address before their handshake, and with ``slots`` its
+    handshakes in progress (see ``admission``)."""
 
     def __init__(
-        self, config: uvicorn.Config, tls_handshake_timeout_s: float = 10.0, admission: AddressBuckets | None = None
+        self,
+        config: uvicorn.Config,
+        tls_handshake_timeout_s: float = 10.0,
+        admission: AddressBuckets | None = None,
+        slots: HandshakeSlots | None = None,
     ) -> None:
         super().__init__(config)
         self._handshake_timeout_s = tls_handshake_timeout_s
         self.admission = admission
+        self.slots = slots
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -265,10 +271,11 @@ class GatewayServer(uvicorn.Server):
             )
 
         loop = asyncio.get_running_loop()
-        if config.ssl and self.admission is not None:
+        if config.ssl and (self.admission is not None or self.slots is not None):
             timeout_s = self._handshake_timeout_s
             self.servers = [  # type: ignore[list-item]  # closes and waits like an asyncio Server
-                AdmittingServer(sock, create_protocol, config.ssl, self.admission, timeout_s) for sock in sockets
+                AdmittingServer(sock, create_protocol, config.ssl, self.admission, timeout_s, self.slots)
+                for sock in sockets
             ]
         else:
             timeout = {"ssl_handshake_timeout": self._handshake_timeout_s} if config.ssl else {}
@@ -323,7 +330,8 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
         if limits.accept_rate_per_address > 0
         else None
     )
-    return GatewayServer(config, limits.tls_handshake_timeout_s, admission)
+    slots = HandshakeSlots(limits.tls_handshakes_per_address) if limits.tls_handshakes_per_address else None
+    return GatewayServer(config, limits.tls_handshake_timeout_s, admission, slots)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -96,6 +96,7 @@ class TlsMaterial:
     def __init__(self, settings: TlsSettings) -> None:
         self._cert, self._key, self._ca = settings.cert_path, settings.key_path, settings.ca_path
         self._crl = settings.crl
+        self._session_tickets = settings.session_tickets
         self.reload_interval_s = settings.reload_interval_s
         self._lock = threading.Lock()
         self._state = _file_state(self._paths)
@@ -113,7 +114,7 @@ class TlsMaterial:
     def _load(self, generation: int) -> _Loaded:
         try:
             cert, key, ca = self._cert.read_bytes(), self._key.read_bytes(), self._ca.read_bytes()
-            context = server_context(self._cert, self._key, self._ca, self._crl)
+            context = server_context(self._cert, self._key, self._ca, self._crl, self._session_tickets)
         except (OSError, ssl.SSLError) as exc:
             raise TlsMaterialError(f"the server TLS files do not load: {exc}") from None
         revoked = revoked_serials(self._crl, ca) if self._crl is not None else frozenset()

@@ -1,8 +1,10 @@
 """New connections per source address, limited before their TLS handshake: a bucket per address; against a
-live gateway, an address past its burst is reset before any handshake while another address is served."""
+live gateway, an address past its burst is reset before any handshake while another address is served; an address whose
+handshake stalls holds only its own slot (its next connection waits, another address is served)."""
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import time
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.ingress.admission import AddressBuckets
+from gateway.ingress.admission import AddressBuckets, HandshakeSlots
 from tests.conftest import RunningGateway, gateway_with
 
 GET = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
@@ -64,3 +66,43 @@ def test_an_address_past_its_burst_is_reset_before_the_handshake_and_another_is_
     while refused(admitting, ATTACKER):  # a token comes back after 2 s
         assert time.monotonic() < deadline, "the address never got a new token"
         time.sleep(0.2)  # polling interval only
+
+
+def test_handshake_slots_per_address_hand_over_in_order_and_refuse_past_the_queue() -> None:
+    slots = HandshakeSlots(per_address=2, waiting_per_address=2)
+    assert [slots.submit("a", n) for n in range(5)] == [True, True, False, False, None]
+    assert slots.submit("b", "b0") is True  # another address has its own slots
+    assert slots.finished("a") == 2 and slots.finished("a") == 3  # the waiting ones take the freed slots, in order
+    assert slots.finished("a") is None and slots.finished("a") is None  # both slots free again
+    assert slots.submit("a", 5) is True and slots.refused == 1
+
+
+@pytest.fixture(scope="module")
+def one_slot(pki) -> Iterator[RunningGateway]:
+    env = {"GATEWAY_LIMITS_ACCEPT_RATE_PER_ADDRESS": "0", "GATEWAY_LIMITS_TLS_HANDSHAKES_PER_ADDRESS": "1"}
+    with gateway_with(pki, env) as running:
+        yield running
+
+
+def test_an_address_stalled_in_its_handshake_waits_alone_and_another_is_served(one_slot) -> None:
+    host, port = one_slot.base_url.removeprefix("https://").rsplit(":", 1)
+    stalled = socket.create_connection((host, int(port)), timeout=20, source_address=(ATTACKER, 0))
+    stalled.sendall(b"\x16\x03\x01")  # three bytes of a ClientHello: holds the address's only slot
+    context = ssl.create_default_context(cafile=str(one_slot.pki.ca_cert))
+    context.load_cert_chain(str(one_slot.pki.client_cert("app")), str(one_slot.pki.client_key("app")))
+    raw = socket.create_connection((host, int(port)), timeout=20, source_address=(ATTACKER, 0))
+    raw.setblocking(False)
+    queued = context.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        queued.do_handshake()  # the ClientHello is sent
+    assert ask(one_slot, OTHER).startswith(b"HTTP/1.1 200 ")  # another address: served while the first waits
+    assert select.select([queued], [], [], 1.0)[0] == []  # no ServerHello while the stalled one holds the slot
+    stalled.close()  # the slot passes to the waiting connection
+    queued.settimeout(20)
+    queued.do_handshake()
+    queued.sendall(GET)
+    answer = b""
+    while chunk := queued.recv(65536):
+        answer += chunk
+    queued.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
