@@ -29,6 +29,7 @@ from gateway.config import SkewSettings
 from gateway.models.repository import ModelSpec, load_repository
 from gateway.monitoring.baseline import baseline_path, read_baseline
 from gateway.monitoring.features import digit_features
+from gateway.monitoring.null_calibration import DEFAULT_TRIALS
 from gateway.monitoring.reference import OnnxModel, Reference, photo_reference
 from gateway.monitoring.skew import SkewThresholds, compute_skew
 from gateway.monitoring.skew_surfaces import estimate_trust
@@ -350,7 +351,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="every MNIST digit there is, for the cross-fitted false alarms (build_monitoring.py writes it)",
     )
     parser.add_argument("--crossfit", type=int, default=100, help="cross-fit replications (0: skip)")
-    parser.add_argument("--crossfit-trials", type=int, default=2000, help="bootstrap draws per cross-fit baseline")
+    parser.add_argument(
+        "--crossfit-trials", type=int, default=DEFAULT_TRIALS, help="bootstrap draws per cross-fit baseline"
+    )
     parser.add_argument("--hotdog-photos", type=Path, default=Path("model_repo/training/hotdog_photos"))
     parser.add_argument("--window", type=int, help="MNIST window (default: skew.window)")
     parser.add_argument("--hotdog-window", type=int, default=200, help="hot dog window (its photo set has 347)")
