@@ -319,7 +319,9 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, object] = {}
     for name in ("mnist", "hotdog") if args.model == "all" else (args.model,):
         spec = repository[name]
-        version = spec.latest_version
+        version = args.version or spec.latest_version
+        if version not in spec.versions:
+            raise SystemExit(f"{name} has no version {version!r} (loaded: {', '.join(sorted(spec.versions))})")
         version_dir = spec.versions[version].parent
         window = (args.window or settings.window) if name == "mnist" else args.hotdog_window
         baseline = read_baseline(baseline_path(version_dir, "photo"))
@@ -338,6 +340,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("skew", help="false alarms and detection speed of the skew monitor")
     parser.add_argument("--model", choices=("mnist", "hotdog", "all"), default="all")
     parser.add_argument("--model-repo", type=Path, default=Path("model_repo"))
+    parser.add_argument("--version", help="the version to measure (default: each model's latest)")
     parser.add_argument(
         "--digits",
         type=Path,
