@@ -36,9 +36,9 @@ import numpy as np
 from gateway.monitoring.skew import INFORMATIONAL, PSI_EPSILON
 
 DEFAULT_WINDOWS = (50, 100, 200, 300, 500, 1000, 2000)
-DEFAULT_TRIALS = 2000
-CHUNK = 200
-"""Draws computed at once (bounds the memory: CHUNK x reference size indices)."""
+DEFAULT_TRIALS = 20000
+CHUNK = 250
+"""Draws computed at once (bounds the memory: a few CHUNK x reference size float32 matrices)."""
 
 
 def bin_indices(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
@@ -54,63 +54,64 @@ def _psi_rows(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.sum((a - e) * np.log(a / e), axis=1)
 
 
-def _draw(size: int, trials: int, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices [trials, size] of reference items, drawn with replacement (at random group shares if grouped)."""
-    names = np.unique(groups)
+def _counts(picks: np.ndarray, count: int) -> np.ndarray:
+    """How often each of ``count`` items occurs in each row of ``picks`` [trials, draws] -> [trials, count]."""
+    offsets = np.arange(len(picks))[:, np.newaxis] * count
+    return np.bincount((picks + offsets).ravel(), minlength=len(picks) * count).reshape(len(picks), count)
+
+
+def _window_weights(size: int, trials: int, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """How often each reference item is drawn into each window [trials, items]: ``size`` draws with
+    replacement, at random group shares (Dirichlet(1)) where the reference comes in groups."""
+    names, inverse = np.unique(groups, return_inverse=True)
     if len(names) == 1:
-        return rng.integers(0, len(groups), (trials, size))
-    members = [np.flatnonzero(groups == name) for name in names]
-    shares = rng.dirichlet(np.ones(len(names)), trials)
-    picks = np.empty((trials, size), np.int64)
-    for t in range(trials):
-        chosen = rng.choice(len(names), size, p=shares[t])
-        for g, member in enumerate(members):
-            where = chosen == g
-            picks[t, where] = member[rng.integers(0, len(member), int(where.sum()))]
-    return picks
+        return _counts(rng.integers(0, len(groups), (trials, size)), len(groups)).astype(np.float32)
+    order = np.argsort(inverse, kind="stable")  # items group by group
+    members = np.bincount(inverse, minlength=len(names))
+    first = np.concatenate([[0], np.cumsum(members)[:-1]])
+    per_group = rng.multinomial(size, rng.dirichlet(np.ones(len(names)), trials))
+    slot_group = np.repeat(np.tile(np.arange(len(names)), trials), per_group.ravel()).reshape(trials, size)
+    within = (rng.random((trials, size)) * members[slot_group]).astype(np.int64)
+    return _counts(order[first[slot_group] + within], len(groups)).astype(np.float32)
 
 
-def _draw_stratified(groups: np.ndarray, trials: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices [trials, reference size]: each group's items resampled within the group (its share kept)."""
+def _reference_weights(
+    groups: np.ndarray, clusters: np.ndarray | None, trials: int, rng: np.random.Generator
+) -> np.ndarray:
+    """How often each item is drawn into each pseudo-reference [trials, items]: each group's items
+    resampled within the group (its share kept), or, with ``clusters``, as many sources as the
+    reference has, drawn with replacement, each with all its items."""
+    if clusters is not None:
+        names, inverse = np.unique(clusters, return_inverse=True)
+        sources = _counts(rng.integers(0, len(names), (trials, len(names))), len(names))
+        return sources[:, inverse].astype(np.float32)
     members = [np.flatnonzero(groups == name) for name in np.unique(groups)]
-    return np.concatenate([m[rng.integers(0, len(m), (trials, len(m)))] for m in members], axis=1)
+    picks = np.concatenate([m[rng.integers(0, len(m), (trials, len(m)))] for m in members], axis=1)
+    return _counts(picks, len(groups)).astype(np.float32)
 
 
-def _draw_clusters(clusters: np.ndarray, trials: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Per trial, the items of as many sources as the reference has, drawn with replacement."""
-    names, inverse = np.unique(clusters, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
-    return [np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))]) for _ in range(trials)]
-
-
-def _histograms(item_bins: np.ndarray, count: int, picks: np.ndarray) -> np.ndarray:
-    """Bin counts [trials, count] of each row of drawn items."""
-    trials = len(picks)
-    offsets = np.arange(trials)[:, np.newaxis] * count
-    flat = np.bincount((item_bins[picks] + offsets).ravel(), minlength=trials * count)
-    return flat.reshape(trials, count).astype(np.float64)
-
-
-def _reference_histograms(item_bins: np.ndarray, count: int, reference: np.ndarray | list) -> np.ndarray:
-    if isinstance(reference, np.ndarray):
-        return _histograms(item_bins, count, reference)
-    return np.stack([np.bincount(item_bins[picks], minlength=count) for picks in reference]).astype(np.float64)
-
-
-def _distances(
-    bins: dict[str, np.ndarray], sizes: dict[str, int], reference: np.ndarray | list, window: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Each test's distance between the drawn pseudo-references and windows (one value per trial)."""
-    result = {}
+def _one_hot(bins: dict[str, np.ndarray], sizes: dict[str, int]) -> tuple[np.ndarray, list[slice]]:
+    """[items, all tests' bins] indicator matrix, and each test's columns: weights @ it = histograms."""
+    total = sum(sizes.values())
+    matrix = np.zeros((len(next(iter(bins.values()))), total), np.float32)
+    columns, start = [], 0
     for name, item_bins in bins.items():
-        expected = _reference_histograms(item_bins, sizes[name], reference)
-        actual = _histograms(item_bins, sizes[name], window)
+        matrix[np.arange(len(item_bins)), start + item_bins] = 1.0
+        columns.append(slice(start, start + sizes[name]))
+        start += sizes[name]
+    return matrix, columns
+
+
+def _distances(names: list[str], columns: list[slice], expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Each test's distance [trials, tests] between the pseudo-references' and windows' histograms."""
+    result = np.empty((len(expected), len(names)))
+    for j, (name, where) in enumerate(zip(names, columns, strict=True)):
         if name == "labels":
-            e = expected / expected.sum(axis=1, keepdims=True)
-            a = actual / actual.sum(axis=1, keepdims=True)
-            result[name] = np.abs(a - e).max(axis=1)
+            e = expected[:, where] / expected[:, where].sum(axis=1, keepdims=True)
+            a = actual[:, where] / actual[:, where].sum(axis=1, keepdims=True)
+            result[:, j] = np.abs(a - e).max(axis=1)
         else:
-            result[name] = _psi_rows(expected, actual)
+            result[:, j] = _psi_rows(expected[:, where].astype(np.float64), actual[:, where].astype(np.float64))
     return result
 
 
@@ -159,18 +160,20 @@ def calibrate(
     bins = {name: bin_indices(baseline["features"][name]["edges"], values) for name, values in feature_values.items()}
     sizes = {name: len(baseline["features"][name]["counts"]) for name in feature_values}
     bins["labels"], sizes["labels"] = np.asarray(predicted, np.int64), len(baseline["labels"])
-    by_window = {}
-    for size in windows:
-        chunks = []
-        for start in range(0, trials, CHUNK):
-            draws = min(CHUNK, trials - start)
-            if clusters is None:
-                reference = _draw_stratified(groups, draws, rng)
-            else:
-                reference = _draw_clusters(clusters, draws, rng)
-            distances = _distances(bins, sizes, reference, _draw(size, draws, groups, rng))
-            chunks.append(np.stack([distances[name] for name in bins], axis=1))
-        by_window[str(size)] = _min_p_thresholds(np.concatenate(chunks), list(bins), false_alarm_rate)
+    names = list(bins)
+    one_hot, columns = _one_hot(bins, sizes)
+    matrices: dict[int, list[np.ndarray]] = {size: [] for size in windows}
+    for start in range(0, trials, CHUNK):
+        draws = min(CHUNK, trials - start)
+        # one set of pseudo-references serves every window size (each size's null is still exact)
+        expected = _reference_weights(groups, clusters, draws, rng) @ one_hot
+        for size in windows:
+            actual = _window_weights(size, draws, groups, rng) @ one_hot
+            matrices[size].append(_distances(names, columns, expected, actual))
+    by_window = {
+        str(size): _min_p_thresholds(np.concatenate(chunks), names, false_alarm_rate)
+        for size, chunks in matrices.items()
+    }
     return {
         "false_alarm_rate": false_alarm_rate,
         "method": "two-sample bootstrap of the reference items"

@@ -37,6 +37,7 @@ import mnist_data  # noqa: E402
 from gateway.bench.renderers import HELD_OUT_RENDERERS, TRAINING_RENDERERS, render  # noqa: E402
 from gateway.models.repository import ModelSpec, load_model_spec  # noqa: E402
 from gateway.monitoring.baseline import baseline_path, write_baseline  # noqa: E402
+from gateway.monitoring.null_calibration import DEFAULT_TRIALS  # noqa: E402
 from gateway.monitoring.reference import OnnxModel, Reference, photo_reference, surface_baseline  # noqa: E402
 from gateway.monitoring.temperature import estimated_accuracy, fit_temperature, write_calibration  # noqa: E402
 from mobile_client.prepare import prepare_photo as mobile_prepare  # noqa: E402
@@ -241,7 +242,7 @@ def main() -> None:
     parser.add_argument("--version", help="one version directory (default: every version of the model)")
     parser.add_argument("--model-repo", type=Path, default=ROOT / "model_repo")
     parser.add_argument("--false-alarm-rate", type=float, default=0.01, help="per window, whole model (default 1%%)")
-    parser.add_argument("--trials", type=int, default=2000, help="bootstrap draws per window size")
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="bootstrap draws per window size")
     parser.add_argument("--per-renderer", type=int, default=1000, help="MNIST: training digits per renderer")
     args = parser.parse_args()
     if args.version is not None and args.model == "all":

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from gateway.monitoring.baseline import compute_baseline
-from gateway.monitoring.null_calibration import calibrate
+from gateway.monitoring.null_calibration import (
+    DEFAULT_TRIALS,
+    _distances,
+    _one_hot,
+    _reference_weights,
+    _window_weights,
+    bin_indices,
+    calibrate,
+)
 from gateway.monitoring.skew import SkewThresholds, compute_skew, thresholds_for
 
 LABELS = [str(i) for i in range(4)]
@@ -138,3 +146,32 @@ def test_copies_in_the_reference_cost_no_false_alarms_once_drawn_by_source() -> 
     by_item = rate(copies, np.repeat(labels, 3), None)
     assert by_source <= photos + 0.04
     assert by_item >= 2 * by_source
+
+
+def _fresh_null_rate(trials: int) -> float:
+    """Share of fresh draws of the calibration's own null (new pseudo-references and windows, other seed)
+    that cross the thresholds calibrated at 1% on ``trials`` draws, for eight features and the labels."""
+    rng = np.random.default_rng(14)
+    base = rng.normal(0.0, 1.0, 3000)
+    features = {f"f{k}": base + k * 0.3 * rng.normal(0.0, 1.0, 3000) for k in range(7)}
+    features["discrete"] = np.clip(np.round(base * 2 + 20), 10, 28)
+    labels = rng.integers(0, len(LABELS), 3000)
+    baseline = compute_baseline(features, labels, LABELS, "synthetic")
+    entry = calibrate(baseline, features, labels, windows=(200,), trials=trials, seed=15)["windows"]["200"]
+    bins = {name: bin_indices(baseline["features"][name]["edges"], values) for name, values in features.items()}
+    sizes = {name: len(baseline["features"][name]["counts"]) for name in features}
+    bins["labels"], sizes["labels"] = labels, len(LABELS)
+    one_hot, columns = _one_hot(bins, sizes)
+    limits = np.array([entry["features"].get(name, entry["labels"]) for name in bins])
+    groups, fresh, alarms = np.zeros(3000, np.int64), np.random.default_rng(16), 0
+    for _ in range(80):
+        expected = _reference_weights(groups, None, 250, fresh) @ one_hot
+        actual = _window_weights(200, 250, groups, fresh) @ one_hot
+        alarms += int((_distances(list(bins), columns, expected, actual) > limits).any(axis=1).sum())
+    return alarms / 20_000
+
+
+def test_the_thresholds_hold_their_rate_on_draws_they_were_not_fitted_on() -> None:
+    """The level and the thresholds are chosen on the same draws; with a few draws past each threshold
+    (2,000 draws: about 3 at the per-test level) fresh draws of the same null cross them far more often."""
+    assert 0.007 <= _fresh_null_rate(DEFAULT_TRIALS) <= 0.0135  # 20,000 fresh draws: +-0.0014 is two errors
