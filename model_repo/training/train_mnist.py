@@ -13,8 +13,8 @@ Optionally, more data:
 - ``--extra DIR`` (repeatable): a prediction export (``gateway predictions export --out DIR``); its
   feedback-labelled rows (the model inputs the gateway prepared, with the true label a client gave)
   join the training set (``extra_data.py``).
-- ``--photos NPZ``: the training digits rendered as phone photos and prepared by the gateway
-  (``render_training_photos.py``); each epoch, each training digit is seen as one of its photos
+- ``--photos NPZ`` (repeatable): the training digits rendered as phone photos and prepared by the
+  gateway (``render_photos.py``); each epoch, each training digit is seen as one of its photos
   with probability ``--photo-share``, else as itself.
 
 The version directory is written beside ``--out`` and renamed into place whole, so a gateway
@@ -135,20 +135,27 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 class PhotoViews:
     """Training digits' photo renders (prepared by the gateway), picked per sample and epoch.
 
-    The file may cover only the first digits of the training split (``render_photos.py --limit``);
-    a view the gateway refused (``taken`` False) is never used.
+    The files may cover only the first digits of the training split (``render_photos.py --limit``),
+    the same digits each; their views are pooled (a digit's view is drawn from all the files). A
+    digit with a view the gateway refused (``taken`` False) is seen as itself.
     """
 
-    def __init__(self, path: Path, train_size: int, share: float) -> None:
-        with np.load(path) as data:
-            self.photos = torch.from_numpy(data["x"].astype(np.float32))  # [digits, K, 1, 28, 28]
-            self.taken = torch.from_numpy(data["taken"]).all(dim=1)
-            self.renderers = [str(name) for name in data["renderers"]]
-            self.split_seed = int(data["split_seed"])
-        if self.photos.shape[0] > train_size or self.split_seed != mnist_data.SPLIT_SEED:
-            raise ValueError(f"{path}: rendered from another training split; run render_photos.py again")
+    def __init__(self, paths: Sequence[Path], train_size: int, share: float) -> None:
+        photos, taken, self.renderers = [], [], []
+        for path in paths:
+            with np.load(path) as data:
+                photos.append(torch.from_numpy(data["x"].astype(np.float32)))  # [digits, K, 1, 28, 28]
+                taken.append(torch.from_numpy(data["taken"]))
+                self.renderers += [str(name) for name in data["renderers"] if str(name) not in self.renderers]
+                split_seed = int(data["split_seed"])
+            if photos[-1].shape[0] > train_size or split_seed != mnist_data.SPLIT_SEED:
+                raise ValueError(f"{path}: rendered from another training split; run render_photos.py again")
+            if photos[-1].shape[0] != photos[0].shape[0]:
+                raise ValueError(f"{path}: {photos[-1].shape[0]} digits, {paths[0]} has {photos[0].shape[0]}")
+        self.photos = torch.cat(photos, dim=1)
+        self.taken = torch.cat(taken, dim=1).all(dim=1)
         self.share = share
-        self.path = path
+        self.paths = list(paths)
 
     def mix(self, x: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``x`` (a batch of inputs), with the rows whose training index has photos replaced by one of them
@@ -441,7 +448,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--extra", type=Path, action="append", default=[], help="a prediction export to add (feedback rows; repeatable)"
     )
-    parser.add_argument("--photos", type=Path, help="npz of the training digits as prepared photos (augmentation)")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        action="append",
+        default=[],
+        help="npz of the training digits as prepared photos (augmentation; repeatable, views pooled)",
+    )
     parser.add_argument(
         "--photo-style", type=float, default=0.0, help="share of each batch given photo-style changes (default 0)"
     )
@@ -522,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics["train_size"] = len(y)
     if photos is not None:
         metrics["photo_augmentation"] = {
-            "views": str(photos.path),
+            "views": [str(path) for path in photos.paths],
             "renderers": photos.renderers,
             "digits": int(photos.taken.sum()),
             "per_digit": int(photos.photos.shape[1]),
