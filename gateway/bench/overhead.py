@@ -229,12 +229,16 @@ def drive_floor(mode: str, surface: Surface, pki: PkiPaths, args: argparse.Names
     finally:
         server.stdin.close()
         server.wait(timeout=30)
+    return {**_load_figures(result), "server_cpu_ms": round(cpu_ms, 3)}
+
+
+def _load_figures(result: dict) -> dict:
+    """The load generator's own figures of one run, rounded: throughput, latency, errors, its CPU per answer."""
     return {
         "rps": round(result["rps"], 1),
         "p50_ms": round(result["p50_ms"], 2),
         "p99_ms": round(result["p99_ms"], 2),
         "errors": result["errors"],
-        "server_cpu_ms": round(cpu_ms, 3),
         "client_cpu_ms": round(1000 * result["client_cpu_s"] / max(result["answered"], 1), 3),
     }
 
@@ -261,15 +265,11 @@ def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surfa
     batch_sum, batch_count, model_cpu_s = (a - b for a, b in zip(totals_after, totals_before, strict=True))
     gateway_cpu_ms = 1000 * (cpu_after[0] - cpu_before[0]) / answered
     return {
-        "rps": round(result["rps"], 1),
-        "p50_ms": round(result["p50_ms"], 2),
-        "p99_ms": round(result["p99_ms"], 2),
-        "errors": result["errors"],
+        **_load_figures(result),
         "gateway_cpu_ms": round(gateway_cpu_ms, 3),
         "model_cpu_ms": round(1000 * model_cpu_s / answered, 3),
         "beyond_model_cpu_ms": round(gateway_cpu_ms - 1000 * model_cpu_s / answered, 3),
         "redis_cpu_ms": round(1000 * (cpu_after[1] - cpu_before[1]) / answered, 3),
-        "client_cpu_ms": round(1000 * result["client_cpu_s"] / answered, 3),
         "mean_batch": round(batch_sum / batch_count, 2) if batch_count else 0.0,
     }
 
