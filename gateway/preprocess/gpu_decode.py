@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from gateway.preprocess.image import STANDALONE_MARKERS, DecodedPhoto, _dct_scale, jpeg_frame
+from gateway.preprocess.image import DecodedPhoto, _dct_scale, jpeg_frame, jpeg_segments
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +117,10 @@ def device_plan(data: bytes, *, max_pixels: int, min_side: int, mode: str, min_l
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation (1-8) of a JPEG; 1 when it has none or it cannot be read."""
-    position, end = 2, len(data)
-    while position + 4 <= end and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker in (0xD9, 0xDA):  # the image data starts: no EXIF before it
-            return 1
-        if marker == 0xFF or marker in STANDALONE_MARKERS:
-            position += 1 if marker == 0xFF else 2
-            continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
+    for marker, position in jpeg_segments(data):
         if marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
+            length = int.from_bytes(data[position + 2 : position + 4], "big")
             return _tiff_orientation(data[position + 10 : position + 2 + length])
-        position += 2 + length
     return 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -169,16 +170,12 @@ STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}
 """Markers without a length field (TEM, RST0-7)."""
 
 
-def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from the frame header of an 8-bit Huffman JPEG, read without Pillow;
-    None for anything else (other formats, other JPEG flavours, a header cut short): Pillow's path then
-    reads it, and refuses it with the precise reason if it must."""
-    if data[:3] != b"\xff\xd8\xff":
-        return None
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset of its 0xFF) of each marker segment with a length, from after the SOI up to and
+    including the first scan (SOS) or end of image (EOI); fill bytes and markers without a length are
+    stepped over. Stops where no marker follows a segment (not a JPEG there, or a file cut short)."""
     position, end = 2, len(data)
-    while position + 4 <= end:
-        if data[position] != 0xFF:
-            return None
+    while position + 4 <= end and data[position] == 0xFF:
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
@@ -186,15 +183,27 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
         if marker in STANDALONE_MARKERS:
             position += 2
             continue
+        yield marker, position
+        if marker in (0xD9, 0xDA):
+            return
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) from the frame header of an 8-bit Huffman JPEG, read without Pillow;
+    None for anything else (other formats, other JPEG flavours, a header cut short): Pillow's path then
+    reads it, and refuses it with the precise reason if it must."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    for marker, position in jpeg_segments(data):
         if marker in FRAME_MARKERS:
-            if position + 10 > end or data[position + 4] != 8:
+            if position + 10 > len(data) or data[position + 4] != 8:
                 return None
             height = int.from_bytes(data[position + 5 : position + 7], "big")
             width = int.from_bytes(data[position + 7 : position + 9], "big")
             return width, height, data[position + 9]
         if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xCC) or marker in (0xD9, 0xDA):
             return None  # another frame type (lossless, arithmetic, hierarchical), or scan data before a frame
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return None
 
 
