@@ -1,10 +1,9 @@
 """The fast steps of gateway.preprocess.digits against straightforward references: same outputs, bit for bit.
 
-The per-tile medians and peaks are read from a histogram of the uint8 pixels, the ink's top quantiles
-from a sort of only its top values, and the border's median from the whole histogram minus the
-inside's. Each reference here does the plain thing (sort every tile of the float ink layer, sort every
-value, mask the border); prepare_digit run with the references swapped in must give the same array,
-or refuse the same photo, on photos of every kind the gateway meets.
+The ink's top quantiles come from a sort of only its top values, and the border's median from the
+whole histogram minus the inside's. Each reference here does the plain thing (sort every value, mask
+the border); prepare_digit run with the references swapped in must give the same array, or refuse
+the same photo, on photos of every kind the gateway meets.
 """
 
 from __future__ import annotations
@@ -20,20 +19,6 @@ from gateway.bench.renderers import RENDERERS, render
 from gateway.core.errors import InvalidInput
 from gateway.preprocess import digits
 from gateway.preprocess.image import decode_image
-
-
-def reference_paper_grid(pixels: np.ndarray, dark: bool) -> np.ndarray:
-    """The paper grid as first written: each tile of the float ink layer sorted for its median and peak."""
-    ink = digits._ink_layer(pixels, dark)
-    height, width = ink.shape
-    tile_h, tile_w = height // digits.GRID, width // digits.GRID
-    tiles = ink[: tile_h * digits.GRID, : tile_w * digits.GRID].reshape(digits.GRID, tile_h, digits.GRID, tile_w)
-    tiles = np.sort(tiles.swapaxes(1, 2).reshape(digits.GRID, digits.GRID, -1), axis=-1)
-    medians = tiles[..., digits._rank(tile_h * tile_w, 0.5)]
-    peaks = tiles[..., -1]
-    opened = digits.cv2.dilate(digits.cv2.erode(medians, digits._GRID_KERNEL), digits._GRID_KERNEL)
-    contrast = float((peaks - opened).max())
-    return np.where(medians - opened > 0.5 * contrast, opened, medians)
 
 
 def reference_order_statistics(values: np.ndarray, ranks: tuple[int, ...]) -> list[float]:
@@ -116,7 +101,6 @@ def outcome(pixels: np.ndarray) -> np.ndarray | str:
 def test_prepare_digit_equals_the_reference_steps(heldout_sample, monkeypatch) -> None:
     photos = varied_photos(*heldout_sample)
     fast = {name: outcome(pixels) for name, pixels in photos.items()}
-    monkeypatch.setattr(digits, "_paper_grid", reference_paper_grid)
     monkeypatch.setattr(digits, "_top_order_statistics", reference_order_statistics)
     monkeypatch.setattr(digits, "_ink_is_dark", reference_ink_is_dark)
     for name, pixels in photos.items():
@@ -135,23 +119,8 @@ def test_a_blank_photo_is_refused_by_both(level: int, monkeypatch) -> None:
     with pytest.raises(InvalidInput, match="no digit found"):
         digits.prepare_digit(blank)
     monkeypatch.setattr(digits, "_top_order_statistics", reference_order_statistics)
-    monkeypatch.setattr(digits, "_paper_grid", reference_paper_grid)
     with pytest.raises(InvalidInput, match="no digit found"):
         digits.prepare_digit(blank)
-
-
-@pytest.mark.parametrize("shape", [(160, 149), (33, 160), (160, 32), (47, 61), (160, 160)])
-@pytest.mark.parametrize("dark", [True, False])
-def test_the_paper_grid_equals_sorting_every_tile(shape: tuple[int, int], dark: bool) -> None:
-    rng = np.random.default_rng(shape[0] * shape[1] + dark)
-    for pixels in (
-        rng.integers(0, 256, shape, dtype=np.uint8),
-        rng.integers(100, 104, shape, dtype=np.uint8),  # few levels: ties everywhere
-        np.where(rng.random(shape) < 0.6, 20, 230).astype(np.uint8),  # tiles mostly ink
-    ):
-        expected = reference_paper_grid(pixels, dark)
-        got = digits._paper_grid(pixels, dark)
-        assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
 def top_cases(rng: np.random.Generator) -> list[np.ndarray]:
