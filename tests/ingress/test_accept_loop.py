@@ -1,7 +1,7 @@
 """The accept loop of ``AdmittingServer`` on real loopback sockets with real certificates: a burst of
 connections past an address's rate, queued before the loop wakes, is reset and counted, one by one, while the
-admitted connection and another address get their handshake and a whole answer (the reset a refused
-connection inherits from the listener must not cut an admitted one's answer short)."""
+admitted connection and another address get their handshake and a whole answer; a refused connection leaves
+no TIME_WAIT behind on the gateway's side (a reset, not a close)."""
 
 from __future__ import annotations
 
