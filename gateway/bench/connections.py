@@ -2,7 +2,7 @@
 storms new TLS handshakes; another identity's requests must still succeed, at a latency near the quiet one.
 
     python -m gateway.bench.connections [--stalled 2000] [--storm 8] [--requests 200] [--rounds 6] [--pin]
-        [--set KEY=VALUE ...]
+        [--workers 1] [--set KEY=VALUE ...]
 
 The victim ("operator") opens a new mTLS connection per request (handshake included) and asks
 GET /api/v1/models, sequentially: first on a quiet gateway, then while an attacker process
@@ -15,6 +15,9 @@ ratio, its requests slower than 1 s (when, since the attack began), the load ave
 did to the attacker's connections, the CPU share of the gateway, the victim and the attacker (each
 from /proc), and at the end in how many rounds the target was met. ``--pin`` puts the gateway on CPU 0
 and both load generators on CPU 1, so the attacker's own work does not take the gateway's core.
+``--workers``: the gateway's ``server.workers`` (1 by default, one process as the earlier
+rounds measured; 0: one per core, what ``gateway serve`` does unless told otherwise, the processes sharing
+the port with SO_REUSEPORT); the gateway's CPU and its wait for a CPU are then summed over its processes.
 ``--set limits.accept_rate_per_address=0`` (say) runs the gateway with a setting changed (as GATEWAY_*
 variables).
 """
@@ -133,9 +136,20 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (the workers of ``server.workers`` > 1, the embedded Redis)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid] + [p for child in children for p in _tree(int(child))]
+
+
+def _gateway_cpu_s(pid: int) -> float:
+    return sum(_cpu_s(p) for p in _tree(pid))
+
+
 def _runqueue_wait_s(pid: int) -> float:
-    """Time the gateway's main thread (its event loop) was ready to run but waited for a CPU (/proc schedstat)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    """Time the main threads (the event loops) of the gateway's processes were ready to run but waited for a CPU
+    (/proc schedstat), summed over its processes."""
+    return sum(int(Path(f"/proc/{p}/schedstat").read_text().split()[1]) for p in _tree(pid)) / 1e9
 
 
 def _environment(pairs: list[str]) -> dict[str, str]:
@@ -150,13 +164,14 @@ def _environment(pairs: list[str]) -> dict[str, str]:
 def _measured(pid: int, attacker: int | None, victim) -> dict:
     """The victim's summary, with the gateway's CPU and run-queue wait, the victim's own CPU (this process) and
     the attacker's CPU over its run."""
-    cpu, waited, own, wall = _cpu_s(pid), _runqueue_wait_s(pid), _cpu_s(os.getpid()), time.perf_counter()
+    cpu, waited, own, wall = _gateway_cpu_s(pid), _runqueue_wait_s(pid), _cpu_s(os.getpid()), time.perf_counter()
     attacker_cpu = _cpu_s(attacker) if attacker else 0.0
     latencies, errors, slow = asyncio.run(victim())
     summary = _summary(latencies, errors, slow)
     wall = time.perf_counter() - wall
-    summary["gateway_cpu_ms_per_request"] = round((_cpu_s(pid) - cpu) * 1000 / (len(latencies) + errors), 2)
-    summary["gateway_cpu_share"] = round((_cpu_s(pid) - cpu) / wall, 2)
+    used = _gateway_cpu_s(pid) - cpu
+    summary["gateway_cpu_ms_per_request"] = round(used * 1000 / (len(latencies) + errors), 2)
+    summary["gateway_cpu_share"] = round(used / wall, 2)
     summary["gateway_waiting_for_cpu_share"] = round((_runqueue_wait_s(pid) - waited) / wall, 2)
     summary["victim_cpu_share"] = round((_cpu_s(os.getpid()) - own) / wall, 2)
     if attacker:
@@ -170,7 +185,9 @@ def _round(args: argparse.Namespace) -> dict:
     if args.pin:
         os.sched_setaffinity(0, {0})  # the gateway (and its embedded Redis) inherit CPU 0
     server = start_gateway(
-        ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)], env=_environment(args.set)
+        ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo)],
+        env=_environment(args.set),
+        workers=args.workers,
     )
     if args.pin:
         os.sched_setaffinity(0, {1})  # the victim (this process) and the attacker (spawned below) on CPU 1
@@ -209,6 +226,7 @@ def _round(args: argparse.Namespace) -> dict:
         "load_average": [round(value, 2) for value in load],
         "settings": args.set,
         "pinned": args.pin,
+        "workers": args.workers,
         "gateway_alive": alive,
     }
 
@@ -227,10 +245,18 @@ def main() -> int:
         action="store_true",
         help="the gateway on CPU 0, the victim and the attacker on CPU 1 (needs 2 CPUs; other work still shares both)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server.workers of the gateway (0: one per core, what `gateway serve` does by default)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a gateway setting")
     args = parser.parse_args()
     if args.pin and (os.cpu_count() or 1) < 2:
         parser.error("--pin needs at least 2 CPUs")
+    if args.pin and args.workers != 1:
+        parser.error("--pin puts the gateway on one CPU: with --workers other than 1 it would share it")
     rounds = []
     for _ in range(args.rounds):
         rounds.append(_round(args))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -38,7 +39,12 @@ log = logging.getLogger(__name__)
 
 RESET = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close sends a reset, and the socket leaves no TIME_WAIT behind."""
+GRACEFUL = struct.pack("ii", 0, 0)
+"""SO_LINGER off: close sends what is left, then a FIN (an admitted connection's answer is not cut)."""
 ACCEPT_RETRY_S = 0.1
+ACCEPTS_PER_WAKE = 256
+"""Connections taken from the listen queue per wake-up: a burst costs one wake-up per this many, and the
+connections already admitted still get their turn between batches."""
 BUCKETS_KEPT = 100_000
 """Above this many addresses, the full buckets (addresses quiet for a while) are forgotten."""
 
@@ -125,7 +131,13 @@ class AdmittingServer:
     """Accepts on ``sock``; an admitted connection gets its TLS handshake (``loop.connect_accepted_socket``) and
     then ``protocol``, a refused one is reset before anything is read from it. ``buckets`` (None: no accept rate)
     refuse an address's connections past its rate, ``slots`` hold them back while that address has enough
-    handshakes in progress. Closes like an asyncio Server (the caller closes the socket)."""
+    handshakes in progress. Closes like an asyncio Server (the caller closes the socket).
+
+    Refusing is most of what the gateway does under a reconnect storm, so it is kept to two system calls: the
+    listener stays registered with the event loop, each wake-up takes up to ``ACCEPTS_PER_WAKE`` queued
+    connections as bare descriptors (no socket object, no future, no epoll change per connection), and a refused
+    descriptor is closed with the listener's SO_LINGER of 0, which every accepted connection inherits: a reset,
+    no TIME_WAIT. An admitted connection gets a socket object and its ordinary close back."""
 
     def __init__(
         self,
@@ -137,6 +149,7 @@ class AdmittingServer:
         slots: HandshakeSlots | None = None,
     ) -> None:
         sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
         self._sock = sock
         self._protocol = protocol
         self._context = context
@@ -145,27 +158,42 @@ class AdmittingServer:
         self._timeout_s = handshake_timeout_s
         self._handshakes: set[asyncio.Task] = set()
         self._closing = False
-        self._accepting = asyncio.get_running_loop().create_task(self._accept_forever(), name="accept")
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._accept_queued)
 
-    async def _accept_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _accept_queued(self) -> None:
+        now = time.monotonic()
+        for _ in range(ACCEPTS_PER_WAKE):
             try:
-                conn, peer = await loop.sock_accept(self._sock)
-            except OSError as exc:  # out of file descriptors, say: the listener stays, the kernel queues meanwhile
+                fd, peer = self._sock._accept()  # the descriptor alone; socket.accept would wrap it in an object
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # reset by its client while queued
+                continue
+            except OSError as exc:  # out of file descriptors, say: paused, the kernel queues meanwhile
                 log.warning("accepting a connection failed: %s", exc)
-                await asyncio.sleep(ACCEPT_RETRY_S)
-                continue
-            address = peer[0] if isinstance(peer, tuple) else ""
-            if self._buckets is not None and address and not self._buckets.take(address):
-                _reset(conn)
-                continue
-            accepted = (conn, time.monotonic())
-            admitted = self._slots.submit(address, accepted)
-            if admitted:
-                self._start(address, accepted)
-            elif admitted is None:
-                _reset(conn)
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.call_later(ACCEPT_RETRY_S, self._resume)
+                return
+            self._admit(fd, peer[0] if isinstance(peer, tuple) else "", now)
+
+    def _resume(self) -> None:
+        if not self._closing:
+            self._loop.add_reader(self._sock.fileno(), self._accept_queued)
+
+    def _admit(self, fd: int, address: str, now: float) -> None:
+        if self._buckets is not None and address and not self._buckets.take(address, now):
+            os.close(fd)  # a reset (the inherited SO_LINGER of 0)
+            return
+        conn = socket.socket(self._sock.family, socket.SOCK_STREAM, 0, fd)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, GRACEFUL)
+        conn.setblocking(False)
+        accepted = (conn, now)
+        admitted = self._slots.submit(address, accepted)
+        if admitted:
+            self._start(address, accepted)
+        elif admitted is None:
+            _reset(conn)
 
     def _start(self, address: str, accepted: tuple[socket.socket, float]) -> None:
         task = asyncio.get_running_loop().create_task(self._handshake(address, *accepted))
@@ -195,13 +223,14 @@ class AdmittingServer:
     def close(self) -> None:
         """Stop accepting; handshakes under way finish (their client may already have sent its request), the
         connections still waiting for a slot are reset."""
+        if not self._closing:
+            self._loop.remove_reader(self._sock.fileno())
         self._closing = True
-        self._accepting.cancel()
         for conn, _ in self._slots.waiting():
             _reset(conn)
 
     async def wait_closed(self) -> None:
-        await asyncio.gather(self._accepting, *self._handshakes, return_exceptions=True)
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
 
 
 def _reset(conn: socket.socket) -> None:
