@@ -65,7 +65,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """TEXT_FORMAT, the line ``logging.Formatter(TEXT_FORMAT)`` writes, for less: the date and time of day are
     formatted once a second (not ``strftime`` per line), and the line is put together without the %-style pass
-    over the record's attributes (the request line, written for every request: 4.6 -> ~2 us)."""
+    over the record's attributes. With ``log_answer``'s own shortcut, the request line (one per request) went from
+    26-44 to 18-32 us of CPU (old and new interleaved in one process, a loaded machine)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
