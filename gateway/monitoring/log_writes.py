@@ -6,8 +6,10 @@ and an at-least-once log would hold those records twice. Here every record gets 
 write, ``{writer}:{n}`` (a random writer id per log instance, a counter), kept with it in the spool;
 one Lua script writes a chunk atomically and, per record, first sets the record's bit in a bitmap of
 written ids (``SETBIT`` returns the old bit): a record whose bit was already set is skipped. The
-script takes a chunk as one JSON plan plus one argument per record (redis-py packs every argument in
-Python: fourteen per record cost the writer about 20 us per record, two cost a tenth of that).
+script takes a chunk as one JSON plan plus the chunk's records in one argument, end to end (the plan
+holds each one's length): redis-py packs every argument in Python, fourteen per record cost the
+writer about 20 us per record, two cost a tenth of that; the index key is the one argument left per
+record (every key a script touches is named in KEYS).
 
 Why a bitmap and not a key per record: it costs one bit per record (a million records: 128 KiB),
 kept ``PREDICTION_TTL_S`` after the last write to its shard (2^20 ids per key). Why not the
@@ -34,12 +36,15 @@ SHARD_IDS = 1 << 20
 
 WRITE_ONCE_LUA = """
 local maxlen, mark_ttl, index_ttl = ARGV[1], ARGV[2], ARGV[3]
-local plan, written = cjson.decode(ARGV[4]), 0
-for i, entry in ipairs(plan) do
-  local stream, mark, index, bit, fields = KEYS[entry[1]], KEYS[entry[2]], KEYS[entry[3]], entry[4], entry[5]
+local plan, records, at, written = cjson.decode(ARGV[4]), ARGV[5], 1, 0
+for _, entry in ipairs(plan) do
+  local stream, mark, index = KEYS[entry[1]], KEYS[entry[2]], KEYS[entry[3]]
+  local bit, size, fields = entry[4], entry[5], entry[6]
+  local record = string.sub(records, at, at + size - 1)
+  at = at + size
   if redis.call('SETBIT', mark, bit, 1) == 0 then
     redis.call('EXPIRE', mark, mark_ttl)
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'record', ARGV[4 + i])
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'record', record)
     if #fields > 0 then
       redis.call('HSET', index, unpack(fields))
       redis.call('EXPIRE', index, index_ttl)
@@ -65,29 +70,36 @@ class WriteOnce:
         self._maxlen = stream_maxlen
 
     def _number(self, record: dict[str, Any]) -> tuple[str, int]:
-        if LOG_ID_KEY not in record:
-            record[LOG_ID_KEY] = f"{self._writer}:{self._next}"
+        known = record.get(LOG_ID_KEY)
+        if known is None:  # new to the log: numbered here, and the number kept with the record (spool included)
+            number = self._next
             self._next += 1
-        writer, number = record[LOG_ID_KEY].rsplit(":", 1)
+            record[LOG_ID_KEY] = f"{self._writer}:{number}"
+            return self._writer, number
+        writer, number = known.rsplit(":", 1)
         return writer, int(number)
 
     def _command(self, records: list[dict[str, Any]]) -> tuple[list[str], list[Any]]:
         """KEYS: each key the chunk touches, once; ARGV: the limits, the plan (per record, as JSON: the
-        1-based KEYS of its stream, written-bitmap and index, its bit, its index fields), then one
-        record per argument. Few arguments per record: the client packs each one in Python."""
+        1-based KEYS of its stream, written-bitmap and index, its bit, its length in the next argument,
+        its index fields), then every record's JSON end to end. Few arguments: the client packs each one
+        in Python."""
         keys: dict[str, int] = {}
         plan, encoded = [], []
         for record in records:
             writer, number = self._number(record)
-            stream = stream_name(record["model"])
-            indexed = "request_id" in record and "version" in record and "label" in record
-            fields = index_fields(record) if indexed else {}
-            index_key = prediction_key(record["request_id"]) if indexed else stream
+            stream = STREAM_PREFIX + record["model"]
             mark = f"{WRITTEN_PREFIX}{writer}:{number // SHARD_IDS}"
+            if "request_id" in record and "version" in record and "label" in record:
+                fields = [item for pair in index_fields(record).items() for item in pair]
+                index_key = prediction_key(record["request_id"])
+            else:
+                fields, index_key = [], stream
+            text = orjson.dumps(record)
+            encoded.append(text)
             where = [keys.setdefault(key, len(keys) + 1) for key in (stream, mark, index_key)]
-            plan.append([*where, number % SHARD_IDS, [item for pair in fields.items() for item in pair]])
-            encoded.append(orjson.dumps(record))
-        return list(keys), [self._maxlen, PREDICTION_TTL_S, PREDICTION_TTL_S, orjson.dumps(plan), *encoded]
+            plan.append([*where, number % SHARD_IDS, len(text), fields])
+        return list(keys), [self._maxlen, PREDICTION_TTL_S, PREDICTION_TTL_S, orjson.dumps(plan), b"".join(encoded)]
 
     async def write(self, client: aioredis.Redis, records: list[dict[str, Any]]) -> int:
         """Write ``records`` (numbering those new to the log) in one atomic script; how many were new to Redis."""

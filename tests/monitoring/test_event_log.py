@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -68,6 +69,28 @@ def test_a_model_name_with_a_newline_cannot_forge_a_text_line(captured) -> None:
     handler.setFormatter(logging.Formatter(event_log.TEXT_FORMAT))
     log_answer("rest", "mnist\n2026-01-01 INFO gateway: forged", "", "404", 0.001, "r", "app")
     assert stream.getvalue().count("\n") == 1 and "mnist\\n2026" in stream.getvalue()
+
+
+def test_the_text_formatter_writes_the_lines_of_the_standard_one(captured) -> None:
+    """The lean TextFormatter (the default) against ``logging.Formatter(TEXT_FORMAT)`` on the same records: a
+    request line, lines in another second, a line with a traceback, a line with a date format of its own."""
+    lean, standard = event_log.TextFormatter(), logging.Formatter(event_log.TEXT_FORMAT)
+    stream, handler = captured
+    handler.setFormatter(lean)
+    log_answer("rest", "mnist", "2", "200", 0.0123456, "req-1", "app")
+    records = [
+        logging.makeLogRecord({"name": "gateway", "msg": "at %s", "args": (t,), "created": t})
+        for t in (1764652800.0, 1764652800.999, 1764652801.5, 1764739199.25)
+    ]
+    try:
+        raise ValueError("broken")
+    except ValueError:
+        records.append(logging.makeLogRecord({"msg": "failed", "exc_info": sys.exc_info(), "levelname": "ERROR"}))
+    for record in records:
+        assert lean.format(record) == standard.format(record)
+    assert lean.formatTime(records[0], "%H:%M") == standard.formatTime(records[0], "%H:%M")
+    line = stream.getvalue()
+    assert line.endswith(" INFO gateway.requests: rest mnist v2 200 12.3 ms request_id=req-1 client=app\n")
 
 
 def test_a_json_gateway_writes_only_json_lines_one_per_request(pki: PkiPaths) -> None:

@@ -50,6 +50,33 @@ def test_records_reach_one_stream_per_model_in_order(redis_server, tmp_path) -> 
     assert len(redis_server.records("hotdog")) == 3
 
 
+def test_a_flush_ends_the_writers_linger_and_a_chunk_gathers_what_came_during_it(redis_server, tmp_path) -> None:
+    """The writer waits ``linger_s`` after a chunk's first record for more to join it; ``flush`` does not wait it
+    out: with a linger of a minute, the flush returns within the test's 10 s bound, every record written."""
+
+    async def scenario() -> list[int]:
+        log = make_log(redis_server, tmp_path / "spool.jsonl", linger_s=60.0)
+        chunks: list[int] = []
+        write = log._write
+
+        async def counted(chunk: list[dict]) -> None:
+            chunks.append(len(chunk))
+            await write(chunk)
+
+        log._write = counted
+        log.start()
+        log.record(records(1)[0])
+        await asyncio.sleep(0)  # the writer takes the first record and lingers
+        for record in records(4, start=1):
+            log.record(record)
+        await asyncio.wait_for(log.flush(), 10)
+        await log.aclose()
+        return chunks
+
+    assert asyncio.run(scenario()) == [5]
+    assert [r["request_id"] for r in redis_server.records("mnist")] == [f"r{i}" for i in range(5)]
+
+
 def test_an_outage_spools_to_disk_and_replays_in_order(redis_server, tmp_path) -> None:
     spool = tmp_path / "spool.jsonl"
 
