@@ -4,8 +4,8 @@ baselines, calibrated thresholds and temperature, and the gateway's own preproce
 
 In-distribution photo windows come from sources the baselines were not built with: MNIST digits
 photographed by the held-out renderers and by the project's older generator
-(``gateway.bench.photos``); hot dog photos uploaded in ways the baseline did not see (cropped,
-re-encoded as PNG or WebP, at other sizes).
+(``gateway.bench.photos``); hot dog photos uploaded in the held-out ways of
+``gateway.bench.hotdog_uploads`` (and, for information, in the reference's own ways, drawn anew).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
+from gateway.bench.hotdog_uploads import HELD_OUT_WAYS, TRAINING_WAYS, one_way_each
 from gateway.bench.photos import digit_photo
 from gateway.bench.renderers import HELD_OUT_RENDERERS, render
 from gateway.bench.skew_crossfit import crossfit_false_alarms
@@ -154,26 +154,6 @@ def _digit_photos(
     return reference
 
 
-def _photo_uploads(photos: list[bytes], rng: np.random.Generator, shift: PhotoShift | None = None) -> list[bytes]:
-    """Hot dog photos uploaded in ways the baseline did not see: cropped, PNG or WebP, other sizes."""
-    uploads = []
-    for data in photos:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-        crop = rng.uniform(0.85, 1.0)
-        width, height = image.size
-        left, top = rng.uniform(0, 1 - crop) * width, rng.uniform(0, 1 - crop) * height
-        image = image.crop((int(left), int(top), int(left + crop * width), int(top + crop * height)))
-        scale = rng.uniform(0.4, 0.9)
-        image = image.resize((max(64, int(image.width * scale)), max(64, int(image.height * scale))))
-        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.92, 1.08))
-        if shift is not None:
-            image = shift(image)
-        buffer = io.BytesIO()
-        image.save(buffer, "WEBP" if rng.random() < 0.5 else "PNG", quality=int(rng.integers(60, 95)))
-        uploads.append(buffer.getvalue())
-    return uploads
-
-
 def _measure_surface(name, baseline, pools, shifted, window, args, thresholds, rng) -> dict:
     """False alarms on each in-distribution pool; requests until flagged for each shifted pool."""
     result: dict = {"window": window, "false_alarm_rate": {}, "flagged_after": {}, "accuracy": {}}
@@ -285,7 +265,9 @@ def _crossfit(args, spec: ModelSpec, model: OnnxModel, baseline: dict, window: i
     return {"false_alarm_rate": result.rate, "windows": result.windows, "interval": [round(low, 4), round(high, 4)]}
 
 
-def bench_hotdog(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, window: int, thresholds) -> dict:
+def _hotdog_pools(args, spec: ModelSpec, version_dir: Path) -> tuple[dict[str, dict[str, Pool]], dict[str, list]]:
+    """Per surface, the pools of records: draws of the uploads in held-out ways and in the reference's
+    own ways, and the shifted photos (held-out ways); and which draws are which."""
     folder = Path(args.hotdog_photos)
     with (folder / "labels.csv").open() as rows:
         table = list(csv.DictReader(rows))
@@ -294,29 +276,45 @@ def bench_hotdog(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, w
     model = OnnxModel(version_dir / "model.onnx")
     temperatures = read_temperatures(version_dir / "calibration.json")
     rng = np.random.default_rng(0)
-    clean = "photos uploaded in unseen ways (crop, PNG/WebP, size)"
-    # The in-distribution pool is drawn several times (each photo cropped, scaled, exposed and
-    # encoded anew): all windows of one draw share that draw's luck (347 photos, windows of 200).
-    draws = [f"{clean}, upload draw {k + 1}" for k in range(1, args.hotdog_draws)]
-    kinds = {clean: None, **PHOTO_SHIFTS, **dict.fromkeys(draws)}
+    # Each draw sends every photo once, in one of the ways picked at random, each made anew
+    # (crop, scale, tone, encoder): all windows of one draw share that draw's luck (347 photos, windows of 200).
+    draws = {
+        "held-out": [f"uploads in held-out ways, draw {k + 1}" for k in range(args.hotdog_draws)],
+        "reference": [f"uploads in the reference's ways, draw {k + 1}" for k in range(args.hotdog_reference_draws)],
+    }
+    kinds = {
+        **{name: (HELD_OUT_WAYS, None) for name in draws["held-out"]},
+        **{name: (TRAINING_WAYS, None) for name in draws["reference"]},
+        **{name: (HELD_OUT_WAYS, shift) for name, shift in PHOTO_SHIFTS.items()},
+    }
     pools: dict[str, dict[str, Pool]] = {"tensor": {}, "photo": {}}
-    for name, shift in kinds.items():
-        photo = photo_reference(_photo_uploads(photos, rng, shift), labels, np.zeros(len(labels)), spec)
+    for name, (ways, shift) in kinds.items():
+        uploads, groups = one_way_each(photos, ways, rng, shift)
+        photo = photo_reference(uploads, labels, groups, spec)
         tensor = Reference(photo.tensors, None, photo.truth, photo.groups, photo.refused)
         probabilities = model.probabilities(photo.tensors)
         for surface, reference in (("photo", photo), ("tensor", tensor)):
             pools[surface][name] = pool_of(reference, probabilities, spec, temperatures.get(surface))
+    return pools, draws
+
+
+def bench_hotdog(args: argparse.Namespace, spec: ModelSpec, version_dir: Path, window: int, thresholds) -> dict:
+    pools, draws = _hotdog_pools(args, spec, version_dir)
+    rng = np.random.default_rng(1)
     results = {}
     for surface in args.surfaces:
         baseline = read_baseline(baseline_path(version_dir, surface))
-        in_distribution = {name: pools[surface][name] for name in (clean, *draws)}
+        in_distribution = {name: pools[surface][name] for name in (*draws["held-out"], *draws["reference"])}
         shifted = {name: pools[surface][name] for name in PHOTO_SHIFTS}
         result = _measure_surface(surface, baseline, in_distribution, shifted, window, args, thresholds, rng)
-        rates = [result["false_alarm_rate"][name] for name in in_distribution]
-        mean = f"{clean}, mean of {len(rates)} upload draws"
-        result["false_alarm_rate"][mean] = float(np.mean(rates))
-        spread = f"(draws: {min(rates):.1%}-{max(rates):.1%})"
-        print(f"  {surface:<7}{mean:<46}{'false alarms':>14} {np.mean(rates):6.1%}   {spread}")
+        for kind, names in draws.items():
+            if not names:
+                continue
+            rates = [result["false_alarm_rate"][name] for name in names]
+            mean = f"uploads in {'held-out' if kind == 'held-out' else 'reference'} ways, mean of {len(rates)} draws"
+            result["false_alarm_rate"][mean] = float(np.mean(rates))
+            spread = f"(draws: {min(rates):.1%}-{max(rates):.1%})"
+            print(f"  {surface:<7}{mean:<46}{'false alarms':>14} {np.mean(rates):6.1%}   {spread}")
         results[surface] = result
     return results
 
@@ -370,7 +368,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--window", type=int, help="MNIST window (default: skew.window)")
     parser.add_argument("--hotdog-window", type=int, default=200, help="hot dog window (its photo set has 347)")
     parser.add_argument(
-        "--hotdog-draws", type=int, default=5, help="hot dog: independent draws of the in-distribution uploads"
+        "--hotdog-draws", type=int, default=5, help="hot dog: independent draws of the uploads in held-out ways"
+    )
+    parser.add_argument(
+        "--hotdog-reference-draws",
+        type=int,
+        default=2,
+        help="hot dog: draws of the uploads in the reference's own ways (for information)",
     )
     parser.add_argument(
         "--surfaces", type=lambda text: tuple(text.split(",")), default=("tensor", "photo"), help="e.g. tensor"

@@ -13,7 +13,7 @@ phones, pens, papers), each live window first picks the groups' shares at random
 too; the pseudo-reference keeps the reference's own shares (each group resampled within
 itself), as the baseline it stands for does.
 
-Where several reference items are made from one source (each hot dog photo arrives three
+Where several reference items are made from one source (each hot dog photo arrives nine
 ways), the pseudo-references are drawn by source (``clusters``: all items of a drawn
 source, sources with replacement): the reference holds as many independent draws from the
 population as it has sources, not items, and resampling items would make its noise look

@@ -9,8 +9,10 @@ Writes, from the version's own ``model.onnx`` and the gateway's own preprocessin
 - ``baseline_photo.json``: the photo surface (photos as phones upload them, after the
   gateway's decoding and preprocessing). MNIST: training digits photographed by the
   training renderers of ``gateway.bench.renderers`` (never the held-out ones). Hot dog:
-  the labelled photos as uploaded, as the mobile client sends them (upright, downscaled,
-  JPEG 85), and as phones store them (sideways with an EXIF tag, JPEG 55-92, smaller);
+  each labelled photo in each of the training ways of ``gateway.bench.hotdog_uploads``
+  (never the held-out ones): as uploaded, as the mobile client sends it, as a phone stores
+  it, edited (exposure, contrast) as PNG, through a messenger as WebP, from an editor as
+  JPEG 4:4:4. The tensor baseline holds the same items, as tensors;
 - in both, thresholds calibrated on the null per window size at ``--false-alarm-rate``
   per window for the whole model (``gateway.monitoring.null_calibration``);
 - ``calibration.json``: a temperature per surface, fitted on a held-out split, for the
@@ -22,29 +24,25 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import mnist_data  # noqa: E402
 
+from gateway.bench.hotdog_uploads import TRAINING_WAYS, every_way  # noqa: E402
 from gateway.bench.renderers import HELD_OUT_RENDERERS, TRAINING_RENDERERS, render  # noqa: E402
 from gateway.models.repository import ModelSpec, load_model_spec  # noqa: E402
 from gateway.monitoring.baseline import baseline_path, write_baseline  # noqa: E402
 from gateway.monitoring.null_calibration import DEFAULT_TRIALS  # noqa: E402
 from gateway.monitoring.reference import OnnxModel, Reference, photo_reference, surface_baseline  # noqa: E402
 from gateway.monitoring.temperature import estimated_accuracy, fit_temperature, write_calibration  # noqa: E402
-from mobile_client.prepare import prepare_photo as mobile_prepare  # noqa: E402
-from mobile_client.values import ModelInfo  # noqa: E402
 
 HOTDOG_PHOTOS = ROOT / "model_repo" / "training" / "hotdog_photos"
-EXIF_ORIENTATION = 0x0112
 EVALUATION_DIGITS = mnist_data.DEFAULT_CACHE_DIR / "heldout-first-half.npz"
 ALL_DIGITS = mnist_data.DEFAULT_CACHE_DIR / "mnist-all.npz"
 MODELS = ("mnist", "hotdog")
@@ -127,45 +125,22 @@ def write_evaluation_digits(path: Path, everything: Path = ALL_DIGITS) -> None:
     np.savez_compressed(everything, x=x, y=y)
 
 
-def _jpeg(image: Image.Image, quality: int, orientation: int = 1) -> bytes:
-    exif = Image.Exif()
-    if orientation == 6:
-        image = image.transpose(Image.Transpose.ROTATE_90)
-        exif[EXIF_ORIENTATION] = 6
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality, exif=exif)
-    return buffer.getvalue()
-
-
-def hotdog_uploads(paths: list[Path], spec: ModelSpec, seed: int) -> tuple[list[bytes], list[int]]:
-    """Each photo three ways: as uploaded, as the mobile client sends it, as a phone stores it."""
-    rng = np.random.default_rng(seed)
-    info = ModelInfo(spec.name, spec.preprocessing, 3, spec.input.dims[1], spec.input.dims[2])
-    photos, kinds = [], []
-    for path in paths:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            upright = ImageOps.exif_transpose(image).convert("RGB")
-        scale = rng.uniform(0.5, 1.0)
-        phone = upright.resize((max(1, round(upright.width * scale)), max(1, round(upright.height * scale))))
-        photos += [data, mobile_prepare(data, info).body, _jpeg(phone, int(rng.integers(55, 93)), 6)]
-        kinds += [0, 1, 2]
-    return photos, kinds
-
-
 def hotdog_references(spec: ModelSpec) -> tuple[dict[str, tuple[Reference, str]], dict]:
     with (HOTDOG_PHOTOS / "labels.csv").open() as rows:
         table = list(csv.DictReader(rows))
     paths = [HOTDOG_PHOTOS / row["path"] for row in table]
     truth = [spec.labels.index(row["label"]) for row in table]
-    photos, kinds = hotdog_uploads(paths, spec, seed=17)
-    photo = photo_reference(photos, np.repeat(truth, 3), kinds, spec, sources=np.repeat(np.arange(len(paths)), 3))
-    originals = photo.groups == 0
-    tensors = Reference(photo.tensors[originals], None, photo.truth[originals], np.zeros(int(originals.sum())))
-    source = f"{HOTDOG_PHOTOS.relative_to(ROOT)} ({len(paths)} labelled photos)"
+    uploads, kinds, sources = every_way([path.read_bytes() for path in paths], TRAINING_WAYS, seed=17)
+    photo = photo_reference(uploads, np.asarray(truth)[sources], kinds, spec, sources=sources)
+    # Tensors prepared by a client come from photos that reached it in the same ways (the sizes aside).
+    tensors = Reference(photo.tensors, None, photo.truth, photo.groups, photo.refused, photo.sources)
+    ways = ", ".join(TRAINING_WAYS)
+    source = (
+        f"{HOTDOG_PHOTOS.relative_to(ROOT)} ({len(paths)} labelled photos), each {len(TRAINING_WAYS)} ways ({ways})"
+    )
     references = {
         "tensor": (tensors, f"{source}, prepared by the gateway's preprocessing, as tensors"),
-        "photo": (photo, f"{source}: as uploaded, as the mobile client sends them, as phones store them"),
+        "photo": (photo, f"{source}, through the gateway's decoding and preprocessing"),
     }
     # No split of these photos is held out (the served head was fitted on all of them): a temperature
     # fitted on them would learn that the model is always right. None: T = 1, checked in-sample.
