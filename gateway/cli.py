@@ -105,7 +105,7 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
         else:
             on_ready()  # the socket listens: connections wait in its backlog until uvicorn accepts them
         try:
-            await build_server(app, settings, material).serve(sockets=[sock])
+            await build_server(app, settings, material, gateway.metrics).serve(sockets=[sock])
         finally:
             logging.getLogger("gateway").info("stopping gRPC (grace 10 s)")
             await grpc_server.stop(grace=10)

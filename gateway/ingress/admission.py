@@ -50,13 +50,14 @@ BUCKETS_KEPT = 100_000
 
 
 class AddressBuckets:
-    """One token bucket per source address."""
+    """One token bucket per source address; ``on_refused`` is called for each connection refused (a metric)."""
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    def __init__(self, rate_per_s: float, burst: int, on_refused: Callable[[], None] = lambda: None) -> None:
         self.rate = rate_per_s
         self.burst = burst
         self._buckets: dict[str, LocalBucket] = {}
         self.refused = 0
+        self._on_refused = on_refused
 
     def take(self, address: str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -68,6 +69,7 @@ class AddressBuckets:
         if bucket.take(self.rate, self.burst, now) == 0.0:
             return True
         self.refused += 1
+        self._on_refused()
         return False
 
     def _forget_full(self, now: float) -> None:
@@ -82,14 +84,21 @@ normally keeps it far lower: the burst plus the rate times the handshake timeout
 
 class HandshakeSlots:
     """At most ``per_address`` TLS handshakes in progress for one source address (0: no bound); the address's
-    next connections wait, in order of arrival, and each finished handshake hands its slot to the next."""
+    next connections wait, in order of arrival, and each finished handshake hands its slot to the next.
+    ``on_refused`` is called for each connection refused because too many of its address's already wait."""
 
-    def __init__(self, per_address: int, waiting_per_address: int = WAITING_PER_ADDRESS) -> None:
+    def __init__(
+        self,
+        per_address: int,
+        waiting_per_address: int = WAITING_PER_ADDRESS,
+        on_refused: Callable[[], None] = lambda: None,
+    ) -> None:
         self.per_address = per_address
         self._waiting_per_address = waiting_per_address
         self._running: dict[str, int] = {}
         self._waiting: dict[str, deque] = {}
         self.refused = 0
+        self._on_refused = on_refused
 
     def submit(self, address: str, item: object) -> bool | None:
         """True: ``item`` has a slot, start it now; False: it waits (``finished`` hands it over); None: too
@@ -101,6 +110,7 @@ class HandshakeSlots:
         waiting = self._waiting.setdefault(address, deque())
         if len(waiting) >= self._waiting_per_address:
             self.refused += 1
+            self._on_refused()
             return None
         waiting.append(item)
         return False

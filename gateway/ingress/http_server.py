@@ -15,6 +15,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,6 +26,9 @@ from gateway.config import Settings
 from gateway.ingress.admission import AddressBuckets, AdmittingServer, HandshakeSlots
 from gateway.ingress.connections import ClientConnections, refusal
 from gateway.security.tls_reload import TlsMaterial
+
+if TYPE_CHECKING:
+    from gateway.monitoring.metrics import GatewayMetrics
 
 HANG_UP = "gateway.hang_up"
 """The ASGI scope extension that holds the connection's HangUp."""
@@ -303,8 +307,11 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
-def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None = None) -> uvicorn.Server:
-    """``material``: the reloadable TLS files (new handshakes follow a rotation); None: loaded once from settings."""
+def build_server(
+    app: FastAPI, settings: Settings, material: TlsMaterial | None = None, metrics: GatewayMetrics | None = None
+) -> uvicorn.Server:
+    """``material``: the reloadable TLS files (new handshakes follow a rotation); None: loaded once from settings.
+    ``metrics``: where refused connections are counted (``gateway_connections_refused``)."""
     ssl_factory: Callable[..., ssl.SSLContext] | None = None
     if settings.tls.enabled:
         tls_material = material or TlsMaterial(settings.tls)
@@ -325,13 +332,26 @@ def build_server(app: FastAPI, settings: Settings, material: TlsMaterial | None 
         timeout_graceful_shutdown=10,
     )
     limits = settings.limits
+    rate_refused, queue_refused = _refusal_counters(metrics)
     admission = (
-        AddressBuckets(limits.accept_rate_per_address, limits.accept_burst_per_address)
+        AddressBuckets(limits.accept_rate_per_address, limits.accept_burst_per_address, rate_refused)
         if limits.accept_rate_per_address > 0
         else None
     )
-    slots = HandshakeSlots(limits.tls_handshakes_per_address) if limits.tls_handshakes_per_address else None
+    slots = (
+        HandshakeSlots(limits.tls_handshakes_per_address, on_refused=queue_refused)
+        if limits.tls_handshakes_per_address
+        else None
+    )
     return GatewayServer(config, limits.tls_handshake_timeout_s, admission, slots)
+
+
+def _refusal_counters(metrics: GatewayMetrics | None) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The increments of ``gateway_connections_refused`` for the accept rate and the handshake queue."""
+    if metrics is None:
+        return (lambda: None), (lambda: None)
+    refused = metrics.connections_refused
+    return refused.labels("accept_rate").inc, refused.labels("handshake_queue").inc
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -148,6 +148,17 @@ def redis_metrics(registry: CollectorRegistry) -> tuple[Gauge, Counter]:
     )
 
 
+def connections_refused_counter(registry: CollectorRegistry) -> Counter:
+    """New HTTP connections reset before their handshake, by reason (gateway/ingress/admission.py)."""
+    return Counter(
+        "gateway_connections_refused",
+        "New HTTP connections reset before their TLS handshake: past their address's accept rate (accept_rate) "
+        "or with too many of its connections already waiting for a handshake slot (handshake_queue)",
+        ("reason",),
+        registry=registry,
+    )
+
+
 class GatewayMetrics:
     """Own registry per process (and per test), never the global one."""
 
@@ -164,6 +175,7 @@ class GatewayMetrics:
         self._security()
         self.model_cpu = model_cpu_counter(self.registry)
         self.redis_up, self.redis_failovers = redis_metrics(self.registry)
+        self.connections_refused = connections_refused_counter(self.registry)
         self.operations = OperationsGauges()
         self.registry.register(self.operations)
         cached = ("requests", "request_latency", "batch_size", "execution", "queue_delay", "batch_failures")

@@ -13,19 +13,21 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.ingress.admission import AddressBuckets, HandshakeSlots
-from tests.conftest import RunningGateway, gateway_with
+from tests.conftest import RunningGateway, gateway_with, metrics
+from tests.security.helpers import metric_value
 
 GET = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
 ATTACKER, OTHER = "127.0.0.2", "127.0.0.3"  # not the address the start-up checks come from
 
 
 def test_a_bucket_per_address_allows_its_burst_then_its_rate() -> None:
-    buckets = AddressBuckets(rate_per_s=2.0, burst=3)
+    told: list[None] = []
+    buckets = AddressBuckets(rate_per_s=2.0, burst=3, on_refused=lambda: told.append(None))
     assert [buckets.take("a", now=0.0) for _ in range(4)] == [True, True, True, False]
     assert buckets.take("b", now=0.0)  # another address has its own bucket
     assert not buckets.take("a", now=0.25)  # half a token
     assert buckets.take("a", now=0.5) and not buckets.take("a", now=0.5)
-    assert buckets.take("a", now=100.0) and buckets.refused == 3
+    assert buckets.take("a", now=100.0) and buckets.refused == 3 and len(told) == 3
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +60,32 @@ def refused(gateway: RunningGateway, source: str) -> bool:
     return False
 
 
+def refusals_counted(gateway: RunningGateway) -> float:
+    return metric_value(metrics(gateway), "gateway_connections_refused_total", reason="accept_rate")
+
+
 def test_an_address_past_its_burst_is_reset_before_the_handshake_and_another_is_served(admitting) -> None:
     assert all(ask(admitting, ATTACKER).startswith(b"HTTP/1.1 200 ") for _ in range(3))
     assert refused(admitting, ATTACKER)
     assert ask(admitting, OTHER).startswith(b"HTTP/1.1 200 ")
+    assert refusals_counted(admitting) == 1  # on /metrics, summed over the workers
+    resets = 1
     deadline = time.monotonic() + 20
     while refused(admitting, ATTACKER):  # a token comes back after 2 s
+        resets += 1
         assert time.monotonic() < deadline, "the address never got a new token"
         time.sleep(0.2)  # polling interval only
+    assert refusals_counted(admitting) == resets
 
 
 def test_handshake_slots_per_address_hand_over_in_order_and_refuse_past_the_queue() -> None:
-    slots = HandshakeSlots(per_address=2, waiting_per_address=2)
+    told: list[None] = []
+    slots = HandshakeSlots(per_address=2, waiting_per_address=2, on_refused=lambda: told.append(None))
     assert [slots.submit("a", n) for n in range(5)] == [True, True, False, False, None]
     assert slots.submit("b", "b0") is True  # another address has its own slots
     assert slots.finished("a") == 2 and slots.finished("a") == 3  # the waiting ones take the freed slots, in order
     assert slots.finished("a") is None and slots.finished("a") is None  # both slots free again
-    assert slots.submit("a", 5) is True and slots.refused == 1
+    assert slots.submit("a", 5) is True and slots.refused == 1 and len(told) == 1
 
 
 @pytest.fixture(scope="module")
