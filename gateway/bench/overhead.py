@@ -365,11 +365,30 @@ def _print_floors(floors: dict[str, dict]) -> None:
         )
 
 
+def _print_legend(threads: int) -> None:
+    print(
+        "model: the model's own CPU per request, measured in the gateway on the threads that ran it; beyond: "
+        f"gateway CPU minus that; alone: ONNX Runtime alone at the row's batch size with {threads} thread(s) "
+        "(a worker's share of the cores), CPU ms per item"
+    )
+    print(f"load average after the run: {os.getloadavg()[0]:.2f}")
+
+
+def chosen_surfaces(every: list[Surface], only: str) -> list[Surface]:
+    """The surfaces whose name contains ``only`` (any case); none: the names are printed to choose from."""
+    chosen = [s for s in every if only.lower() in s.name.lower()]
+    if not chosen:
+        print(f"--only {only!r} matches no surface; the surfaces: {', '.join(s.name for s in every)}")
+    return chosen
+
+
 def main(args: argparse.Namespace) -> int:
     with np.load(args.digits) as data:
         digits = data["x"]
     specs = load_repository(args.model_repo)
-    chosen = [s for s in surfaces(digits, args.hotdog_photos) if not args.only or args.only in s.name.lower()]
+    chosen = chosen_surfaces(surfaces(digits, args.hotdog_photos), args.only)
+    if not chosen:
+        return 2
     preparation = preparation_ms(specs, chosen, args.photo, args.repeat) if not args.skip_preparation else {}
     for name, value in preparation.items():
         print(f"decode + prepare, CPU of one thread, p50: {name}: {value:.2f} ms", flush=True)
@@ -406,12 +425,7 @@ def main(args: argparse.Namespace) -> int:
     add_model_alone(results, chosen, specs, threads)
     _print_table(results)
     _print_floors(floors)
-    print(
-        "model: the model's own CPU per request, measured in the gateway on the threads that ran it; beyond: "
-        f"gateway CPU minus that; alone: ONNX Runtime alone at the row's batch size with {threads} thread(s) "
-        "(a worker's share of the cores), CPU ms per item"
-    )
-    print(f"load average after the run: {os.getloadavg()[0]:.2f}")
+    _print_legend(threads)
     print(
         json.dumps(
             {
@@ -448,7 +462,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model-threads", type=int, help="ONNX threads for the model-alone column (default: cores / workers)"
     )
-    parser.add_argument("--only", default="", help="run only the surfaces whose name contains this (lower case)")
+    parser.add_argument("--only", default="", help="run only the surfaces whose name contains this (any case)")
     parser.add_argument("--repeat", type=int, default=40, help="timings per photo for the preparation figures")
     parser.add_argument("--skip-preparation", action="store_true")
     parser.add_argument(

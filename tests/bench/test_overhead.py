@@ -22,7 +22,7 @@ def test_the_benchmark_drives_real_surfaces_and_reads_the_gateways_cpu(tmp_path)
             "bench",
             "overhead",
             "--only",
-            "tensor",
+            "Tensor",  # any case
             "--batching",
             "on",
             "--duration",
@@ -54,6 +54,20 @@ def test_the_benchmark_drives_real_surfaces_and_reads_the_gateways_cpu(tmp_path)
         assert 0 < row["model_cpu_ms"] < row["gateway_cpu_ms"], name
         assert row["beyond_model_cpu_ms"] == pytest.approx(row["gateway_cpu_ms"] - row["model_cpu_ms"], abs=0.002)
     assert "gateway CPU ms/req" in finished.stdout
+
+
+def test_a_selection_that_matches_no_surface_is_refused_with_the_names() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "overhead", "--only", "TF Servng", "--skip-preparation"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert finished.returncode == 2
+    assert "--only 'TF Servng' matches no surface" in finished.stdout
+    assert "TF Serving gRPC tensor" in finished.stdout
 
 
 def test_cpu_seconds_counts_the_process_and_its_children(tmp_path) -> None:
