@@ -88,7 +88,7 @@ class WriteOnce:
         plan, encoded = [], []
         for record in records:
             writer, number = self._number(record)
-            stream = STREAM_PREFIX + record["model"]
+            stream = stream_name(record["model"])
             mark = f"{WRITTEN_PREFIX}{writer}:{number // SHARD_IDS}"
             if "request_id" in record and "version" in record and "label" in record:
                 fields = [item for pair in index_fields(record).items() for item in pair]
