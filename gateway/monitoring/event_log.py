@@ -17,6 +17,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from gateway.monitoring.log_stream import OneWritePerStepHandler
+
 REQUEST_LOGGER = "gateway.requests"
 EVENT_FIELDS = ("request_id", "trace_id", "client", "protocol", "model", "version", "code", "latency_ms")
 """Attributes of a log record (``extra=``) that become fields of its JSON line."""
@@ -87,7 +89,8 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str, level: str) -> None:
-    """Send every logger's lines (uvicorn's too: it is told not to configure its own) to stderr.
+    """Send every logger's lines (uvicorn's too: it is told not to configure its own) to stderr, those of one
+    event-loop step in one write (``OneWritePerStepHandler``).
 
     Neither format shows where a line was logged from, nor the thread or the process, so log records do
     not collect them (the logging HOWTO's "Optimization": a stack walk and three lookups per line; the request
@@ -96,7 +99,7 @@ def configure_logging(log_format: str, level: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = OneWritePerStepHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

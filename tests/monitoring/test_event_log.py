@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import re
+import signal
+import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Iterator
 
 import pytest
 
+from gateway.ingress.http_server import event_loop_factory
 from gateway.monitoring import event_log
 from gateway.monitoring.event_log import JsonFormatter, log_answer, set_trace_id_source
+from gateway.monitoring.log_stream import OneWritePerStepHandler
 from gateway.security.pki import PkiPaths
 from gateway.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.conftest import MODEL_REPO, REPO_ROOT, start_gateway, stop_gateway
@@ -124,3 +132,236 @@ def test_a_json_gateway_writes_only_json_lines_one_per_request(pki: PkiPaths) ->
     grpc_lines = [line for line in answered.values() if line["protocol"] == "grpc"]
     assert [(line["client"], line["code"]) for line in grpc_lines] == [("operator", "OK")]
     assert len(answered) == 3
+
+
+class CountingStream(io.StringIO):
+    """A stream double that keeps each write: the handler's system calls, one write each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.fixture
+def stepped() -> Iterator[tuple[CountingStream, OneWritePerStepHandler]]:
+    """The request logger writing through a OneWritePerStepHandler (text format) to a CountingStream."""
+    stream = CountingStream()
+    handler = OneWritePerStepHandler(stream)
+    handler.setFormatter(event_log.TextFormatter())
+    logger = logging.getLogger(event_log.REQUEST_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield stream, handler
+    logger.removeHandler(handler)
+    handler.close()
+
+
+def answer(request_id: str, client: str = "app") -> None:
+    log_answer("grpc", "mnist", "1", "OK", 0.001, request_id, client)
+
+
+def request_ids(text: str) -> list[str]:
+    return re.findall(r"request_id=(\S+)", text)
+
+
+def on_the_gateway_loop(main: Callable[[], Coroutine[None, None, None]]) -> None:
+    """``main()`` on the event loop a worker runs (uvloop when installed)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())
+
+
+def test_the_lines_of_one_loop_step_are_one_write_and_two_steps_two(stepped) -> None:
+    stream, _ = stepped
+
+    async def main() -> None:
+        for i in range(50):
+            answer(f"a{i}")
+        assert stream.writes == [], "written before the step ended"
+        await asyncio.sleep(0)  # the loop's next turn
+        assert len(stream.writes) == 1
+        for i in range(3):
+            answer(f"b{i}")
+
+    on_the_gateway_loop(main)
+    assert len(stream.writes) == 2
+    assert request_ids(stream.writes[0]) == [f"a{i}" for i in range(50)]
+    assert request_ids(stream.writes[1]) == ["b0", "b1", "b2"]
+    assert stream.getvalue().count("\n") == 53
+
+
+def test_a_line_from_another_thread_is_written_at_once_after_the_waiting_ones(stepped) -> None:
+    """A preprocess-pool thread's line does not wait for the loop, and does not jump the loop's earlier lines."""
+    stream, _ = stepped
+
+    async def main() -> None:
+        answer("loop-1")
+        pool_thread = threading.Thread(target=answer, args=("pool",))
+        pool_thread.start()
+        pool_thread.join()
+        assert [request_ids(w) for w in stream.writes] == [["loop-1", "pool"]]
+        answer("loop-2")
+
+    on_the_gateway_loop(main)
+    answer("no-loop")  # this thread, its loop gone: at once
+    assert [request_ids(w) for w in stream.writes] == [["loop-1", "pool"], ["loop-2"], ["no-loop"]]
+
+
+def test_flush_close_and_logging_shutdown_write_what_waits(stepped) -> None:
+    stream, handler = stepped
+
+    async def main() -> None:
+        answer("flushed")
+        handler.flush()
+        assert request_ids(stream.getvalue()) == ["flushed"]
+        answer("shut-down")
+        logging.shutdown([weakref.ref(handler)])  # what the interpreter runs at exit: flush, then close
+        assert request_ids(stream.getvalue()) == ["flushed", "shut-down"]
+        answer("closed")
+        handler.close()
+        assert request_ids(stream.getvalue()) == ["flushed", "shut-down", "closed"]
+
+    on_the_gateway_loop(main)
+    assert len(stream.writes) == 3
+
+
+def test_lines_left_by_a_loop_closed_before_its_next_turn_are_not_lost(stepped) -> None:
+    """asyncio's own loop stops after the step that called ``stop()``: the write queued in it never runs."""
+    stream, _ = stepped
+    loop = asyncio.new_event_loop()
+
+    def last_step() -> None:
+        loop.stop()
+        answer("last-step")
+
+    loop.call_soon(last_step)
+    loop.run_forever()
+    loop.close()
+    assert stream.writes == [], "the test needs the write to have been left queued"
+    answer("after-close")
+    assert [request_ids(w) for w in stream.writes] == [["last-step", "after-close"]]
+
+
+def test_a_running_loop_that_takes_no_callback_gets_its_line_written_at_once(stepped) -> None:
+    stream, _ = stepped
+    closed = asyncio.new_event_loop()
+    closed.close()
+    asyncio.events._set_running_loop(closed)  # what asyncio sees as running; its call_soon raises RuntimeError
+    try:
+        answer("closed-loop")
+        assert request_ids(stream.getvalue()) == ["closed-loop"]
+    finally:
+        asyncio.events._set_running_loop(None)
+
+
+def test_levels_filters_and_other_handlers_work_as_before(stepped, caplog) -> None:
+    stream, handler = stepped
+    handler.addFilter(lambda record: getattr(record, "client", None) != "filtered")
+
+    async def main() -> None:
+        answer("kept")
+        answer("dropped", client="filtered")
+        logging.getLogger(event_log.REQUEST_LOGGER).debug("below the level")
+        handler.setLevel(logging.WARNING)
+        answer("below-the-handler")
+        logging.getLogger(event_log.REQUEST_LOGGER).warning("a warning")
+        handler.setLevel(logging.NOTSET)
+
+    with caplog.at_level(logging.INFO, logger=event_log.REQUEST_LOGGER):
+        on_the_gateway_loop(main)
+    assert [getattr(r, "request_id", None) for r in caplog.records] == ["kept", "dropped", "below-the-handler", None]
+    assert request_ids(stream.getvalue()) == ["kept"] and stream.getvalue().endswith("gateway.requests: a warning\n")
+    assert len(stream.writes) == 1
+
+
+@pytest.fixture
+def configured_root() -> Iterator[None]:
+    """configure_logging replaces the root logger's handlers and level: both put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_configure_logging_writes_a_steps_lines_in_one_write_in_both_formats(configured_root, log_format) -> None:
+    event_log.configure_logging(log_format, "info")
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler, OneWritePerStepHandler)
+    stream = CountingStream()
+    handler.setStream(stream)
+
+    async def main() -> None:
+        answer("r1")
+        logging.getLogger("gateway").info("another logger")
+        answer("r2")
+
+    on_the_gateway_loop(main)
+    (write,) = stream.writes
+    lines = write.splitlines()
+    if log_format == "json":
+        assert [json.loads(line).get("request_id") for line in lines] == ["r1", None, "r2"]
+    else:
+        assert request_ids(write) == ["r1", "r2"] and " INFO gateway: another logger" in lines[1]
+
+
+WORKER = """
+import asyncio, atexit, sys
+from gateway.ingress.http_server import event_loop_factory
+from gateway.monitoring.event_log import configure_logging, log_answer
+
+configure_logging("text", "info")
+atexit.register(lambda: print("exiting", file=sys.stderr, flush=True))  # runs before logging.shutdown's (LIFO)
+how = sys.argv[1]
+
+
+def lines() -> None:
+    for i in range(200):
+        log_answer("grpc", "mnist", "1", "OK", 0.001, f"r{i}", "app")
+
+
+async def serve() -> None:
+    lines()
+    if how == "exception":
+        raise RuntimeError("the worker failed")
+
+
+def interrupted() -> None:
+    lines()
+    raise KeyboardInterrupt  # out of asyncio's run_forever at once: the queued write never runs
+
+
+if how == "interrupt":
+    loop = asyncio.new_event_loop()
+    loop.call_soon(interrupted)
+    loop.run_forever()
+else:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve())
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "exception", "interrupt"])
+def test_a_worker_process_that_ends_loses_no_line(how: str) -> None:
+    """A normal exit, an uncaught exception out of the worker's loop, and one that leaves the loop before its next
+    turn (the lines then wait for logging.shutdown, after the process's last atexit line)."""
+    ended = subprocess.run(
+        [sys.executable, "-c", WORKER, how], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert ended.returncode == (0 if how == "exit" else 1 if how == "exception" else -signal.SIGINT), ended.stderr
+    assert request_ids(ended.stderr) == [f"r{i}" for i in range(200)]
+    exiting = ended.stderr.index("exiting\n")
+    if how == "interrupt":
+        assert ended.stderr.index("request_id=r0 ") > exiting, "the test needs the lines to have waited"
+    else:
+        assert ended.stderr.rindex("request_id=r199 ") < exiting
+    if how != "exit":
+        assert ("RuntimeError: the worker failed" if how == "exception" else "KeyboardInterrupt") in ended.stderr
