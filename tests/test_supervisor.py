@@ -198,6 +198,10 @@ def test_sigterm_drains_every_worker_and_the_log_keeps_every_prediction(
     assert gateway.server.stop() == 0
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "every worker exited"
     assert redis.Redis(port=redis_server.port).xlen("predictions:mnist") == CONNECTIONS
+    lines = "".join(gateway.output).splitlines()  # every worker's lines, the last of its shutdown too, reached stderr
+    assert len([line for line in lines if " INFO gateway.requests: rest mnist " in line]) == CONNECTIONS
+    assert len([line for line in lines if line.endswith(" INFO gateway: stopped")]) == len(pids)
+    assert lines[-1].endswith(" INFO gateway.supervisor: stopped")
 
 
 def test_a_retry_on_another_worker_replays_the_first_answer(pki, redis_server: RedisServer, tmp_path, photo) -> None:

@@ -15,6 +15,9 @@ BANNER = re.compile(r"gateway: serving (https?)://([^\s\"]+):(\d+)")
 GRPC_BANNER = re.compile(r"gateway: gRPC on ([^\s\"]+:\d+)")
 """The start-up lines, printed or inside a JSON log line (``[logging] format = "json"``)."""
 START_TIMEOUT_S = 60
+OUTPUT_DRAIN_S = 5.0
+"""How long ``stop`` waits for the end of the output once the process has exited (a child that outlives it
+could hold the pipe open)."""
 
 
 @dataclass
@@ -25,6 +28,8 @@ class GatewayProcess:
     """host:port of the gRPC services."""
     output: list[str] = field(default_factory=list)
     """Everything the process printed so far (drained continuously so it never blocks)."""
+    reader: threading.Thread | None = None
+    """The thread that drains the output: ``stop`` waits for it, so that ``output`` ends with the last lines."""
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -38,10 +43,13 @@ class GatewayProcess:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; returns the exit code."""
         self.process.terminate()
         try:
-            return self.process.wait(timeout=timeout_s)
+            code = self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            code = self.process.wait()
+        if self.reader is not None:  # the last lines may still be in the pipe
+            self.reader.join(timeout=OUTPUT_DRAIN_S)
+        return code
 
 
 def start_gateway(
@@ -98,5 +106,6 @@ def start_gateway(
             raise RuntimeError("gateway exited before serving:\n" + "".join(output))
     finally:
         killer.cancel()
-    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-    return GatewayProcess(process, f"{scheme}://{host}:{port}", grpc_target, output)
+    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+    reader.start()
+    return GatewayProcess(process, f"{scheme}://{host}:{port}", grpc_target, output, reader)

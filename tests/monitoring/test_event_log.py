@@ -132,6 +132,8 @@ def test_a_json_gateway_writes_only_json_lines_one_per_request(pki: PkiPaths) ->
     grpc_lines = [line for line in answered.values() if line["protocol"] == "grpc"]
     assert [(line["client"], line["code"]) for line in grpc_lines] == [("operator", "OK")]
     assert len(answered) == 3
+    shutdown = [line["message"] for line in lines if line["logger"] == "gateway"][-3:]  # the loop's last steps
+    assert shutdown == ["stopping gRPC (grace 10 s)", "closing the batchers and the prediction log", "stopped"]
 
 
 class CountingStream(io.StringIO):
