@@ -24,8 +24,9 @@ class OneWritePerStepHandler(logging.StreamHandler):
 
     No line is lost on a way out Python sees: ``flush()`` and ``close()`` write what waits, and
     ``logging.shutdown`` (run at exit, after an uncaught exception too) calls both. A loop stopped and closed
-    before it ran the write leaves its lines waiting until then, or until the next line. A SIGKILL (or
-    ``os._exit``) loses the lines still waiting: at most those of the loop's current step.
+    before it ran the write leaves its lines waiting until then, or until the next line. An end that skips
+    Python's exit (SIGKILL, ``os._exit``, a signal with no handler, such as a SIGTERM before uvicorn installs its
+    own) loses the lines still waiting: at most those of the loop's current step.
 
     Formatting, levels and filters are the ``StreamHandler``'s, at the time of the call: a line is formatted when
     it is logged, only its write waits."""
