@@ -16,12 +16,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from tritonclient.grpc import service_pb2
 
 from gateway.backends.triton import TritonModel
 from gateway.backends.triton_local import ServerTls, TritonServer, start_triton
@@ -30,6 +28,7 @@ from gateway.monitoring import tracing
 from gateway.monitoring.tracing import TRACING, build_tracing
 from gateway.security.pki import PkiPaths
 from tests.backends.conftest import write_backends
+from tests.backends.fake_kserve import fake_kserve
 from tests.conftest import MODEL_REPO, REPO_ROOT, start_gateway, stop_gateway
 from tests.otlp_collector import GrpcCollector, HttpJsonCollector, ReceivedSpan
 
@@ -116,37 +115,16 @@ def test_tritons_request_spans_continue_the_gateways_backend_spans(
 
 
 async def infer_on_a_fake_triton(calls: int) -> list[dict[str, str]]:
-    """``calls`` TritonModel.infer calls, each inside its own backend span, to a KServe ModelInfer that answers
-    zeros; the metadata each call came with."""
-    seen: list[dict[str, str]] = []
-
-    async def model_infer(request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext):
-        seen.append(dict(context.invocation_metadata()))
-        rows = request.inputs[0].shape[0]
-        output = service_pb2.ModelInferResponse.InferOutputTensor(name="probabilities", datatype="FP32")
-        output.shape.extend([rows, 10])
-        return service_pb2.ModelInferResponse(outputs=[output], raw_output_contents=[bytes(rows * 10 * 4)])
-
-    handler = grpc.unary_unary_rpc_method_handler(
-        model_infer,
-        request_deserializer=service_pb2.ModelInferRequest.FromString,
-        response_serializer=service_pb2.ModelInferResponse.SerializeToString,
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler})]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    model = TritonModel(f"127.0.0.1:{port}", "mnist", "1", "image", "probabilities")
-    try:
-        for _ in range(calls):
-            with TRACING.span("backend", SpanKind.CLIENT):
-                await model.infer(np.zeros((1, 1, 28, 28), np.float32))
-    finally:
-        await model.close()
-        await server.stop(None)
-    return seen
+    """``calls`` TritonModel.infer calls, each inside its own backend span; the metadata each call came with."""
+    async with fake_kserve() as fake:
+        model = TritonModel(fake.endpoint, "mnist", "1", "image", "probabilities")
+        try:
+            for _ in range(calls):
+                with TRACING.span("backend", SpanKind.CLIENT):
+                    await model.infer(np.zeros((1, 1, 28, 28), np.float32))
+        finally:
+            await model.close()
+    return fake.metadata
 
 
 def test_every_triton_call_carries_the_traceparent_of_its_backend_span_whole() -> None:
