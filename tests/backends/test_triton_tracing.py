@@ -1,13 +1,14 @@
 """The trace goes on to a real Triton: its OpenTelemetry mode (in nvidia-pytriton's tritonserver) continues
 the gateway's backend span, so one trace shows the gateway's batch and Triton's own request spans.
 
-Triton drops about one propagated context in ten over gRPC, and that request starts a trace of its own:
-its ``GrpcServerCarrier::Get`` (src/grpc/infer_handler.h, 2.51 as in nvidia-pytriton 0.7.0, unchanged on
-Triton's main) returns the metadata value's ``data()`` as a C string, so its length is found by strlen past
-the end of gRPC's unterminated buffer; a stray byte there makes the traceparent 56 characters or more and the
-W3C parser rejects it (seen under gdb, and in direct calls carrying a valid traceparent: 2 to 5 in 50 lost).
-A test of one request therefore failed about once in ten; the gateway's own side is exact (the fake server
-below sees every traceparent whole)."""
+Triton drops some propagated contexts over gRPC, and such a request starts a trace of its own: its
+``GrpcServerCarrier::Get`` (src/grpc/infer_handler.h, 2.51 as in nvidia-pytriton 0.7.0, unchanged on Triton's
+main) returns the metadata value's ``data()`` as a C string, so strlen finds its length. gRPC keeps the 55
+characters in a heap block with one stale byte after them (seen under gdb); when that byte is not NUL the
+traceparent reads as 56 characters or more and the W3C parser rejects it. Direct calls carrying a valid
+traceparent lost from 1 in 200 to 1 in 8 over plaintext (runs of 30 to 200 calls) and 3 in 400 over mTLS,
+sometimes several in a row; the one-request test failed in one of two full-suite runs. The gateway's own side
+is exact: the fake server below sees every traceparent whole."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from tests.otlp_collector import GrpcCollector, HttpJsonCollector, ReceivedSpan
 
 PHOTO = (REPO_ROOT / "docs" / "examples" / "seven.jpg").read_bytes()
 CALLER_TRACE = "5bf92f3577b34da6a3ce929d0e0e4736"
-REQUESTS = 5
-"""Calls through the gateway: Triton loses one context in ten, so one call alone made a flaky test."""
+REQUESTS = 8
+"""Calls through the gateway: Triton loses a few contexts in a hundred, so one call alone made a flaky test."""
 
 
 @pytest.fixture
@@ -72,8 +73,8 @@ def wait_for(spans: list[ReceivedSpan], condition, timeout_s: float = 20) -> lis
 def test_tritons_request_spans_continue_the_gateways_backend_spans(
     pki: PkiPaths, models_pki: PkiPaths, traced_triton: tuple[TritonServer, HttpJsonCollector], tmp_path: Path
 ) -> None:
-    """Of REQUESTS calls, Triton continues the gateway's backend span in at least one (all lost: about 1e-5
-    at Triton's rate of loss), and a request it does not continue starts a root trace, never a wrong parent."""
+    """Of REQUESTS calls, Triton continues the gateway's backend span in at least one, and a request whose
+    context it loses starts a root trace, never one with a wrong parent."""
     triton, triton_spans = traced_triton
     gateway_spans = GrpcCollector().start()
     backends = write_backends(tmp_path / "backends.toml", models_pki, "triton", [triton.grpc_target])
