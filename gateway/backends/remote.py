@@ -26,8 +26,11 @@ from gateway.models.tensors import tensor_metadata
 RECONNECT_OPTIONS = [
     # A restarted replica is reconnected within a second instead of gRPC's default backoff of up to 120 s.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Not a backoff: gRPC gives each connection attempt (TCP, TLS, the server's HTTP/2 SETTINGS) this long
+    # (default 20 s). At 100 ms a busy machine's mTLS handshake overran it and the call failed UNAVAILABLE;
+    # a refused connection still fails at once, an unanswering host holds a call at most this long.
+    ("grpc.min_reconnect_backoff_ms", 5000),
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
 ]

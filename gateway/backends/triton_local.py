@@ -16,11 +16,13 @@ elsewhere). Nothing here imports from it: the gateway only talks to Triton over 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +249,17 @@ def _tls_args(tls: ServerTls | None) -> list[str]:
     ]
 
 
+def _end_group_unless_serving(process: subprocess.Popen, serving: threading.Event) -> None:
+    """SIGKILL the server's process group if it has not served within START_TIMEOUT_S, or once the server
+    itself has exited: its python-backend stubs inherit its stdout and would hold the start-up read open."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not serving.wait(0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            return
+
+
 def start_triton(
     repository: Path,
     *,
@@ -287,8 +300,8 @@ def start_triton(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
     )
     server = TritonServer(process, port, shm_prefix)
-    killer = threading.Timer(START_TIMEOUT_S, lambda: server.alive() and os.killpg(process.pid, signal.SIGKILL))
-    killer.start()
+    serving = threading.Event()
+    threading.Thread(target=_end_group_unless_serving, args=(process, serving), daemon=True).start()
     try:
         for line in process.stdout:
             server.output.append(line)
@@ -301,7 +314,7 @@ def start_triton(
                 f"tritonserver exited ({process.returncode}) before serving:\n" + "".join(server.output[-40:])
             )
     finally:
-        killer.cancel()
+        serving.set()
     threading.Thread(target=lambda: server.output.extend(process.stdout), daemon=True).start()
     return server
 
