@@ -76,7 +76,9 @@ def load_photos(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[
     inputs, labels, sizes, paths, sources = [], [], [], [], []
     with (folder / "labels.csv").open() as rows:
         for row in csv.DictReader(rows):
-            photo = decode_image((folder / row["path"]).read_bytes(), max_pixels=50_000_000, min_side=256, mode="RGB")
+            photo = decode_image(
+                (folder / row["path"]).read_bytes(), max_pixels=50_000_000, min_side=256, mode="RGB", eighths=True
+            )
             inputs.append(prepare_imagenet_photo(photo.image))
             labels.append(LABELS.index(row["label"]))
             sizes.append((photo.original_width, photo.original_height))
