@@ -12,6 +12,8 @@ only, so the photo is shrunk on the device by the same factor to the size libjpe
 scale)) and copied back small. The shrink averages the aligned ``scale`` x ``scale`` squares of the decoded
 pixels, the last ones padded by repeating the edge as a JPEG encoder pads its blocks: at 1/8 that is each
 8 x 8 block's DC term, what libjpeg's 1/8 decode outputs; at 1/2 and 1/4 a scaled IDCT is near it.
+The hot dog's colour JPEGs are decoded on the CPU at finer scales (M/8, ``Preparation.eighths``); the
+device keeps the power-of-two scale for them: both are then resized to 224 x 224, within the stated tolerance.
 
 EXIF orientation: torchvision applies it on the CPU only, so it is read here from the APP1 segment
 (``exif_orientation``) and applied on the device after the shrink, as OpenCV applies it after its decode.
