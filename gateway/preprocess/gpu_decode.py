@@ -12,6 +12,8 @@ only, so the photo is shrunk on the device by the same factor to the size libjpe
 scale)) and copied back small. The shrink averages the aligned ``scale`` x ``scale`` squares of the decoded
 pixels, the last ones padded by repeating the edge as a JPEG encoder pads its blocks: at 1/8 that is each
 8 x 8 block's DC term, what libjpeg's 1/8 decode outputs; at 1/2 and 1/4 a scaled IDCT is near it.
+The hot dog's colour JPEGs are decoded on the CPU at finer scales (M/8, ``Preparation.eighths``); the
+device keeps the power-of-two scale for them: both are then resized to 224 x 224, within the stated tolerance.
 
 EXIF orientation: torchvision applies it on the CPU only, so it is read here from the APP1 segment
 (``exif_orientation``) and applied on the device after the shrink, as OpenCV applies it after its decode.
@@ -43,25 +45,14 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from gateway.preprocess.image import DecodedPhoto, _dct_scale, jpeg_frame, jpeg_segments
+from gateway.preprocess.image import DecodedPhoto, _dct_scale
+from gateway.preprocess.jpeg_header import ORIENTATIONS, exif_orientation, jpeg_frame
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
 MODES = ("L", "RGB")
 """The modes both paths decode JPEGs into directly (what the models' preparations ask for)."""
-ORIENTATIONS: dict[int, tuple[str, ...]] = {
-    1: (),
-    2: ("flip_x",),
-    3: ("flip_x", "flip_y"),
-    4: ("flip_y",),
-    5: ("transpose",),
-    6: ("transpose", "flip_x"),
-    7: ("transpose", "flip_x", "flip_y"),
-    8: ("transpose", "flip_y"),
-}
-"""EXIF orientation -> the steps that make the stored photo upright (as Pillow's exif_transpose turns it)."""
-EXIF_ORIENTATION_TAG = 0x0112
 
 
 class PhotoDecoder(Protocol):
@@ -113,31 +104,6 @@ def device_plan(data: bytes, *, max_pixels: int, min_side: int, mode: str, min_l
         return None
     scale = _dct_scale((width, height), min_side, min_long_side)
     return DevicePlan(width, height, scale, exif_orientation(data), mode)
-
-
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8) of a JPEG; 1 when it has none or it cannot be read."""
-    for marker, position in jpeg_segments(data):
-        if marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
-            length = int.from_bytes(data[position + 2 : position + 4], "big")
-            return _tiff_orientation(data[position + 10 : position + 2 + length])
-    return 1
-
-
-def _tiff_orientation(tiff: bytes) -> int:
-    """The orientation tag of IFD0 in an EXIF TIFF block (1 when absent or malformed)."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    if order is None or len(tiff) < 8:
-        return 1
-    ifd = int.from_bytes(tiff[4:8], order)
-    if ifd + 2 > len(tiff):
-        return 1
-    count = int.from_bytes(tiff[ifd : ifd + 2], order)
-    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
-        if int.from_bytes(tiff[entry : entry + 2], order) == EXIF_ORIENTATION_TAG:
-            value = int.from_bytes(tiff[entry + 8 : entry + 10], order)  # a SHORT, first in its value field
-            return value if value in ORIENTATIONS else 1
-    return 1
 
 
 class JpegDevice(Protocol):

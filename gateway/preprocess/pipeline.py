@@ -27,11 +27,13 @@ class Preparation:
     """uint8 pixels in ``mode`` ([H, W] or [H, W, 3]) -> one input row."""
     min_long_side: int = 0
     """Smallest long side worth decoding (a digit's photo is analysed at WORK_SIDE on its long side)."""
+    eighths: bool = False
+    """Colour JPEGs may be decoded at any scale M/8 on the CPU (image.decode_image); the GPU path keeps 1/2^k."""
 
 
 PREPARATIONS: dict[str, Preparation] = {
     "mnist_digit": Preparation(mode="L", min_side=1, min_long_side=WORK_SIDE, prepare=prepare_digit),
-    "imagenet_rgb": Preparation(mode="RGB", min_side=256, prepare=prepare_imagenet_photo),
+    "imagenet_rgb": Preparation(mode="RGB", min_side=256, prepare=prepare_imagenet_photo, eighths=True),
 }
 
 
@@ -57,7 +59,7 @@ def prepare_photo(
         "min_long_side": preparation.min_long_side,
     }
     photo = decoder.decode(data, **where) if decoder is not None else None
-    photo = photo or decode_image(data, **where)
+    photo = photo or decode_image(data, **where, eighths=preparation.eighths)
     tensor = preparation.prepare(photo.pixels)
     if tensor.shape != spec.input.dims:
         raise AssertionError(f"{spec.preprocessing} produced {tensor.shape}, model expects {spec.input.dims}")

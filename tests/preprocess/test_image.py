@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image, ImageOps
 
 from gateway.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from gateway.preprocess.image import decode_image, jpeg_frame
+from gateway.preprocess.image import DecodedPhoto, decode_image, jpeg_frame
 from tests.badinputs import image_bytes, truncated_jpeg
 
 LIMIT = 40_000_000
@@ -209,3 +210,64 @@ def test_a_long_side_is_kept_as_asked_and_both_decoders_agree(size: tuple[int, i
     Image.fromarray(pixels).convert("CMYK").save(cmyk, "JPEG", quality=90)  # Pillow's path
     by_pillow = decode_image(cmyk.getvalue(), max_pixels=LIMIT, min_side=1, mode="L", min_long_side=160)
     assert by_pillow.image.size == decoded
+
+
+def colour_jpeg(size: tuple[int, int], orientation: int = 1, progressive: bool = False) -> bytes:
+    """A noisy colour JPEG of ``size`` as stored, with an EXIF orientation (4:2:0, what phones write)."""
+    pixels = np.random.default_rng(orientation).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, exif=exif, progressive=progressive)
+    return buffer.getvalue()
+
+
+def decode_eighths(data: bytes, min_side: int = 256, **options) -> DecodedPhoto:
+    return decode_image(data, max_pixels=LIMIT, min_side=min_side, mode="RGB", eighths=True, **options)
+
+
+@pytest.mark.parametrize(
+    ("short", "decoded"),
+    [(448, 280), (600, 300), (900, 338), (3000, 375), (300, 300), (200, 200), (256, 256)],
+)
+def test_eighths_decode_at_the_smallest_fast_scale_that_keeps_the_short_side(short: int, decoded: int) -> None:
+    """448 -> 5/8 (OpenCV: 8/8); 300 stays whole: 6/8 and 7/8 decode slower than 8/8 (image.FAST_EIGHTHS)."""
+    for size in ((short * 4 // 3, short), (short, short * 4 // 3)):
+        photo = decode_eighths(colour_jpeg(size))
+        assert min(photo.pixels.shape[:2]) == decoded
+        assert (photo.original_width, photo.original_height) == size
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_eighths_apply_the_exif_orientation_as_pillow_does(orientation: int) -> None:
+    data = colour_jpeg((520, 300), orientation, progressive=orientation % 2 == 0)
+    photo = decode_eighths(data, min_side=180)  # 5/8: 325 x 188 as stored
+    stored = Image.fromarray(simplejpeg.decode_jpeg(data, "RGB", min_height=188))
+    assert stored.size == (325, 188)
+    stored.getexif()[0x0112] = orientation
+    np.testing.assert_array_equal(photo.pixels, np.asarray(ImageOps.exif_transpose(stored)))
+    assert photo.pixels.flags.c_contiguous
+    assert (photo.original_width, photo.original_height) == ((520, 300) if orientation < 5 else (300, 520))
+
+
+def test_grey_cmyk_and_digit_decodes_keep_the_power_of_two_path() -> None:
+    grey, cmyk = io.BytesIO(), io.BytesIO()
+    Image.new("L", (597, 448), 90).save(grey, "JPEG")
+    Image.new("CMYK", (597, 448), (0, 80, 80, 0)).save(cmyk, "JPEG")
+    for data in (grey.getvalue(), cmyk.getvalue()):
+        np.testing.assert_array_equal(decode_eighths(data).pixels, decode(data, min_side=256, mode="RGB"))
+    digit = decode_eighths(colour_jpeg((597, 448)), min_side=1, min_long_side=160)
+    assert digit.pixels.shape == (224, 299, 3)  # 1/2, as without eighths (the long side kept)
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (truncated_jpeg(), InvalidInput, "truncated or corrupt"),
+        (colour_jpeg((597, 448))[:-2000], InvalidInput, "truncated or corrupt"),
+        (image_bytes("JPEG", (4000, 3000)), PayloadTooLarge, "pixels"),
+    ],
+)
+def test_eighths_refuse_broken_files_as_the_other_paths_do(data: bytes, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        decode_image(data, max_pixels=10_000_000, min_side=256, mode="RGB", eighths=True)
