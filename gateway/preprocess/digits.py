@@ -34,6 +34,12 @@ EXTREME = 0.001
 OTSU_BINS = 64
 _OTSU_EDGES = np.linspace(0.0, 1.0, OTSU_BINS + 1)
 _GRID_KERNEL = np.ones((3, 3), np.uint8)
+OPENING_FRACTION = 10
+"""The lighting's sharp edges are followed by an opening whose square side is 1 / OPENING_FRACTION of the short side."""
+LONG_MARK = 0.4
+"""A mark touching the frame's border at least this long (a share of the short side) is a shadow's or a page's edge."""
+KEPT_MARK = 0.01
+"""Such marks are dropped only when a mark of at least this share of the frame's area is left."""
 
 
 def _grey_pixels(photo: Image.Image | np.ndarray) -> np.ndarray:
@@ -129,6 +135,31 @@ def _paper_grid(ink: np.ndarray) -> np.ndarray:
     return np.where(medians - opened > 0.5 * contrast, opened, medians)
 
 
+def _follow_sharp_edges(ink: np.ndarray, background: np.ndarray) -> None:
+    """Raise the interpolated ``background`` to the paper's level along a sharp edge of the lighting, in place.
+
+    The tile grid is interpolated across a sharp edge (a cast shadow's, the table's beyond the page),
+    so on its dark side the paper comes out darker than the grid says: a band of "ink" that the crop
+    would take with the digit. The ink layer's grey opening removes every mark narrower than its
+    square and keeps a wider region's level up to its edge, however sharp; elsewhere it lies below the
+    grid (by about the noise's spread). Where it is above the grid, and that region reaches the frame's
+    border as a shadow or a table does, it is the paper's level; a marker stroke wider than the square,
+    inside the frame, keeps the grid's.
+    """
+    side = max(3, min(ink.shape) // OPENING_FRACTION) | 1
+    opened = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+    above = cv2.compare(opened, background, cv2.CMP_GT)
+    count, labels = cv2.connectedComponents(above, connectivity=4)
+    if count < 2:
+        return
+    reaching = np.zeros(count, bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        reaching[edge] = True
+    reaching[0] = False
+    raised = reaching[labels]
+    background[raised] = opened[raised]
+
+
 def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
     """Subtract a smooth estimate of the paper's brightness (per-tile level, interpolated), in place."""
     height, width = ink.shape
@@ -136,6 +167,7 @@ def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
         background = _median(ink)
     else:
         background = cv2.resize(_paper_grid(ink), (width, height), interpolation=cv2.INTER_LINEAR)
+        _follow_sharp_edges(ink, background)
     np.subtract(ink, background, out=ink)
     return np.maximum(ink, np.float32(0), out=ink)
 
@@ -175,6 +207,24 @@ def _otsu_threshold(values: np.ndarray) -> float:
     np.minimum(bins, np.uint8(OTSU_BINS - 1), out=bins)
     last_below, _ = cv2.threshold(bins, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     return float(_OTSU_EDGES[int(last_below) + 1])
+
+
+def _drop_border_edges(ink: np.ndarray) -> None:
+    """Zero the long marks that reach the frame's border when a mark of a digit's size stays elsewhere, in place.
+
+    What is left of a shadow's or a page's edge after the lighting is flattened is a long thin mark
+    that runs into the border of the frame (a straight edge crosses the whole frame); a digit
+    usually lies inside it. Short marks touching the border (a 5's detached top) are kept, and so is
+    everything when no mark of at least KEPT_MARK of the frame would be left (a digit cropped tight
+    against the border, with specks of noise beside it).
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0).view(np.uint8), connectivity=8)
+    height, width = ink.shape
+    left, top, wide, tall, area = (stats[1:, i] for i in range(5))
+    touching = (left == 0) | (top == 0) | (left + wide == width) | (top + tall == height)
+    edges = touching & (np.maximum(wide, tall) >= LONG_MARK * min(height, width))
+    if edges.any() and area[~edges].max(initial=0) >= KEPT_MARK * height * width:
+        ink[np.isin(labels, np.flatnonzero(edges) + 1)] = 0
 
 
 def _ink_bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
@@ -273,6 +323,7 @@ def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
     ink = np.minimum(ink, np.float32(1), out=ink)
     threshold = np.nextafter(np.float32(_otsu_threshold(ink) * 0.5), np.float32(0))
     cv2.threshold(ink, float(threshold), 0, cv2.THRESH_TOZERO, dst=ink)  # keeps ink >= half Otsu's threshold
+    _drop_border_edges(ink)
     top, bottom, left, right = _ink_bounding_box(ink)
     crop = ink[top:bottom, left:right]
     height, width = crop.shape
