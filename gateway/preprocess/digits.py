@@ -34,12 +34,15 @@ EXTREME = 0.001
 OTSU_BINS = 64
 _OTSU_EDGES = np.linspace(0.0, 1.0, OTSU_BINS + 1)
 _GRID_KERNEL = np.ones((3, 3), np.uint8)
+_GROUPING_KERNEL = np.ones((5, 5), np.uint8)
 OPENING_FRACTION = 10
 """The lighting's sharp edges are followed by an opening whose square side is 1 / OPENING_FRACTION of the short side."""
 LONG_MARK = 0.4
 """A mark touching the frame's border at least this long (a share of the short side) is a shadow's or a page's edge."""
 KEPT_MARK = 0.01
-"""Such marks are dropped only when a mark of at least this share of the frame's area is left."""
+"""Marks at the border are dropped only when a mark of at least this share of the frame's area lies inside it."""
+SMALL_MARK = 8
+"""A mark at the border less than 1 / SMALL_MARK of the largest mark inside is not part of the digit."""
 
 
 def _grey_pixels(photo: Image.Image | np.ndarray) -> np.ndarray:
@@ -142,22 +145,38 @@ def _follow_sharp_edges(ink: np.ndarray, background: np.ndarray) -> None:
     so on its dark side the paper comes out darker than the grid says: a band of "ink" that the crop
     would take with the digit. The ink layer's grey opening removes every mark narrower than its
     square and keeps a wider region's level up to its edge, however sharp; elsewhere it lies below the
-    grid (by about the noise's spread). Where it is above the grid, and that region reaches the frame's
-    border as a shadow or a table does, it is the paper's level; a marker stroke wider than the square,
-    inside the frame, keeps the grid's.
+    grid (by about the noise's spread). Where it is above the grid in a long region that comes near the
+    frame's border, as along a shadow's or a table's edge, it is the paper's level; a marker stroke wider
+    than the square, inside the frame, keeps the grid's; the square is wider than the widest stroke.
     """
-    side = max(3, min(ink.shape) // OPENING_FRACTION) | 1
+    side = max(min(ink.shape) // OPENING_FRACTION, _widest_stroke(ink, background) + 2) | 1
     opened = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
     above = cv2.compare(opened, background, cv2.CMP_GT)
-    count, labels = cv2.connectedComponents(above, connectivity=4)
-    if count < 2:
-        return
-    reaching = np.zeros(count, bool)
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        reaching[edge] = True
-    reaching[0] = False
-    raised = reaching[labels]
-    background[raised] = opened[raised]
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
+    edges = np.flatnonzero(_at_border(stats[1:], ink.shape, side // 3) & _long(stats[1:], ink.shape)) + 1
+    if edges.size:
+        raised = np.isin(labels, edges)
+        background[raised] = opened[raised]
+
+
+def _widest_stroke(ink: np.ndarray, background: np.ndarray) -> int:
+    """The width of the widest stroke, in pixels, where the ink stands out from ``background`` by more than
+    half its contrast (twice the largest distance inside it to paper; a shadow's band is fainter)."""
+    above = np.subtract(ink, background)
+    strong = cv2.compare(above, 0.5 * float(above.max()), cv2.CMP_GT)
+    return int(2 * cv2.distanceTransform(strong, cv2.DIST_L2, 3).max())
+
+
+def _at_border(stats: np.ndarray, shape: tuple[int, int], margin: int) -> np.ndarray:
+    """Which components (OpenCV's stats, without the background's row) come within ``margin`` of the frame's border."""
+    height, width = shape
+    left, top, wide, tall = (stats[:, i] for i in range(4))
+    return (left <= margin) | (top <= margin) | (left + wide >= width - margin) | (top + tall >= height - margin)
+
+
+def _long(stats: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which components span at least LONG_MARK of the frame's short side: what a straight edge across it leaves."""
+    return np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) >= LONG_MARK * min(shape)
 
 
 def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
@@ -210,21 +229,25 @@ def _otsu_threshold(values: np.ndarray) -> float:
 
 
 def _drop_border_edges(ink: np.ndarray) -> None:
-    """Zero the long marks that reach the frame's border when a mark of a digit's size stays elsewhere, in place.
+    """Zero the marks at the frame's border that are not part of a digit inside it, in place.
 
-    What is left of a shadow's or a page's edge after the lighting is flattened is a long thin mark
-    that runs into the border of the frame (a straight edge crosses the whole frame); a digit
-    usually lies inside it. Short marks touching the border (a 5's detached top) are kept, and so is
-    everything when no mark of at least KEPT_MARK of the frame would be left (a digit cropped tight
-    against the border, with specks of noise beside it).
+    What is left of a shadow's or a page's edge after the lighting is flattened is a long faint trace
+    that runs into the border of the frame (a straight edge crosses it), or a small piece of one in a
+    corner; a digit usually lies inside the frame. Marks at the border are dropped when they are long
+    or small beside the largest mark inside (less than 1 / SMALL_MARK of it); a 5's detached top at the
+    border is kept, and so is everything when no mark of at least KEPT_MARK of the frame lies inside
+    (a digit cropped tight against the border, with specks of noise beside it).
     """
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0).view(np.uint8), connectivity=8)
-    height, width = ink.shape
-    left, top, wide, tall, area = (stats[1:, i] for i in range(5))
-    touching = (left == 0) | (top == 0) | (left + wide == width) | (top + tall == height)
-    edges = touching & (np.maximum(wide, tall) >= LONG_MARK * min(height, width))
-    if edges.any() and area[~edges].max(initial=0) >= KEPT_MARK * height * width:
-        ink[np.isin(labels, np.flatnonzero(edges) + 1)] = 0
+    grouped = cv2.dilate((ink > 0).view(np.uint8), _GROUPING_KERNEL)  # an edge's faint trace comes in pieces
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
+    at_border = _at_border(stats[1:], ink.shape, 0)
+    area = stats[1:, cv2.CC_STAT_AREA]
+    inside = area[~at_border].max(initial=0)
+    if inside < KEPT_MARK * ink.size:
+        return
+    dropped = np.flatnonzero(at_border & (_long(stats[1:], ink.shape) | (area * SMALL_MARK < inside))) + 1
+    if dropped.size:
+        ink[np.isin(labels, dropped)] = 0
 
 
 def _ink_bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
