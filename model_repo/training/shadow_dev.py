@@ -13,10 +13,12 @@ Digits ``first .. first + count`` of the MNIST *training* split, each photograph
 - ``page``: the same photo pasted, turned by up to 8 degrees, onto a darker table that shows beyond
   one or two of its sides (``page_edge``: a straight page edge in the frame, the digit untouched).
 
-Prints, per variant, each version's accuracy, how many photos were refused, and the median and 10th
-percentile of the correlation between the prepared photo and the prepared clean digit. The versions
-trained on these digits as tensors (v1 on all 8,000; v3 on the first 4,000 as photo views too), so
-the accuracies are higher than on unseen digits: compare variants and preparations, not versions.
+Prints, per variant, each version's accuracy, how many photos were refused, how many the preparation
+took for light ink on dark paper (its polarity test, ``digits._ink_is_dark``, on the border's median:
+a shadow or a table over most of the border turns it), and the median and 10th percentile of the
+correlation between the prepared photo and the prepared clean digit. The versions trained on these
+digits as tensors (v1 on all 8,000; v3 on the first 4,000 as photo views too), so the accuracies
+are higher than on unseen digits: compare variants and preparations, not versions.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from render_photos import cast_shadow
 from gateway.bench.photos import digit_png
 from gateway.bench.renderers import TRAINING_RENDERERS, render
 from gateway.core.errors import InvalidInput
+from gateway.preprocess import digits
 from gateway.preprocess.digits import prepare_digit
 from gateway.preprocess.image import decode_image
 
@@ -67,13 +70,16 @@ def page_edge(photo: bytes, rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
-def prepared(photo: bytes) -> np.ndarray | None:
-    """The gateway's model input for ``photo`` (as ``prepare_photo`` decodes it), None when refused."""
+def prepared(photo: bytes) -> tuple[np.ndarray | None, bool]:
+    """The gateway's model input for ``photo`` (as ``prepare_photo`` decodes it), None when refused; and whether
+    the preparation took the ink for light ink on dark paper (every photo here has dark ink)."""
     pixels = decode_image(photo, max_pixels=40_000_000, min_side=1, mode="L", min_long_side=160).pixels
+    work = digits._to_work_array(pixels)
+    light = not digits._ink_is_dark(work, digits._histogram(work))
     try:
-        return prepare_digit(pixels)
+        return prepare_digit(pixels), light
     except InvalidInput:
-        return None
+        return None, light
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -93,6 +99,7 @@ def main() -> None:
     inputs = {variant: np.zeros((len(x), 1, 28, 28), np.float32) for variant in VARIANTS}
     taken = {variant: np.zeros(len(x), bool) for variant in VARIANTS}
     scores = {variant: [] for variant in VARIANTS}
+    inverted = dict.fromkeys(VARIANTS, 0)
     started = time.perf_counter()
     for i, digit in enumerate(x):
         rng = np.random.default_rng([args.seed, args.first + i])
@@ -100,7 +107,8 @@ def main() -> None:
         clean = prepare_digit(Image.open(io.BytesIO(digit_png(digit))))
         photos = {"plain": photo, "shadow": cast_shadow(photo, rng), "page": page_edge(photo, rng)}
         for variant, data in photos.items():
-            tensor = prepared(data)
+            tensor, light = prepared(data)
+            inverted[variant] += light
             if tensor is not None:
                 inputs[variant][i], taken[variant][i] = tensor, True
                 scores[variant].append(correlation(tensor, clean))
@@ -110,7 +118,7 @@ def main() -> None:
         for v in args.version
     }
     for variant in VARIANTS:
-        row = [f"{variant:>6}", f"refused {int((~taken[variant]).sum())}"]
+        row = [f"{variant:>6}", f"refused {int((~taken[variant]).sum())}", f"taken as light ink {inverted[variant]}"]
         for version, session in sessions.items():
             probabilities = session.run(None, {session.get_inputs()[0].name: inputs[variant]})[0]
             right = (probabilities.argmax(axis=1) == y) & taken[variant]
