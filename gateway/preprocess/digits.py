@@ -346,7 +346,8 @@ def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
     ink = np.minimum(ink, np.float32(1), out=ink)
     threshold = np.nextafter(np.float32(_otsu_threshold(ink) * 0.5), np.float32(0))
     cv2.threshold(ink, float(threshold), 0, cv2.THRESH_TOZERO, dst=ink)  # keeps ink >= half Otsu's threshold
-    _drop_border_edges(ink)
+    if min(ink.shape) >= GRID * 4:  # (a smaller picture's lighting is flat: one level, no edges)
+        _drop_border_edges(ink)
     top, bottom, left, right = _ink_bounding_box(ink)
     crop = ink[top:bottom, left:right]
     height, width = crop.shape
