@@ -152,10 +152,12 @@ def _follow_sharp_edges(ink: np.ndarray, background: np.ndarray) -> None:
     side = max(min(ink.shape) // OPENING_FRACTION, _widest_stroke(ink, background) + 2) | 1
     opened = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
     above = cv2.compare(opened, background, cv2.CMP_GT)
+    if not cv2.countNonZero(above):
+        return
     _, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
-    edges = np.flatnonzero(_at_border(stats[1:], ink.shape, side // 3) & _long(stats[1:], ink.shape)) + 1
-    if edges.size:
-        raised = np.isin(labels, edges)
+    edges = _at_border(stats[1:], ink.shape, side // 3) & _long(stats[1:], ink.shape)
+    if edges.any():
+        raised = np.concatenate([[False], edges])[labels]
         background[raised] = opened[raised]
 
 
@@ -238,16 +240,20 @@ def _drop_border_edges(ink: np.ndarray) -> None:
     border is kept, and so is everything when no mark of at least KEPT_MARK of the frame lies inside
     (a digit cropped tight against the border, with specks of noise beside it).
     """
-    grouped = cv2.dilate((ink > 0).view(np.uint8), _GROUPING_KERNEL)  # an edge's faint trace comes in pieces
+    inked = (ink > 0).view(np.uint8)
+    reach = _GROUPING_KERNEL.shape[0] // 2 + 1  # ink this close to the border is at it once grouped
+    if not (inked[:reach].any() or inked[-reach:].any() or inked[:, :reach].any() or inked[:, -reach:].any()):
+        return
+    grouped = cv2.dilate(inked, _GROUPING_KERNEL)  # an edge's faint trace comes in pieces
     _, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
     at_border = _at_border(stats[1:], ink.shape, 0)
     area = stats[1:, cv2.CC_STAT_AREA]
     inside = area[~at_border].max(initial=0)
     if inside < KEPT_MARK * ink.size:
         return
-    dropped = np.flatnonzero(at_border & (_long(stats[1:], ink.shape) | (area * SMALL_MARK < inside))) + 1
-    if dropped.size:
-        ink[np.isin(labels, dropped)] = 0
+    dropped = at_border & (_long(stats[1:], ink.shape) | (area * SMALL_MARK < inside))
+    if dropped.any():
+        ink[np.concatenate([[False], dropped])[labels]] = 0
 
 
 def _ink_bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
