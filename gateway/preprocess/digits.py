@@ -34,6 +34,15 @@ EXTREME = 0.001
 OTSU_BINS = 64
 _OTSU_EDGES = np.linspace(0.0, 1.0, OTSU_BINS + 1)
 _GRID_KERNEL = np.ones((3, 3), np.uint8)
+_GROUPING_KERNEL = np.ones((5, 5), np.uint8)
+OPENING_FRACTION = 10
+"""The lighting's sharp edges are followed by an opening whose square side is 1 / OPENING_FRACTION of the short side."""
+LONG_MARK = 0.4
+"""A mark touching the frame's border at least this long (a share of the short side) is a shadow's or a page's edge."""
+KEPT_MARK = 0.01
+"""Marks at the border are dropped only when a mark of at least this share of the frame's area lies inside it."""
+SMALL_MARK = 8
+"""A mark at the border less than 1 / SMALL_MARK of the largest mark inside is not part of the digit."""
 
 
 def _grey_pixels(photo: Image.Image | np.ndarray) -> np.ndarray:
@@ -129,6 +138,49 @@ def _paper_grid(ink: np.ndarray) -> np.ndarray:
     return np.where(medians - opened > 0.5 * contrast, opened, medians)
 
 
+def _follow_sharp_edges(ink: np.ndarray, background: np.ndarray) -> None:
+    """Raise the interpolated ``background`` to the paper's level along a sharp edge of the lighting, in place.
+
+    The tile grid is interpolated across a sharp edge (a cast shadow's, the table's beyond the page),
+    so on its dark side the paper comes out darker than the grid says: a band of "ink" that the crop
+    would take with the digit. The ink layer's grey opening removes every mark narrower than its
+    square and keeps a wider region's level up to its edge, however sharp; elsewhere it lies below the
+    grid (by about the noise's spread). Where it is above the grid in a long region that comes near the
+    frame's border, as along a shadow's or a table's edge, it is the paper's level; a marker stroke wider
+    than the square, inside the frame, keeps the grid's; the square is wider than the widest stroke.
+    """
+    side = max(min(ink.shape) // OPENING_FRACTION, _widest_stroke(ink, background) + 2) | 1
+    opened = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+    above = cv2.compare(opened, background, cv2.CMP_GT)
+    if not cv2.countNonZero(above):
+        return
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
+    edges = _at_border(stats[1:], ink.shape, side // 3) & _long(stats[1:], ink.shape)
+    if edges.any():
+        raised = np.concatenate([[False], edges])[labels]
+        background[raised] = opened[raised]
+
+
+def _widest_stroke(ink: np.ndarray, background: np.ndarray) -> int:
+    """The width of the widest stroke, in pixels, where the ink stands out from ``background`` by more than
+    half its contrast (twice the largest distance inside it to paper; a shadow's band is fainter)."""
+    above = np.subtract(ink, background)
+    strong = cv2.compare(above, 0.5 * float(above.max()), cv2.CMP_GT)
+    return int(2 * cv2.distanceTransform(strong, cv2.DIST_L2, 3).max())
+
+
+def _at_border(stats: np.ndarray, shape: tuple[int, int], margin: int) -> np.ndarray:
+    """Which components (OpenCV's stats, without the background's row) come within ``margin`` of the frame's border."""
+    height, width = shape
+    left, top, wide, tall = (stats[:, i] for i in range(4))
+    return (left <= margin) | (top <= margin) | (left + wide >= width - margin) | (top + tall >= height - margin)
+
+
+def _long(stats: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Which components span at least LONG_MARK of the frame's short side: what a straight edge across it leaves."""
+    return np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) >= LONG_MARK * min(shape)
+
+
 def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
     """Subtract a smooth estimate of the paper's brightness (per-tile level, interpolated), in place."""
     height, width = ink.shape
@@ -136,6 +188,7 @@ def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
         background = _median(ink)
     else:
         background = cv2.resize(_paper_grid(ink), (width, height), interpolation=cv2.INTER_LINEAR)
+        _follow_sharp_edges(ink, background)
     np.subtract(ink, background, out=ink)
     return np.maximum(ink, np.float32(0), out=ink)
 
@@ -175,6 +228,32 @@ def _otsu_threshold(values: np.ndarray) -> float:
     np.minimum(bins, np.uint8(OTSU_BINS - 1), out=bins)
     last_below, _ = cv2.threshold(bins, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     return float(_OTSU_EDGES[int(last_below) + 1])
+
+
+def _drop_border_edges(ink: np.ndarray) -> None:
+    """Zero the marks at the frame's border that are not part of a digit inside it, in place.
+
+    What is left of a shadow's or a page's edge after the lighting is flattened is a long faint trace
+    that runs into the border of the frame (a straight edge crosses it), or a small piece of one in a
+    corner; a digit usually lies inside the frame. Marks at the border are dropped when they are long
+    or small beside the largest mark inside (less than 1 / SMALL_MARK of it); a 5's detached top at the
+    border is kept, and so is everything when no mark of at least KEPT_MARK of the frame lies inside
+    (a digit cropped tight against the border, with specks of noise beside it).
+    """
+    inked = (ink > 0).view(np.uint8)
+    reach = _GROUPING_KERNEL.shape[0] // 2 + 1  # ink this close to the border is at it once grouped
+    if not (inked[:reach].any() or inked[-reach:].any() or inked[:, :reach].any() or inked[:, -reach:].any()):
+        return
+    grouped = cv2.dilate(inked, _GROUPING_KERNEL)  # an edge's faint trace comes in pieces
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
+    at_border = _at_border(stats[1:], ink.shape, 0)
+    area = stats[1:, cv2.CC_STAT_AREA]
+    inside = area[~at_border].max(initial=0)
+    if inside < KEPT_MARK * ink.size:
+        return
+    dropped = at_border & (_long(stats[1:], ink.shape) | (area * SMALL_MARK < inside))
+    if dropped.any():
+        ink[np.concatenate([[False], dropped])[labels]] = 0
 
 
 def _ink_bounding_box(ink: np.ndarray) -> tuple[int, int, int, int]:
@@ -273,6 +352,8 @@ def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
     ink = np.minimum(ink, np.float32(1), out=ink)
     threshold = np.nextafter(np.float32(_otsu_threshold(ink) * 0.5), np.float32(0))
     cv2.threshold(ink, float(threshold), 0, cv2.THRESH_TOZERO, dst=ink)  # keeps ink >= half Otsu's threshold
+    if min(ink.shape) >= GRID * 4:  # (a smaller picture's lighting is flat: one level, no edges)
+        _drop_border_edges(ink)
     top, bottom, left, right = _ink_bounding_box(ink)
     crop = ink[top:bottom, left:right]
     height, width = crop.shape
