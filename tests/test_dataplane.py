@@ -21,7 +21,7 @@ from gateway.security.identity import DEV_IDENTITY
 from tests.conftest import MNIST_STABLE, MODEL_REPO
 from tests.redis_server import RedisServer
 
-STABLE = Route("1", "stable")
+STABLE = Route(MNIST_STABLE, "stable")
 """Where rows without a version run (mnist's stable version): the edge routes before the data plane."""
 
 
@@ -157,7 +157,12 @@ def test_sampled_photos_are_kept_as_uploaded_for_operators(redis_server, tmp_pat
         await service.plane.infer(RowsRequest("mnist", digit_rows(x, 1), DEV_IDENTITY, STABLE, request_id="tensor"))
         await service.monitor.flush_log()
         stored = await service.monitor.sampled_photo("photo", DEV_IDENTITY)
-        assert (stored.photo, stored.content_type, stored.model, stored.version) == (photo, "image/png", "mnist", "1")
+        assert (stored.photo, stored.content_type, stored.model, stored.version) == (
+            photo,
+            "image/png",
+            "mnist",
+            MNIST_STABLE,
+        )
         with pytest.raises(PermissionDenied, match="may not read_photos"):
             await service.monitor.sampled_photo("photo", Identity("app", "app"))
         with pytest.raises(NotFound, match="no sampled photo"):
@@ -171,7 +176,7 @@ def test_sampled_photos_are_kept_as_uploaded_for_operators(redis_server, tmp_pat
 
 
 def test_the_skew_window_leaves_out_records_older_than_window_s(redis_server, tmp_path) -> None:
-    redis_server.log_aged((7200, 3600, 900, 300, 120, 60, 10))  # 4 of the 7 are younger than 600 s
+    redis_server.log_aged((7200, 3600, 900, 300, 120, 60, 10), version=MNIST_STABLE)  # 4 of the 7 younger than 600 s
 
     async def scenario() -> None:
         service = make_logged_service(redis_server, tmp_path, skew={"window_s": 600})

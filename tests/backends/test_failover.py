@@ -109,7 +109,7 @@ def inference_count(server, pki) -> int:
         private_key=str(pki.client_key("gateway")),
         certificate_chain=str(pki.client_cert("gateway")),
     ) as client:
-        return client.get_inference_statistics("mnist").model_stats[0].inference_count
+        return sum(version.inference_count for version in client.get_inference_statistics("mnist").model_stats)
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:

@@ -16,11 +16,13 @@ from gateway.backends.triton_local import TritonServer, free_port
 from gateway.bench.photos import digit_png
 from gateway.security.pki import PkiPaths
 from tests.backends.conftest import RENAMED, write_backends
-from tests.conftest import MODEL_REPO, REPO_ROOT, RunningGateway, start_gateway, stop_gateway
+from tests.conftest import MNIST_STABLE, MODEL_REPO, REPO_ROOT, RunningGateway, start_gateway, stop_gateway
 
 
 def local_probabilities(batch: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(MODEL_REPO / "mnist" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(MODEL_REPO / "mnist" / MNIST_STABLE / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return session.run(["probabilities"], {"image": batch})[0]
 
 
@@ -53,7 +55,7 @@ def test_photos_and_tensors_run_on_triton(fronted: RunningGateway, triton: Trito
         private_key=str(models_pki.client_key("gateway")),
         certificate_chain=str(models_pki.client_cert("gateway")),
     ) as direct:
-        before = direct.get_inference_statistics("mnist").model_stats[0].inference_count
+        before = direct.get_inference_statistics("mnist", MNIST_STABLE).model_stats[0].inference_count
         with fronted.client() as client:
             answers = [
                 client.post(
@@ -75,7 +77,7 @@ def test_photos_and_tensors_run_on_triton(fronted: RunningGateway, triton: Trito
             tensor.set_data_from_numpy(batch)
             probabilities = via_gateway.infer("mnist", [tensor]).as_numpy("probabilities")
         np.testing.assert_allclose(probabilities, local_probabilities(batch), rtol=1e-5, atol=1e-6)
-        after = direct.get_inference_statistics("mnist").model_stats[0].inference_count
+        after = direct.get_inference_statistics("mnist", MNIST_STABLE).model_stats[0].inference_count
     assert after - before == 8 + 16, "every row ran on Triton, none in the gateway's process"
 
 

@@ -37,7 +37,12 @@ def test_classify_answers_like_rest(gateway: RunningGateway, stub, heldout_sampl
     x, y = heldout_sample
     photo = digit_png(x[123])
     answer = stub.Classify(classifier_pb2.ClassifyRequest(model="mnist", image=photo, request_id="r-1"), timeout=30)
-    assert (answer.label, answer.model, answer.version, answer.request_id) == (str(y[123]), "mnist", "1", "r-1")
+    assert (answer.label, answer.model, answer.version, answer.request_id) == (
+        str(y[123]),
+        "mnist",
+        MNIST_STABLE,
+        "r-1",
+    )
     with gateway.client() as client:
         rest = client.post("/api/v1/models/mnist/classify", content=photo, headers={"content-type": "image/png"})
     assert rest.json()["label"] == answer.label

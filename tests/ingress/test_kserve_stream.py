@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tests.conftest import RunningGateway
+from tests.conftest import MNIST_STABLE, RunningGateway
 from tests.ingress.conftest import triton_grpc_client
 
 
@@ -22,7 +22,7 @@ def inputs(batch: np.ndarray, datatype: str = "FP32") -> list[triton.InferInput]
 
 
 def statistics(client: triton.InferenceServerClient):
-    return client.get_inference_statistics("mnist", "1").model_stats[0]
+    return client.get_inference_statistics("mnist", MNIST_STABLE).model_stats[0]
 
 
 def collect(results: queue.Queue, count: int) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -50,7 +50,9 @@ def test_each_request_is_answered_by_id_and_a_bad_one_does_not_end_the_stream(
         for i in range(20):
             if i == 7:
                 client.async_stream_infer("mnist", inputs(rows[:1].astype(np.int32), "INT32"), request_id="bad-7")
-            client.async_stream_infer("mnist", inputs(rows[i : i + 1]), model_version="1", request_id=f"row-{i}")
+            client.async_stream_infer(
+                "mnist", inputs(rows[i : i + 1]), model_version=MNIST_STABLE, request_id=f"row-{i}"
+            )
         client.async_stream_infer("cifar", inputs(rows[:1]), request_id="unknown-model")
         answers, errors = collect(results, 22)
         client.stop_stream()

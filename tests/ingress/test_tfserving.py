@@ -38,13 +38,13 @@ def predict_request(batch: np.ndarray, *, version: int | None = None, label: str
 def test_predict_by_version_and_by_label(stub, heldout_sample) -> None:
     x, y = heldout_sample
     batch = (x[3::60] / 255.0).astype(np.float32)[:, np.newaxis]
-    by_version = stub.Predict(predict_request(batch, version=1), timeout=30)
+    by_version = stub.Predict(predict_request(batch, version=int(MNIST_STABLE)), timeout=30)
     by_label = stub.Predict(predict_request(batch, label="stable"), timeout=30)
     probabilities = tf.make_ndarray(by_version.outputs["probabilities"])
     assert probabilities.shape == (len(batch), 10)
     assert (probabilities.argmax(axis=1) == y[3::60]).mean() >= 0.8
     np.testing.assert_array_equal(probabilities, tf.make_ndarray(by_label.outputs["probabilities"]))
-    assert by_version.model_spec.version.value == 1 and by_version.model_spec.name == "mnist"
+    assert by_version.model_spec.version.value == int(MNIST_STABLE) and by_version.model_spec.name == "mnist"
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,9 @@ def test_same_digit_same_answer_on_all_surfaces(gateway: RunningGateway, stub, h
     with gateway.client() as http:
         rest = http.post("/api/v1/models/mnist/classify", content=photo, headers={"content-type": "image/png"}).json()
         rows = http.post("/v1/models/mnist:predict", json={"instances": tensor.tolist()}).json()["predictions"][0]
-        columns = http.post("/v1/models/mnist/versions/1:predict", json={"inputs": {"image": tensor.tolist()}})
+        columns = http.post(
+            f"/v1/models/mnist/versions/{MNIST_STABLE}:predict", json={"inputs": {"image": tensor.tolist()}}
+        )
     expected = [rest["probabilities"][label] for label in spec.labels]
     np.testing.assert_allclose(grpc_answer, expected, rtol=1e-6)
     np.testing.assert_allclose(rows, expected, rtol=1e-6)

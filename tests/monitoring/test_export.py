@@ -24,7 +24,7 @@ from gateway.monitoring.parquet_export import SCHEMA
 from gateway.monitoring.photos import PHOTO_KEY
 from gateway.monitoring.stores import add_features
 from gateway.security.pki import PkiPaths
-from tests.conftest import RunningGateway, start_gateway_on_redis, stop_gateway
+from tests.conftest import MNIST_STABLE, RunningGateway, start_gateway_on_redis, stop_gateway
 from tests.monitoring.test_prediction_log import drain_and_close, make_log
 from tests.redis_server import RedisServer
 
@@ -101,7 +101,7 @@ def test_an_export_from_a_live_gateway_reads_back_every_record(
     finally:
         stop_gateway(gateway)
     direct = run_export(
-        tmp_path / "direct", "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", "--version", "1"
+        tmp_path / "direct", "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", "--version", MNIST_STABLE
     )
 
     assert paged.returncode == 0, paged.stderr
@@ -120,7 +120,7 @@ def test_an_export_from_a_live_gateway_reads_back_every_record(
     assert [r["request_id"] for r in rows] == [r["request_id"] for r in records], "every record, in log order"
     sent_feedback = {a["request_id"]: str(t) for a, t in zip(photo_answers[:8], y[:8], strict=True)}
     for row, record in zip(rows, records, strict=True):
-        assert (row["label"], row["version"], row["client"]) == (record["label"], "1", "app")
+        assert (row["label"], row["version"], row["client"]) == (record["label"], MNIST_STABLE, "app")
         np.testing.assert_allclose(row["probabilities"], record["probabilities"], rtol=1e-6)
         assert row["feedback"] == sent_feedback.get(row["request_id"])
         assert row["time"].timestamp() == pytest.approx(record["time"], abs=1e-5)

@@ -11,7 +11,7 @@ import numpy as np
 
 from gateway.bench.photos import digit_photo
 from gateway.security.pki import PkiPaths
-from tests.conftest import RunningGateway, start_gateway_on_redis, stop_gateway
+from tests.conftest import MNIST_STABLE, RunningGateway, start_gateway_on_redis, stop_gateway
 from tests.redis_server import RedisServer
 
 
@@ -45,7 +45,7 @@ def test_a_sampled_photo_comes_back_byte_for_byte(
         stop_gateway(gateway)
     assert as_operator.returncode == 0, as_operator.stderr
     assert (tmp_path / "photo.jpg").read_bytes() == photo
-    assert "image/jpeg" in as_operator.stdout and "model mnist v1" in as_operator.stdout
+    assert "image/jpeg" in as_operator.stdout and f"model mnist v{MNIST_STABLE}" in as_operator.stdout
     assert as_app.returncode == 1 and "403" in as_app.stderr and not (tmp_path / "app.jpg").exists()
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
     [record] = redis_server.records("mnist")

@@ -116,5 +116,9 @@ def test_skew_endpoint_and_gauges(pki: PkiPaths, redis_server: RedisServer, tmp_
     assert "tensor: window 300, ALARM" in report.stdout and f"photo: window {answered}, no alarm" in report.stdout
     assert "calibrated on the null for a 1.0% false-alarm rate" in report.stdout
     page = (tmp_path / "skew.html").read_text()
-    assert "mnist v1: ALARM" in page and "tensor surface: ALARM" in page and "photo surface: no alarm" in page
+    assert (
+        f"mnist v{MNIST_STABLE}: ALARM" in page
+        and "tensor surface: ALARM" in page
+        and "photo surface: no alarm" in page
+    )
     assert page.count("<polyline") >= 2 * 6 + 2  # distance/threshold per test and the estimate, per surface
