@@ -21,7 +21,6 @@ import numpy as np
 
 from gateway.models.repository import ModelSpec
 from gateway.preprocess.gpu_decode import (
-    ORIENTATIONS,
     DevicePlan,
     JpegDevice,
     TorchJpegDevice,
@@ -29,6 +28,7 @@ from gateway.preprocess.gpu_decode import (
     device_plan,
 )
 from gateway.preprocess.image import decode_image
+from gateway.preprocess.jpeg_header import upright
 from gateway.preprocess.pipeline import preparation_for
 
 DECODE_BATCHES = (1, 8, 32, 64)
@@ -54,9 +54,7 @@ class HostJpegDevice:
             padding = ((0, height * scale - plan.height), (0, width * scale - plan.width), (0, 0))[: pixels.ndim]
             blocks = np.pad(pixels, padding, mode="edge").reshape(height, scale, width, scale, -1)
             pixels = np.round(blocks.mean(axis=(1, 3))).astype(np.uint8).squeeze(-1 if plan.mode == "L" else ())
-        for step in ORIENTATIONS[plan.orientation]:
-            pixels = pixels.swapaxes(0, 1) if step == "transpose" else np.flip(pixels, 1 if step == "flip_x" else 0)
-        return np.ascontiguousarray(pixels)
+        return upright(pixels, plan.orientation)
 
 
 class NvImageCodecDevice:

@@ -26,7 +26,7 @@ import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gateway.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from gateway.preprocess.jpeg_header import ORIENTATIONS, exif_orientation, jpeg_frame
+from gateway.preprocess.jpeg_header import exif_orientation, jpeg_frame, upright
 
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 ACCEPTED_DESCRIPTION = "JPEG, PNG or WebP"
@@ -208,11 +208,5 @@ def _decode_jpeg_eighths(data: bytes, width: int, height: int, min_side: int) ->
     if pixels.shape[:2] != stored:
         return None
     orientation = exif_orientation(data)
-    if orientation == 1:
-        return DecodedPhoto(pixels, width, height)
-    for step in ORIENTATIONS[orientation]:
-        pixels = (
-            pixels.transpose(1, 0, 2) if step == "transpose" else pixels[:, ::-1] if step == "flip_x" else pixels[::-1]
-        )
-    upright = (height, width) if orientation >= 5 else (width, height)
-    return DecodedPhoto(np.ascontiguousarray(pixels), *upright)
+    size = (height, width) if orientation >= 5 else (width, height)
+    return DecodedPhoto(upright(pixels, orientation), *size)

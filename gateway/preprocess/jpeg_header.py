@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 FRAME_MARKERS = {0xC0, 0xC1, 0xC2}
 """Start-of-frame markers of baseline, extended and progressive Huffman JPEGs (what cameras write)."""
 STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}
@@ -60,6 +62,13 @@ ORIENTATIONS: dict[int, tuple[str, ...]] = {
 }
 """EXIF orientation -> the steps that make the stored photo upright (as Pillow's exif_transpose turns it)."""
 EXIF_ORIENTATION_TAG = 0x0112
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Decoded ``pixels`` ([H, W] or [H, W, C], as stored) turned upright for their EXIF ``orientation``."""
+    for step in ORIENTATIONS[orientation]:
+        pixels = pixels.swapaxes(0, 1) if step == "transpose" else np.flip(pixels, 1 if step == "flip_x" else 0)
+    return np.ascontiguousarray(pixels)
 
 
 def exif_orientation(data: bytes) -> int:
