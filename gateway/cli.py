@@ -33,6 +33,7 @@ from gateway.monitoring.tracing import activate as activate_tracing
 from gateway.monitoring.tracing import build_tracing
 from gateway.rollout import cli as rollout_cli
 from gateway.security import pki
+from gateway.stop_signals import StopSignals
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -63,11 +64,23 @@ def configure_logging(settings: Settings) -> None:
     configure_event_log(settings.logging.format, settings.logging.level)
 
 
-async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+async def run_gateway(
+    settings: Settings, on_ready: Callable[[], None] | None = None, stop: StopSignals | None = None
+) -> None:
     """Load the models, then serve REST and gRPC from one event loop until SIGTERM/SIGINT.
 
     ``on_ready``: called once the ports are served instead of printing the banner (a supervised worker).
+    A stop signal that comes before uvicorn listens for its own (while the models load, just after the
+    banner) is kept and honoured once it starts: every stop drains. ``stop``: signals caught since earlier.
     """
+    if stop is not None:
+        await _serve_until_stopped(settings, on_ready, stop)
+        return
+    with StopSignals() as stop:
+        await _serve_until_stopped(settings, on_ready, stop)
+
+
+async def _serve_until_stopped(settings: Settings, on_ready: Callable[[], None] | None, stop: StopSignals) -> None:
     from gateway.app import build_gateway
     from gateway.heap import settle_after_start_up
     from gateway.ingress.grpc_server import build_grpc_server
@@ -104,8 +117,10 @@ async def run_gateway(settings: Settings, on_ready: Callable[[], None] | None = 
             _print_banner(settings, sock.getsockname()[1], grpc_port)
         else:
             on_ready()  # the socket listens: connections wait in its backlog until uvicorn accepts them
+        server = build_server(app, settings, material, gateway.metrics)
+        server.stop_signals = stop  # stopped while starting: uvicorn starts, then shuts down at once
         try:
-            await build_server(app, settings, material, gateway.metrics).serve(sockets=[sock])
+            await server.serve(sockets=[sock])
         finally:
             logging.getLogger("gateway").info("stopping gRPC (grace 10 s)")
             await grpc_server.stop(grace=10)

@@ -40,9 +40,12 @@ from pathlib import Path
 
 from gateway.config import Settings
 from gateway.monitoring.metrics import MULTIPROCESS_DIR_ENV
+from gateway.stop_signals import StopSignals
 
 log = logging.getLogger("gateway.supervisor")
 
+ARM_TIMEOUT_S = 30.0
+"""How long a stop waits for a worker that is still starting its interpreter to catch stop signals."""
 STOP_TIMEOUT_S = 40.0
 """How long a worker may take to drain (uvicorn and gRPC each allow 10 s, then the log is flushed)."""
 RESTART_DELAY_S = 1.0
@@ -81,21 +84,28 @@ def worker_settings(settings: Settings, index: int, ports: dict[str, int], redis
     )
 
 
+ARMED = "armed"
+"""A worker's first message: its stop signals are caught from now on (the parent's SIGTERM will drain it)."""
+
+
 def _worker_main(settings: Settings, index: int, ready: multiprocessing.Queue) -> None:
-    """A worker process: serve until SIGTERM/SIGINT, telling the parent once the ports are served."""
-    import asyncio
-    import sys
+    """A worker process: serve until SIGTERM/SIGINT, telling the parent when a stop signal would be caught,
+    then once the ports are served."""
+    with StopSignals() as stop:
+        ready.put((index, ARMED))
+        import asyncio
+        import sys
 
-    from gateway.cli import START_ERRORS, configure_logging, run_gateway
-    from gateway.ingress.http_server import event_loop_factory
+        from gateway.cli import START_ERRORS, configure_logging, run_gateway
+        from gateway.ingress.http_server import event_loop_factory
 
-    configure_logging(settings)
-    try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(run_gateway(settings, on_ready=lambda: ready.put((index, os.getpid()))))
-    except START_ERRORS as exc:  # the same line and exit code as a single process gives
-        print(f"gateway: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        configure_logging(settings)
+        try:
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                runner.run(run_gateway(settings, on_ready=lambda: ready.put((index, os.getpid())), stop=stop))
+        except START_ERRORS as exc:  # the same line and exit code as a single process gives
+            print(f"gateway: error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
 
 class Supervisor:
@@ -108,6 +118,8 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._ready: multiprocessing.Queue = self._context.Queue()
         self._processes: dict[int, multiprocessing.Process] = {}
+        self._armed: set[int] = set()
+        """Workers (by index) whose stop signals are caught: a SIGTERM now drains them."""
         self._stopping = False
         self._embedded = None
 
@@ -160,6 +172,7 @@ class Supervisor:
         process = self._context.Process(
             target=_worker_main, args=(settings, index, self._ready), name=f"gateway-worker-{index}"
         )
+        self._armed.discard(index)
         process.start()
         self._processes[index] = process
 
@@ -168,8 +181,11 @@ class Supervisor:
         waiting = set(self._processes)
         while waiting and not self._stopping:
             with contextlib.suppress(Exception):
-                index, _ = self._ready.get(timeout=0.2)
-                waiting.discard(index)
+                index, message = self._ready.get(timeout=0.2)
+                if message == ARMED:
+                    self._armed.add(index)
+                else:
+                    waiting.discard(index)
             dead = [i for i in waiting if not self._processes[i].is_alive()]
             if dead:
                 code = self._processes[dead[0]].exitcode
@@ -199,8 +215,21 @@ class Supervisor:
             log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self._processes))
         self._stopping = True
 
+    def _await_armed(self) -> None:
+        """Until every live worker catches stop signals (a SIGTERM before that would kill it undrained)."""
+        deadline = time.monotonic() + ARM_TIMEOUT_S
+        while time.monotonic() < deadline:
+            unarmed = [i for i, p in self._processes.items() if i not in self._armed and p.is_alive()]
+            if not unarmed:
+                return
+            with contextlib.suppress(Exception):
+                index, message = self._ready.get(timeout=0.2)
+                if message == ARMED:
+                    self._armed.add(index)
+
     def _stop_all(self) -> None:
         """SIGTERM every worker (each drains), then wait; a worker still running after STOP_TIMEOUT_S is killed."""
+        self._await_armed()
         for process in self._processes.values():
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)

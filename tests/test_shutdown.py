@@ -1,5 +1,6 @@
 """Graceful shutdown under load: SIGTERM while photos are queued and running. Every request the
-gateway processed is answered, every answer is in the prediction log, and the process exits 0."""
+gateway processed is answered, every answer is in the prediction log, and the process exits 0.
+A SIGTERM before uvicorn listens for it (models loading, the banner just printed) drains too."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
+from gateway.bench.server_process import spawn_gateway, start_gateway
 from gateway.security.pki import PkiPaths
-from tests.conftest import REPO_ROOT, start_gateway_on_redis
+from tests.conftest import MODEL_REPO, REPO_ROOT, start_gateway_on_redis
 from tests.redis_server import RedisServer
 
 PHOTO = (REPO_ROOT / "model_repo/training/hotdog_photos/hotdog/hol_hot_dogs-0001.jpg").read_bytes()
@@ -66,3 +69,24 @@ def test_sigterm_under_load_answers_and_logs_everything_in_flight(
     logged = redis_server.records("hotdog")
     assert len(logged) == len(answered), f"{len(answered)} answers, {len(logged)} logged"
     assert any(t > sigterm_at for t in answered), "no request was in flight at SIGTERM: the test proved nothing"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_while_the_models_load_stops_after_a_clean_start(pki: PkiPaths, workers: int) -> None:
+    process = spawn_gateway(["--pki-dir", str(pki.root), "--model-repo", str(MODEL_REPO)], workers=workers)
+    first_line = process.stdout.readline()  # printed while the models load, seconds before uvicorn serves
+    process.terminate()
+    output = first_line + process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    drained = [line for line in output.splitlines() if line.endswith("INFO gateway: stopped")]
+    assert len(drained) == workers, f"{len(drained)} of {workers} gateway processes drained:\n{output}"
+    assert "SIGTERM during start-up: stopping" in output
+
+
+def test_sigterm_just_after_the_banner_drains(pki: PkiPaths) -> None:
+    gateway = start_gateway(["--pki-dir", str(pki.root), "--model-repo", str(MODEL_REPO)])
+    exit_code = gateway.stop()
+    output = "".join(gateway.output)
+    assert exit_code == 0, output
+    assert "closing the batchers and the prediction log" in output
+    assert output.rstrip().endswith("INFO gateway: stopped"), output

@@ -52,10 +52,10 @@ class GatewayProcess:
         return code
 
 
-def start_gateway(
+def spawn_gateway(
     args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, workers: int | None = 1
-) -> GatewayProcess:
-    """Run `gateway serve` on free loopback ports with ARGS and return once it printed its addresses.
+) -> subprocess.Popen:
+    """`gateway serve` on free loopback ports with ARGS, just started (its output: one text pipe, stderr in it).
 
     Unless ``env`` says otherwise, its embedded Redis and log spool live in a fresh temporary directory.
     ``workers``: server.workers (1: one process, as the benchmarks and most tests compare; 0: one per core;
@@ -68,26 +68,22 @@ def start_gateway(
         **({} if workers is None else {"GATEWAY_SERVER_WORKERS": str(workers)}),
         **(env or {}),
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            *args,
-        ],
+    command = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", *args]
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
     )
+
+
+def start_gateway(
+    args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, workers: int | None = 1
+) -> GatewayProcess:
+    """Run `gateway serve` (as ``spawn_gateway``) and return once it printed its addresses."""
+    process = spawn_gateway(args, env=env, cwd=cwd, workers=workers)
     killer = threading.Timer(START_TIMEOUT_S, process.kill)
     killer.start()
     output: list[str] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import sys
@@ -26,6 +27,7 @@ from gateway.config import Settings
 from gateway.ingress.admission import AddressBuckets, AdmittingServer, HandshakeSlots
 from gateway.ingress.connections import ClientConnections, refusal
 from gateway.security.tls_reload import TlsMaterial
+from gateway.stop_signals import StopSignals
 
 if TYPE_CHECKING:
     from gateway.monitoring.metrics import GatewayMetrics
@@ -239,7 +241,8 @@ class GatewayServer(uvicorn.Server):
     before the gRPC server and the batchers are drained; the gateway finishes its shutdown instead.
     Its listeners bound the TLS handshake (``tls_handshake_timeout_s``; asyncio's default is 60 s) and, with
     ``admission``, the new connections of each source address before their handshake, and with ``slots`` its
-    handshakes in progress (see ``admission``)."""
+    handshakes in progress (see ``admission``). ``stop_signals``: the stop signals caught before uvicorn's own
+    handlers (gateway.stop_signals): one caught there shuts the server down as soon as it has started."""
 
     def __init__(
         self,
@@ -252,10 +255,15 @@ class GatewayServer(uvicorn.Server):
         self._handshake_timeout_s = tls_handshake_timeout_s
         self.admission = admission
         self.slots = slots
+        self.stop_signals: StopSignals | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
+            early = self.stop_signals.requested if self.stop_signals is not None else None
+            if early is not None:  # (looked at once uvicorn's handlers are in: no signal falls between the two)
+                logging.getLogger("gateway").info("%s during start-up: stopping", early.name)
+                self.should_exit = True
             yield
             self._captured_signals.clear()
 
