@@ -1,7 +1,8 @@
 """The fast steps of gateway.preprocess.digits against straightforward references: same outputs, bit for bit.
 
-The ink's top quantiles come from a sort of only its top values, and the border's median from the
-whole histogram minus the inside's. Each reference here does the plain thing (sort every value, mask
+The ink's top quantiles come from a sort of only its top values, the border's median from the
+whole histogram minus the inside's, and the opening that follows a shadow's edge from the uint8 pixels
+(labelling its regions only where one could be long and at the border). Each reference here does the plain thing (sort every value, mask
 the border); prepare_digit run with the references swapped in must give the same array, or refuse
 the same photo, on photos of every kind the gateway meets.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -37,6 +39,16 @@ def reference_ink_is_dark(pixels: np.ndarray, whole: np.ndarray) -> bool:
     darkest = int(everything[digits._rank(everything.size, digits.EXTREME)])
     lightest = int(everything[everything.size - 1 - digits._rank(everything.size, digits.EXTREME)])
     return paper - darkest > lightest - paper
+
+
+def reference_follow_sharp_edges(ink: np.ndarray, background: np.ndarray, pixels: np.ndarray, dark: bool) -> None:
+    """The opening on the float ink layer itself, and every region above the grid labelled."""
+    side = max(min(ink.shape) // digits.OPENING_FRACTION, digits._widest_stroke(ink, background) + 2) | 1
+    opened = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.compare(opened, background, cv2.CMP_GT), connectivity=4)
+    edges = digits._at_border(stats[1:], ink.shape, side // 3) & digits._long(stats[1:], ink.shape)
+    raised = np.concatenate([[False], edges])[labels]
+    background[raised] = opened[raised]
 
 
 def grey(data: bytes) -> np.ndarray:
@@ -103,6 +115,7 @@ def test_prepare_digit_equals_the_reference_steps(heldout_sample, monkeypatch) -
     fast = {name: outcome(pixels) for name, pixels in photos.items()}
     monkeypatch.setattr(digits, "_top_order_statistics", reference_order_statistics)
     monkeypatch.setattr(digits, "_ink_is_dark", reference_ink_is_dark)
+    monkeypatch.setattr(digits, "_follow_sharp_edges", reference_follow_sharp_edges)
     for name, pixels in photos.items():
         expected = outcome(pixels)
         if isinstance(expected, str):
