@@ -2,9 +2,10 @@
 
 The ink's top quantiles come from a sort of only its top values, the border's median from the
 whole histogram minus the inside's, and the opening that follows a shadow's edge from the uint8 pixels
-(labelling its regions only where one could be long and at the border). Each reference here does the plain thing (sort every value, mask
-the border); prepare_digit run with the references swapped in must give the same array, or refuse
-the same photo, on photos of every kind the gateway meets.
+(labelling its regions only where one could be long and at the border). Each reference here does the
+plain thing (sort every value, mask the border, open the float layer); prepare_digit run with the
+references swapped in must give the same array, or refuse the same photo, on photos of every kind the
+gateway meets.
 """
 
 from __future__ import annotations
