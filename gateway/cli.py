@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -73,11 +74,8 @@ async def run_gateway(
     A stop signal that comes before uvicorn listens for its own (while the models load, just after the
     banner) is kept and honoured once it starts: every stop drains. ``stop``: signals caught since earlier.
     """
-    if stop is not None:
-        await _serve_until_stopped(settings, on_ready, stop)
-        return
-    with StopSignals() as stop:
-        await _serve_until_stopped(settings, on_ready, stop)
+    with contextlib.nullcontext(stop) if stop is not None else StopSignals() as caught:
+        await _serve_until_stopped(settings, on_ready, caught)
 
 
 async def _serve_until_stopped(settings: Settings, on_ready: Callable[[], None] | None, stop: StopSignals) -> None:

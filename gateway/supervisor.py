@@ -180,18 +180,22 @@ class Supervisor:
         """Wait until every worker serves; the exit code to give if one died first (or a stop signal came)."""
         waiting = set(self._processes)
         while waiting and not self._stopping:
-            with contextlib.suppress(Exception):
-                index, message = self._ready.get(timeout=0.2)
-                if message == ARMED:
-                    self._armed.add(index)
-                else:
-                    waiting.discard(index)
+            waiting.discard(self._receive())
             dead = [i for i in waiting if not self._processes[i].is_alive()]
             if dead:
                 code = self._processes[dead[0]].exitcode
                 log.error("worker %d exited (code %s) before serving", dead[0], code)
                 return code if code and code > 0 else 1
         return 0 if self._stopping else None
+
+    def _receive(self) -> int | None:
+        """One worker's message within 0.2 s: an ARMED one is recorded; the index of a worker now serving."""
+        with contextlib.suppress(Exception):
+            index, message = self._ready.get(timeout=0.2)
+            if message != ARMED:
+                return index
+            self._armed.add(index)
+        return None
 
     def _watch(self, settings: list[Settings]) -> None:
         """Until a stop signal: a worker that exits is replaced (its live gauges are dropped from /metrics)."""
@@ -222,10 +226,7 @@ class Supervisor:
             unarmed = [i for i, p in self._processes.items() if i not in self._armed and p.is_alive()]
             if not unarmed:
                 return
-            with contextlib.suppress(Exception):
-                index, message = self._ready.get(timeout=0.2)
-                if message == ARMED:
-                    self._armed.add(index)
+            self._receive()
 
     def _stop_all(self) -> None:
         """SIGTERM every worker (each drains), then wait; a worker still running after STOP_TIMEOUT_S is killed."""

@@ -254,7 +254,7 @@ def _drop_border_edges(ink: np.ndarray) -> None:
     """
     inked = (ink > 0).view(np.uint8)
     reach = _GROUPING_KERNEL.shape[0] // 2 + 1  # ink this close to the border is at it once grouped
-    if not (inked[:reach].any() or inked[-reach:].any() or inked[:, :reach].any() or inked[:, -reach:].any()):
+    if not _reaches_border(inked, reach - 1):
         return
     grouped = cv2.dilate(inked, _GROUPING_KERNEL)  # an edge's faint trace comes in pieces
     _, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
