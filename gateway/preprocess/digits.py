@@ -29,6 +29,12 @@ WORK_SIDE = 160
 """Photos are reduced to at most this side before analysis: plenty for one digit that ends up 20 px tall."""
 GRID = 8
 """The lighting is estimated on a GRID x GRID grid of tiles."""
+BORDER_QUANTILES = (0.1, 0.5, 0.9)
+"""The border's levels that must agree on the ink's polarity (see _ink_is_dark)."""
+POLARITY_GRID = 6
+"""Otherwise it is judged against the medians of a grid coarser than the lighting's (fewer tiles under a stroke)."""
+POLARITY_SHARE = 0.005
+"""The share of pixels furthest from the paper's local level, below it and above it, that the polarity compares."""
 EXTREME = 0.001
 """The darkest and lightest 0.1% of a photo: ink at one end, paper at the other (a thin "1" is more than that)."""
 OTSU_BINS = 64
@@ -85,22 +91,60 @@ def _level_at(cumulative: np.ndarray, rank: int) -> int:
     return int(np.searchsorted(cumulative, rank, side="right"))
 
 
-def _ink_is_dark(pixels: np.ndarray, whole: np.ndarray) -> bool:
+def _ink_is_dark(pixels: np.ndarray) -> bool:
     """Dark ink on light paper, or light ink (a chalk board, an MNIST digit) on dark?
 
-    Paper dominates the border of a photo, and the ink is the far end of the photo's range
-    from it: ink is dark when the border's median lies nearer the lightest pixels than the
-    darkest. (Not "the border is lighter than mid-grey": dark kraft paper under a shadow is
-    darker than that and still carries darker ink.) ``whole``: the photo's cumulative histogram.
+    Paper dominates the border of a photo, and the ink is the far end of the photo's range from it.
+    When the border is not all paper (a table beyond the page, a shadow over it), its low, middle and
+    high levels (BORDER_QUANTILES) disagree on which end that is, and the ink is judged against the
+    paper around it instead (``_ink_is_dark_locally``). A picture too small for a tile grid is judged
+    by the border's median alone.
     """
+    votes = _border_votes(pixels)
+    if min(pixels.shape) < GRID * 4:
+        return votes[BORDER_QUANTILES.index(0.5)]
+    return votes[0] if len(set(votes)) == 1 else _ink_is_dark_locally(pixels)
+
+
+def _border_votes(pixels: np.ndarray) -> tuple[bool, ...]:
+    """Per quantile of BORDER_QUANTILES: is the border's level at it nearer the lightest pixels than the darkest?
+    (Not "lighter than mid-grey": dark kraft paper under a shadow is darker than that and still carries
+    darker ink.)"""
     height, width = pixels.shape
+    whole = _histogram(pixels)
     band = max(1, min(height, width) // 10)
     inside = pixels[band : height - band, band : width - band]
     border = whole - _histogram(inside) if inside.size else whole  # the counts are whole numbers: exact
-    paper = _level_at(border, _rank(pixels.size - inside.size, 0.5))
     darkest = _level_at(whole, _rank(pixels.size, EXTREME))
     lightest = _level_at(whole, pixels.size - 1 - _rank(pixels.size, EXTREME))
-    return paper - darkest > lightest - paper
+    levels = (_level_at(border, _rank(pixels.size - inside.size, q)) for q in BORDER_QUANTILES)
+    return tuple(level - darkest > lightest - level for level in levels)
+
+
+def _ink_is_dark_locally(pixels: np.ndarray) -> bool:
+    """Ink is what stands out furthest from the paper around it: each pixel is compared with its tile's
+    median on a POLARITY_GRID grid, interpolated (the paper's local level, as the lighting is estimated), and
+    the ink is dark when the POLARITY_SHARE of pixels furthest below that level lie further from it than those
+    furthest above. A shadow's or a table's edge strays both ways about alike; the ink adds one side. (Only
+    where the border's levels disagree: a thick digit filling the frame puts ink under whole tiles' medians.)"""
+    height, width = pixels.shape
+    tiles = _tiles(pixels, POLARITY_GRID)
+    middle = _rank(tiles.shape[-1], 0.5)
+    medians = np.partition(tiles, middle, axis=-1)[..., middle].astype(np.float32)
+    paper = cv2.resize(medians, (width, height), interpolation=cv2.INTER_LINEAR)
+    deviation = np.subtract(pixels, paper, dtype=np.float32).ravel()
+    furthest = (_rank(deviation.size, POLARITY_SHARE), deviation.size - 1 - _rank(deviation.size, POLARITY_SHARE))
+    below, above = np.partition(deviation, furthest)[list(furthest)]
+    return bool(-below > above)
+
+
+def _tiles(values: np.ndarray, grid: int) -> np.ndarray:
+    """[grid, grid, n]: the ``grid`` x ``grid`` tiles of a 2-D array (the last rows and columns that do not fill a
+    tile left out), each flattened."""
+    height, width = values.shape
+    tile_h, tile_w = height // grid, width // grid
+    tiles = values[: tile_h * grid, : tile_w * grid].reshape(grid, tile_h, grid, tile_w).swapaxes(1, 2)
+    return tiles.reshape(grid, grid, -1)
 
 
 _LIGHT_INK = np.arange(256, dtype=np.uint8).astype(np.float32) * np.float32(1 / 255)
@@ -126,10 +170,7 @@ def _paper_grid(ink: np.ndarray) -> np.ndarray:
     one tile to the next): it takes the grid's morphological opening there, the paper
     level of the tiles around it.
     """
-    height, width = ink.shape
-    tile_h, tile_w = height // GRID, width // GRID
-    tiles = ink[: tile_h * GRID, : tile_w * GRID].reshape(GRID, tile_h, GRID, tile_w).swapaxes(1, 2)
-    tiles = tiles.reshape(GRID, GRID, -1)
+    tiles = _tiles(ink, GRID)
     median = _rank(tiles.shape[-1], 0.5)
     medians = np.partition(tiles, median, axis=-1)[..., median]  # (numpy partitions float32 faster than uint8)
     peaks = tiles.max(axis=-1)
@@ -356,7 +397,7 @@ def _normalise(digit: np.ndarray) -> np.ndarray:
 def prepare_digit(photo: Image.Image | np.ndarray) -> np.ndarray:
     """Return a float32 [1, 28, 28] array in [0, 1], white ink on black, MNIST-style."""
     pixels = _to_work_array(_grey_pixels(photo))
-    ink = _flatten_lighting(pixels, _ink_is_dark(pixels, _histogram(pixels)))
+    ink = _flatten_lighting(pixels, _ink_is_dark(pixels))
     peak = _ink_peak(ink)
     if peak < 0.08:
         raise InvalidInput("no digit found in the photo: the contrast between ink and paper is too low")

@@ -194,6 +194,42 @@ def test_a_page_edge_is_not_cropped_with_the_digit(heldout_sample, side: str) ->
         assert np.abs(ink_box(on_table) - ink_box(clean)).max() <= 2 and correlation(on_table, clean) > 0.9
 
 
+def beyond_two_sides(size: tuple[int, int], level: float) -> np.ndarray:
+    """A light field: ``level`` over the top and left 30% of the frame (a table beyond two sides of the page,
+    over most of the frame's border), 1 elsewhere."""
+    light = np.ones(size, np.float32)
+    light[: int(0.3 * size[0])] = level
+    light[:, : int(0.3 * size[1])] = level
+    return light
+
+
+def test_dark_ink_on_a_page_with_a_table_over_most_of_the_border_is_inverted(heldout_sample) -> None:
+    """The border's median is the table's, nearer the ink than the paper: it was taken for light ink on dark."""
+    x, _ = heldout_sample
+    size = (400, 360)
+    table = beyond_two_sides(size, 0.45)
+    scores = []
+    for digit in x[:6]:
+        ink = enlarged(digit, 140)
+        clean = prepared(photo_of(ink, paper=0.9, ink_level=0.1, seed=8, size=size))
+        on_table = prepared(photo_of(ink, paper=0.9, ink_level=0.1, seed=8, size=size, light=table))
+        scores.append(correlation(on_table, clean))
+    assert min(scores) > 0.6 and np.median(scores) > 0.85  # inverted, they score 0.25-0.47
+
+
+def test_light_ink_on_a_board_with_a_lighter_wall_over_most_of_the_border_is_not_inverted(heldout_sample) -> None:
+    x, _ = heldout_sample
+    size = (400, 360)
+    wall = beyond_two_sides(size, 3.5)
+    scores = []
+    for digit in x[:6]:
+        ink = enlarged(digit, 140)
+        clean = prepared(photo_of(ink, paper=0.2, ink_level=0.9, seed=9, size=size))
+        by_wall = prepared(photo_of(ink, paper=0.2, ink_level=0.9, seed=9, size=size, light=wall))
+        scores.append(correlation(by_wall, clean))
+    assert min(scores) > 0.6 and np.median(scores) > 0.85
+
+
 def test_a_digit_cropped_against_the_frame_is_kept(heldout_sample) -> None:
     """A long digit touching the frame's top and bottom (a tight crop) is kept whole: it is the only mark."""
     x, y = heldout_sample
