@@ -372,6 +372,9 @@ class SkewSettings:
     """The live window holds no record older than this many seconds (by its stream id); 0: no age limit."""
     interval_s: int = 30
     """How often the background check refreshes the skew gauges in /metrics."""
+    background_check: bool = True
+    """false: no background check in this process (skew queries still refresh the gauges). With server.workers,
+    only the first worker checks: every worker reads the same log, and /metrics shows the most recent gauges."""
     psi_threshold: float = 0.25
     labels_threshold: float = 0.15
     """Fixed thresholds, used only for a version whose baselines carry no calibrated thresholds."""

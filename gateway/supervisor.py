@@ -63,7 +63,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def worker_settings(settings: Settings, index: int, ports: dict[str, int], redis_url: str) -> Settings:
-    """What worker ``index`` runs with: the shared ports and Redis, its own spool, its share of the cores."""
+    """What worker ``index`` runs with: the shared ports and Redis, its own spool, its share of the cores; the
+    skew gauges' background check in the first worker only (they all read the same log)."""
     workers = settings.server.effective_workers
     share = max(1, (os.cpu_count() or 1) // workers)
     runtime = settings.runtime
@@ -81,6 +82,7 @@ def worker_settings(settings: Settings, index: int, ports: dict[str, int], redis
             onnx_threads=runtime.onnx_threads or share,
             preprocess_workers=runtime.preprocess_workers or share,
         ),
+        skew=dataclasses.replace(settings.skew, background_check=settings.skew.background_check and index == 0),
     )
 
 

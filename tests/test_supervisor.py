@@ -236,6 +236,7 @@ def test_worker_settings_share_ports_and_redis_and_split_the_cores(pki: PkiPaths
         assert worker.runtime.onnx_threads == max(1, (os.cpu_count() or 1) // 2)
     assert first.predictions.spool_dir == settings.predictions.spool_dir
     assert second.predictions.spool_dir == settings.predictions.spool_dir / "worker-1"
+    assert first.skew.background_check and not second.skew.background_check  # the same log: one reader
 
 
 def test_a_reserved_port_takes_no_connections() -> None:

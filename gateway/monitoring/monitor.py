@@ -58,7 +58,8 @@ class Monitor:
         self._stores.log.start()
         self._metrics.operations.watch_prediction_log(self._stores.log)
         self._redis_probe.start()
-        self._skew_task = asyncio.get_running_loop().create_task(self._watch_skew(), name="skew-watch")
+        if self._skew.background_check:
+            self._skew_task = asyncio.get_running_loop().create_task(self._watch_skew(), name="skew-watch")
 
     def record(self, record: PredictionRecord) -> None:
         """Hand one answered prediction to the log (nothing happens before ``start``)."""

@@ -122,3 +122,22 @@ def test_skew_endpoint_and_gauges(pki: PkiPaths, redis_server: RedisServer, tmp_
         and "photo surface: no alarm" in page
     )
     assert page.count("<polyline") >= 2 * 6 + 2  # distance/threshold per test and the estimate, per surface
+
+
+def test_the_background_check_refreshes_the_gauges_with_workers(
+    pki: PkiPaths, redis_server: RedisServer, tmp_path, heldout_sample
+) -> None:
+    """No skew query is made: the gauges in /metrics come from the first worker's background check alone."""
+    x, _ = heldout_sample
+    env = {"GATEWAY_SERVER_WORKERS": "2", "GATEWAY_SKEW_INTERVAL_S": "1", "GATEWAY_SKEW_MIN_WINDOW": "50"}
+    gateway = start_gateway_on_redis(pki, redis_server, tmp_path / "spool", env)
+    alarm = f'gateway_skew_alarm{{model="mnist",surface="tensor",version="{MNIST_STABLE}"}}'
+    try:
+        with gateway.client() as client:
+            assert alarm not in client.get("/metrics").text
+            send_rows(client, (1.0 - x[:100] / 255.0).astype(np.float32)[:, np.newaxis])  # inverted: skewed
+            deadline = time.monotonic() + 30
+            while f"{alarm} 1.0" not in (metrics := client.get("/metrics").text):
+                assert time.monotonic() < deadline, [line for line in metrics.splitlines() if "skew_alarm" in line]
+    finally:
+        stop_gateway(gateway)
