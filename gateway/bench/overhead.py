@@ -13,6 +13,11 @@ session's threads: ``gateway_model_cpu_seconds`` on /metrics), and ``beyond`` is
 the gateway itself costs per request. ``alone`` is the model measured alone afterwards (this
 process, each row's mean batch size, a worker's share of the threads), for comparison.
 
+With ``--open-loop F ...``, each surface is then also driven open loop (Poisson arrivals, latency from
+each request's scheduled arrival) at those fractions of the throughput its closed loop just reached,
+and the highest fraction whose p99 stays under ``--p99-budget`` (100 ms) is its capacity: what a
+service can promise at that latency, as a share of what it does saturated.
+
 Before the load, each payload's decode and preparation is timed in this process as the CPU
 time of one thread (p50; wall time would count the other helpers' load on a shared
 machine), next to a 12-megapixel phone JPEG. The last line printed is one JSON object.
@@ -21,6 +26,7 @@ machine), next to a 12-megapixel phone JPEG. The last line printed is one JSON o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -243,6 +249,31 @@ def _load_figures(result: dict) -> dict:
     }
 
 
+def drive_open_loop(
+    server: GatewayProcess, pki: PkiPaths, surface: Surface, saturated_rps: float, args: argparse.Namespace
+) -> list[dict]:
+    """The surface at each ``--open-loop`` fraction of ``saturated_rps``, Poisson arrivals, one run each."""
+    rows = []
+    for fraction in sorted(args.open_loop):
+        job = _job(surface, server.base_url, server.grpc_target, pki, args)
+        job = dataclasses.replace(job, rate=fraction * saturated_rps)
+        result = run_load(job, f"{surface.name} open loop at {fraction:.0%}", args)
+        rows.append({"fraction": fraction, "offered_rps": round(job.rate, 1), **_load_figures(result)})
+        print(f"    open loop at {fraction:.0%}: {json.dumps(rows[-1])}", flush=True)
+    return rows
+
+
+def capacity_within(rows: list[dict], budget_ms: float) -> dict | None:
+    """The open-loop row of the highest fraction before the first whose p99 reached ``budget_ms`` or that had
+    errors (None: already the lowest fraction did)."""
+    best = None
+    for row in sorted(rows, key=lambda r: r["fraction"]):
+        if row["p99_ms"] >= budget_ms or row["errors"] > 0:
+            break
+        best = row
+    return best
+
+
 def measure_floors(chosen: list[Surface], pki: PkiPaths, args: argparse.Namespace) -> dict[str, dict]:
     """The ``--floor`` servers' rows, when the KServe gRPC surface is among the chosen ones."""
     kserve_grpc = next((s for s in chosen if s.kind == "kserve-grpc"), None)
@@ -345,6 +376,30 @@ def _print_table(results: dict[str, dict[str, dict]]) -> None:
             )
 
 
+def _print_open_loop(results: dict[str, dict[str, dict]], budget_ms: float) -> None:
+    rows = [(name, mode, row) for name, modes in results.items() for mode, row in modes.items() if "open_loop" in row]
+    if not rows:
+        return
+    print(
+        f"open loop: Poisson arrivals at a share of the closed loop's req/s, latency from each scheduled arrival; "
+        f"capacity: the highest share before p99 reached {budget_ms:.0f} ms"
+    )
+    print(
+        f"{'surface':<28}{'batching':>9}{'share':>7}{'offered':>9}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    )
+    for name, mode, row in rows:
+        for paced in row["open_loop"]:
+            print(
+                f"{name:<28}{mode:>9}{paced['fraction']:>7.0%}{paced['offered_rps']:>9.0f}{paced['rps']:>8.0f}"
+                f"{paced['p50_ms']:>9.1f}{paced['p99_ms']:>9.1f}{paced['errors']:>8}"
+            )
+        found = row["capacity"]
+        print(
+            f"{name:<28}{mode:>9}  capacity at p99 < {budget_ms:.0f} ms: "
+            + (f"{found['fraction']:.0%} of {row['rps']:.0f} req/s" if found else "under the lowest share")
+        )
+
+
 def model_threads(workers: int | None) -> int:
     """A worker's share of the cores (the ONNX threads of the model-alone column)."""
     cores = os.cpu_count() or 1
@@ -418,6 +473,9 @@ def main(args: argparse.Namespace) -> int:
                 for surface in chosen:
                     results[surface.name][mode] = row = drive(server, redis_dir, pki, surface, args)
                     print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
+                    if args.open_loop:
+                        row["open_loop"] = drive_open_loop(server, pki, surface, row["rps"], args)
+                        row["capacity"] = capacity_within(row["open_loop"], args.p99_budget)
             finally:
                 server.stop()
         floors = measure_floors(chosen, pki, args)
@@ -425,6 +483,7 @@ def main(args: argparse.Namespace) -> int:
     add_model_alone(results, chosen, specs, threads)
     _print_table(results)
     _print_floors(floors)
+    _print_open_loop(results, args.p99_budget)
     _print_legend(threads)
     print(
         json.dumps(
@@ -472,4 +531,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=["aio"],
         help="bare gRPC servers to measure beside the KServe gRPC surface (see gateway/bench/grpc_floor.py)",
     )
+    parser.add_argument(
+        "--open-loop",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="SHARE",
+        help="after each closed-loop run, open-loop runs at these shares of its req/s (e.g. 0.5 0.7 0.9)",
+    )
+    parser.add_argument("--p99-budget", type=float, default=100.0, help="the p99 (ms) that bounds the capacity")
     parser.set_defaults(handler=main)

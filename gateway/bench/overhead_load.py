@@ -1,10 +1,14 @@
 """The load generator of `gateway bench overhead`, run as its own process so its CPU is not the gateway's.
 
-``python -m gateway.bench.overhead_load`` reads one job (JSON) on stdin, keeps ``clients``
-requests in flight over as many keep-alive connections (HTTP/1.1 over TLS, or one gRPC
-channel each with its own subchannel) for ``warmup_s + duration_s`` seconds, and prints one
-JSON line: requests answered inside the measured window per second, p50, p99, errors,
-every answer counted (warm-up included, for CPU per request) and its own CPU seconds.
+``python -m gateway.bench.overhead_load`` reads one job (JSON) on stdin and, for ``warmup_s +
+duration_s`` seconds, either keeps ``clients`` requests in flight over as many keep-alive
+connections (HTTP/1.1 over TLS, or one gRPC channel each with its own subchannel: a closed
+loop), or, with a ``rate``, sends requests at Poisson arrivals of that rate over a pool of
+those connections (an open loop: a request that finds every connection busy waits for one,
+and its latency counts from its scheduled arrival, so a slow server is not hidden by a
+slower client). It prints one JSON line: requests answered inside the measured window per
+second, p50, p99, errors, every answer counted (warm-up included, for CPU per request) and
+its own CPU seconds.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Job:
     clients: int = 64
     warmup_s: float = 2.0
     duration_s: float = 8.0
+    rate: float = 0.0
+    """Open-loop arrivals per second; 0: a closed loop of ``clients`` requests in flight."""
 
     @classmethod
     def from_json(cls, text: str) -> Job:
@@ -139,38 +145,80 @@ def _grpc_calls(job: Job) -> tuple[Call, Callable[[], Awaitable[None]]]:
     return call, close
 
 
+@dataclass
+class _Window:
+    """The measured window's answers: latencies of the successful ones, errors, and every answer counted."""
+
+    start: float
+    stop: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    answered: int = 0
+
+    def record(self, began: float, ended: float, ok: bool) -> None:
+        self.answered += 1
+        if self.start <= began < self.stop:
+            if ok:
+                self.latencies.append(ended - began)
+            else:
+                self.errors += 1
+
+
+async def _closed_loop(call: Call, clients: int, window: _Window) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def client(index: int) -> None:
+        while (began := loop.time()) < window.stop:
+            ok = await call(index)
+            window.record(began, loop.time(), ok)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+
+
+async def _open_loop(call: Call, clients: int, rate: float, window: _Window) -> None:
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(clients):
+        idle.put_nowait(index)
+    rng = np.random.default_rng(0)
+
+    async def one_request(arrival: float) -> None:
+        index = await idle.get()
+        try:
+            ok = await call(index)
+        finally:
+            idle.put_nowait(index)
+        window.record(arrival, loop.time(), ok)
+
+    pending, arrival = set(), loop.time()
+    while (arrival := arrival + rng.exponential(1.0 / rate)) < window.stop:
+        await asyncio.sleep(max(0.0, arrival - loop.time()))  # the load's schedule, not synchronisation
+        task = asyncio.create_task(one_request(arrival))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+
+
 async def run(job: Job) -> dict:
     if job.surface in ("rest", "kserve-http"):
         call, close = await _http_calls(job)
     else:
         call, close = _grpc_calls(job)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + job.warmup_s
-    stop = start + job.duration_s
-    latencies: list[float] = []
-    errors = answered = 0
-
-    async def client(index: int) -> None:
-        nonlocal errors, answered
-        while (began := loop.time()) < stop:
-            ok = await call(index)
-            answered += 1
-            if began >= start:
-                if ok:
-                    latencies.append(loop.time() - began)
-                else:
-                    errors += 1
-
-    await asyncio.gather(*(client(i) for i in range(job.clients)))
+    start = asyncio.get_running_loop().time() + job.warmup_s
+    window = _Window(start, start + job.duration_s)
+    if job.rate > 0:
+        await _open_loop(call, job.clients, job.rate, window)
+    else:
+        await _closed_loop(call, job.clients, window)
     await close()
-    ordered = np.array(latencies or [float("nan")]) * 1000
+    ordered = np.array(window.latencies or [float("nan")]) * 1000
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
-        "rps": len(latencies) / job.duration_s,
+        "rps": len(window.latencies) / job.duration_s,
         "p50_ms": float(np.percentile(ordered, 50)),
         "p99_ms": float(np.percentile(ordered, 99)),
-        "errors": errors,
-        "answered": answered,
+        "errors": window.errors,
+        "answered": window.answered,
         "client_cpu_s": usage.ru_utime + usage.ru_stime,
     }
 

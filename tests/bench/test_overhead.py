@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gateway.bench.overhead import cpu_seconds
+from gateway.bench.overhead import capacity_within, cpu_seconds
 from tests.conftest import REPO_ROOT
 
 
@@ -34,6 +34,8 @@ def test_the_benchmark_drives_real_surfaces_and_reads_the_gateways_cpu(tmp_path)
             "--workers",
             "2",
             "--skip-preparation",
+            "--open-loop",
+            "0.5",
         ],
         capture_output=True,
         text=True,
@@ -53,7 +55,25 @@ def test_the_benchmark_drives_real_surfaces_and_reads_the_gateways_cpu(tmp_path)
         # the model's CPU, read from the gateway's own measurement, is a part of the gateway's, not all of it
         assert 0 < row["model_cpu_ms"] < row["gateway_cpu_ms"], name
         assert row["beyond_model_cpu_ms"] == pytest.approx(row["gateway_cpu_ms"] - row["model_cpu_ms"], abs=0.002)
+        # the open loop paces at half the closed loop's rate: a closed loop of the same clients would answer twice it
+        (paced,) = row["open_loop"]
+        assert paced["errors"] == 0 and paced["offered_rps"] == pytest.approx(0.5 * row["rps"], rel=0.01), name
+        assert 0.6 * paced["offered_rps"] < paced["rps"] < 1.4 * paced["offered_rps"], name
     assert "gateway CPU ms/req" in finished.stdout
+    assert "capacity at p99 < 100 ms" in finished.stdout
+
+
+def test_the_capacity_is_the_last_share_before_the_first_over_the_budget_or_with_errors() -> None:
+    rows = [
+        {"fraction": 0.9, "p99_ms": 40.0, "errors": 0},
+        {"fraction": 0.5, "p99_ms": 20.0, "errors": 0},
+        {"fraction": 0.7, "p99_ms": 30.0, "errors": 0},
+    ]
+    assert capacity_within(rows, 100.0)["fraction"] == 0.9
+    rows[2]["p99_ms"] = 100.0  # 0.7 reaches the budget: 0.9's good p99 after it does not count
+    assert capacity_within(rows, 100.0)["fraction"] == 0.5
+    rows[1]["errors"] = 1
+    assert capacity_within(rows, 100.0) is None
 
 
 def test_a_selection_that_matches_no_surface_is_refused_with_the_names() -> None:
