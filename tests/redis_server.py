@@ -61,7 +61,9 @@ class RedisServer:
         entries = redis.Redis(port=self.port).xrange(stream_name(model))
         return [json.loads(fields[b"record"]) for _, fields in entries]
 
-    def log_aged(self, ages_s: tuple[int, ...], version: str = "1", model: str = "mnist") -> None:
+    def log_aged(
+        self, ages_s: tuple[int, ...], version: str = "1", model: str = "mnist", surface: str = "tensor"
+    ) -> None:
         """XADD one record per age (oldest first) with the stream id ``server time - age``: what XADD * gave then."""
         client = redis.Redis(port=self.port)
         seconds, microseconds = client.time()
@@ -70,7 +72,7 @@ class RedisServer:
             record = {
                 "model": model,
                 "version": version,
-                "input": "tensor",
+                "input": surface,
                 "request_id": f"v{version}-{age}s",
                 "label": "1",
             }

@@ -28,11 +28,18 @@ class LogReader(LazyRedis):
         record was written, so "now" is the server's clock too, whatever the replica's).
         Looks back at most LOOK_BACK_WINDOWS windows of entries.
         """
+        return (await self.recent_by_surface(model, version, window, max_age_s, (surface,)))[surface]
+
+    async def recent_by_surface(
+        self, model: str, version: str, window: int, max_age_s: int, surfaces: tuple[str | None, ...]
+    ) -> dict[str | None, list[dict[str, Any]]]:
+        """``recent`` for each of ``surfaces`` (None: any surface) from one read of the stream: the skew check
+        of a model's surfaces reads and parses its entries once, not once per surface."""
         client = self._client()
         oldest = await self._oldest_id(client, max_age_s)
         entries = await client.xrevrange(stream_name(model), max="+", min=oldest, count=window * LOOK_BACK_WINDOWS)
         # thousands of records: parsed on a thread, so the event loop goes on answering requests meanwhile
-        return await asyncio.to_thread(_newest, entries, version, surface, window)
+        return await asyncio.to_thread(_newest, entries, version, surfaces, window)
 
     @staticmethod
     async def _oldest_id(client: aioredis.Redis, max_age_s: int) -> str:
@@ -53,16 +60,24 @@ class LogReader(LazyRedis):
         return await read_photo(self._client(), request_id)
 
 
-def _newest(entries: list, version: str, surface: str | None, window: int) -> list[dict[str, Any]]:
-    """The first ``window`` of ``entries`` (newest first) at ``version`` and ``surface``, oldest first."""
-    records = []
+def _newest(
+    entries: list, version: str, surfaces: tuple[str | None, ...], window: int
+) -> dict[str | None, list[dict[str, Any]]]:
+    """Per surface of ``surfaces`` (None: any), the first ``window`` of ``entries`` (newest first) at ``version``
+    and that surface, oldest first."""
+    found: dict[str | None, list[dict[str, Any]]] = {surface: [] for surface in surfaces}
+    filling = set(found)
     for _, fields in entries:
         record = orjson.loads(fields[b"record"])
-        if record.get("version") == version and surface in (None, record.get("input")):
-            records.append(record)
-            if len(records) == window:
-                break
-    return records[::-1]
+        if record.get("version") != version:
+            continue
+        for surface in filling & {None, record.get("input")}:
+            found[surface].append(record)
+            if len(found[surface]) == window:
+                filling.discard(surface)
+        if not filling:
+            break
+    return {surface: records[::-1] for surface, records in found.items()}
 
 
 async def _server_ms(client: aioredis.Redis) -> int:

@@ -104,9 +104,9 @@ class Monitor:
         max_age_s = settings.window_s if window_s is None else window_s
         stores = self._running()
         try:
-            records = {
-                s: await stores.reader.recent(model, chosen, history_span(size), max_age_s, s) for s in baselines
-            }
+            records = await stores.reader.recent_by_surface(
+                model, chosen, history_span(size), max_age_s, tuple(baselines)
+            )
             accuracy = (await stores.feedback.accuracy(model)).get(chosen)
         except RedisError as exc:
             raise Unavailable(f"the prediction log's Redis cannot be reached: {exc}") from None
