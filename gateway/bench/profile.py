@@ -11,7 +11,7 @@ from pathlib import Path
 STAGES = (
     ("decode (OpenCV, Pillow)", ("decode_image",)),
     ("digit preprocessing (numpy)", ("prepare_digit",)),
-    ("model (ONNX Runtime)", ("infer_sync",)),
+    ("model (ONNX Runtime)", ("backends/onnxruntime.py",)),
     ("batcher", ("batching/batcher.py",)),
     ("TLS", ("ssl.py",)),
     ("HTTP + FastAPI + handler", ("httptools_impl.py", "fastapi/", "starlette/", "ingress/rest.py")),
