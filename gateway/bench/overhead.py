@@ -250,15 +250,20 @@ def _load_figures(result: dict) -> dict:
 
 
 def drive_open_loop(
-    server: GatewayProcess, pki: PkiPaths, surface: Surface, saturated_rps: float, args: argparse.Namespace
+    server: GatewayProcess,
+    redis_dir: Path,
+    pki: PkiPaths,
+    surface: Surface,
+    saturated_rps: float,
+    args: argparse.Namespace,
 ) -> list[dict]:
-    """The surface at each ``--open-loop`` fraction of ``saturated_rps``, Poisson arrivals, one run each."""
+    """The surface at each ``--open-loop`` fraction of ``saturated_rps``, Poisson arrivals, one run each (with
+    the gateway's CPU per request and mean batch, as ``drive`` measures them)."""
     rows = []
     for fraction in sorted(args.open_loop):
-        job = _job(surface, server.base_url, server.grpc_target, pki, args)
-        job = dataclasses.replace(job, rate=fraction * saturated_rps)
-        result = run_load(job, f"{surface.name} open loop at {fraction:.0%}", args)
-        rows.append({"fraction": fraction, "offered_rps": round(job.rate, 1), **_load_figures(result)})
+        rate = fraction * saturated_rps
+        row = drive(server, redis_dir, pki, surface, args, rate=rate)
+        rows.append({"fraction": fraction, "offered_rps": round(rate, 1), **row})
         print(f"    open loop at {fraction:.0%}: {json.dumps(rows[-1])}", flush=True)
     return rows
 
@@ -284,9 +289,17 @@ def measure_floors(chosen: list[Surface], pki: PkiPaths, args: argparse.Namespac
     return floors
 
 
-def drive(server: GatewayProcess, redis_dir: Path, pki: PkiPaths, surface: Surface, args: argparse.Namespace) -> dict:
-    """One surface against a running gateway: load from a separate process, CPU and batch sizes around it."""
-    job = _job(surface, server.base_url, server.grpc_target, pki, args)
+def drive(
+    server: GatewayProcess,
+    redis_dir: Path,
+    pki: PkiPaths,
+    surface: Surface,
+    args: argparse.Namespace,
+    rate: float = 0.0,
+) -> dict:
+    """One surface against a running gateway: load from a separate process (closed loop, or open loop at
+    ``rate`` requests/s), CPU and batch sizes around it."""
+    job = dataclasses.replace(_job(surface, server.base_url, server.grpc_target, pki, args), rate=rate)
     totals_before = _model_totals(scrape(server.base_url, pki), surface.model)
     cpu_before = cpu_seconds(server.process.pid, redis_dir)
     result = run_load(job, surface.name, args)
@@ -385,13 +398,15 @@ def _print_open_loop(results: dict[str, dict[str, dict]], budget_ms: float) -> N
         f"capacity: the highest share before p99 reached {budget_ms:.0f} ms"
     )
     print(
-        f"{'surface':<28}{'batching':>9}{'share':>7}{'offered':>9}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'surface':<28}{'batching':>9}{'share':>7}{'offered':>9}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}"
+        f"{'gateway CPU ms/req':>20}{'errors':>8}"
     )
     for name, mode, row in rows:
         for paced in row["open_loop"]:
             print(
                 f"{name:<28}{mode:>9}{paced['fraction']:>7.0%}{paced['offered_rps']:>9.0f}{paced['rps']:>8.0f}"
-                f"{paced['p50_ms']:>9.1f}{paced['p99_ms']:>9.1f}{paced['errors']:>8}"
+                f"{paced['p50_ms']:>9.1f}{paced['p99_ms']:>9.1f}{paced['mean_batch']:>7.1f}"
+                f"{paced['gateway_cpu_ms']:>20.2f}{paced['errors']:>8}"
             )
         found = row["capacity"]
         print(
@@ -474,7 +489,7 @@ def main(args: argparse.Namespace) -> int:
                     results[surface.name][mode] = row = drive(server, redis_dir, pki, surface, args)
                     print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
                     if args.open_loop:
-                        row["open_loop"] = drive_open_loop(server, pki, surface, row["rps"], args)
+                        row["open_loop"] = drive_open_loop(server, redis_dir, pki, surface, row["rps"], args)
                         row["capacity"] = capacity_within(row["open_loop"], args.p99_budget)
             finally:
                 server.stop()
