@@ -464,6 +464,35 @@ def chosen_surfaces(every: list[Surface], only: str) -> list[Surface]:
     return chosen
 
 
+def measure_mode(
+    mode: str, chosen: list[Surface], pki: PkiPaths, tmp: Path, args: argparse.Namespace
+) -> dict[str, dict]:
+    """Every chosen surface against one gateway started with batching ``mode`` (on | off): a row per surface."""
+    redis_dir = (tmp / f"redis-{mode}").resolve()
+    env = {
+        "GATEWAY_BATCHING_ENABLED": {"on": "true", "off": "false"}[mode],
+        "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(redis_dir / "gateway.db"),
+        **({"PYTHONPATH": str(args.code.resolve())} if args.code else {}),  # with cwd: `-m` puts it first
+    }
+    server = start_gateway(
+        ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo.resolve())],
+        env=env,
+        workers=args.workers,
+        cwd=args.code.resolve() if args.code else None,
+    )
+    rows = {}
+    try:
+        for surface in chosen:
+            rows[surface.name] = row = drive(server, redis_dir, pki, surface, args)
+            print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
+            if args.open_loop:
+                row["open_loop"] = drive_open_loop(server, redis_dir, pki, surface, row["rps"], args)
+                row["capacity"] = capacity_within(row["open_loop"], args.p99_budget)
+    finally:
+        server.stop()
+    return rows
+
+
 def main(args: argparse.Namespace) -> int:
     with np.load(args.digits) as data:
         digits = data["x"]
@@ -480,31 +509,11 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     results: dict[str, dict[str, dict]] = {s.name: {} for s in chosen}
-    modes = {"on": "true", "off": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         pki = init_pki(Path(tmp) / "pki")
         for mode in args.batching:
-            redis_dir = (Path(tmp) / f"redis-{mode}").resolve()
-            env = {
-                "GATEWAY_BATCHING_ENABLED": modes[mode],
-                "GATEWAY_PREDICTIONS_EMBEDDED_DB": str(redis_dir / "gateway.db"),
-                **({"PYTHONPATH": str(args.code.resolve())} if args.code else {}),  # with cwd: `-m` puts it first
-            }
-            server = start_gateway(
-                ["--pki-dir", str(pki.root), "--model-repo", str(args.model_repo.resolve())],
-                env=env,
-                workers=args.workers,
-                cwd=args.code.resolve() if args.code else None,
-            )
-            try:
-                for surface in chosen:
-                    results[surface.name][mode] = row = drive(server, redis_dir, pki, surface, args)
-                    print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
-                    if args.open_loop:
-                        row["open_loop"] = drive_open_loop(server, redis_dir, pki, surface, row["rps"], args)
-                        row["capacity"] = capacity_within(row["open_loop"], args.p99_budget)
-            finally:
-                server.stop()
+            for name, row in measure_mode(mode, chosen, pki, Path(tmp), args).items():
+                results[name][mode] = row
         floors = measure_floors(chosen, pki, args)
     threads = args.model_threads if args.model_threads is not None else model_threads(args.workers)
     add_model_alone(results, chosen, specs, threads)
