@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -31,6 +32,24 @@ SCENARIOS = {
     "mix": ["PhotoAppUser", "GrpcClassifyUser", "KServeInferUser", "BrowsingUser", "HotdogAppUser", "BulkRescoreUser"],
     "grpc": ["GrpcClassifyUser", "KServeInferUser"],
 }
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU of this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _per_request_ms(cpu_s: float | None, requests: list) -> float | None:
+    return round(1000 * cpu_s / len(requests), 3) if cpu_s and requests else None
+
+
+def _run_locust(command: list[str], env: dict[str, str], timeout_s: float) -> tuple[subprocess.CompletedProcess, float]:
+    """Run locust to its end; its result and the CPU seconds it used (the gateway, still running, is not a
+    child that has exited: it does not count)."""
+    before = _children_cpu_s()
+    locust = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    return locust, _children_cpu_s() - before
 
 
 def warm_up(base_url: str, tls, photos: Path, count: int = 20) -> None:
@@ -73,14 +92,7 @@ def run(args: argparse.Namespace) -> dict:
     scraper.start()
     started = time.time()
     try:
-        locust = subprocess.run(
-            command,
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=len(args.steps) * args.step_s + 90,
-        )
+        locust, locust_cpu_s = _run_locust(command, env, timeout_s=len(args.steps) * args.step_s + 90)
     finally:
         scraper.stop()
         gateway_cpu_s = gateway.cpu_seconds() if gateway.alive() else None
@@ -96,6 +108,10 @@ def run(args: argparse.Namespace) -> dict:
         "locust_exit_code": locust.returncode,
         "requests": len(recorded),
         "gateway_cpu_s": gateway_cpu_s,
+        "cpu_ms_per_request": {
+            "gateway": _per_request_ms(gateway_cpu_s, recorded),
+            "locust": _per_request_ms(locust_cpu_s, recorded),
+        },
         "endpoints": endpoints(recorded),
         "errors": errors_by_code(recorded),
         "steps": step_rows,
@@ -122,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in summary["steps"]:
         print(f"step {row}")
     print(f"errors: {summary['errors']}")
+    print(f"CPU ms per request (the two share the machine): {summary['cpu_ms_per_request']}")
     found = summary["capacity"]
     print(
         f"capacity (p99 < 100 ms): {found['rps']} req/s at {found['users']} users" if found else "capacity: none found"

@@ -20,6 +20,8 @@ def test_a_short_mixed_run_writes_a_report_with_every_endpoint_and_the_gateway_m
     assert summary["errors"] == {}, summary["errors"]
     assert summary["steps"][0]["users"] == 6 and summary["steps"][0]["rps"] > 0
     assert summary["gateway_metrics"]["batch_size"], "batch sizes were not scraped"
+    # locust's own CPU, apart from the gateway's: on a shared machine it says which of the two limits the test
+    assert summary["cpu_ms_per_request"]["locust"] > 0 and summary["cpu_ms_per_request"]["gateway"] > 0
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 5 and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
