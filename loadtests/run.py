@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> dict:
     repo = model_repo_with_priorities(work / "model_repo")
     photos = write_photos(work / "photos")
     hotdogs = write_hotdog_photos(work / "hotdog_photos", 8) if "HotdogAppUser" in SCENARIOS[args.scenario] else None
-    gateway = start_gateway(["--pki-dir", str(pki.root), "--model-repo", str(repo)], cwd=REPO_ROOT)
+    gateway = start_gateway(
+        ["--pki-dir", str(pki.root), "--model-repo", str(repo)], cwd=REPO_ROOT, workers=args.workers
+    )
     tls = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
     scraper = Scraper(gateway.base_url, tls)
     events = args.out / "events.jsonl"
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-s", type=float, default=15.0, help="seconds per step")
     parser.add_argument("--rate-per-user", type=float, default=1.0, help="requests/s each paced user aims at")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "loadtest")
+    parser.add_argument(
+        "--workers", type=int, help="server.workers of the gateway (default: its configuration, one per core)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = run(args)

