@@ -44,13 +44,18 @@ def errors_by_code(events: list[dict]) -> dict[str, int]:
     return dict(Counter(f"{e['name']}: {e['error']}" for e in events if e["error"] is not None).most_common())
 
 
-def steps(events: list[dict], step_users: list[int]) -> list[dict]:
-    """Figures per step of the ramp (requests made while exactly that many users ran), all endpoints together."""
+def steps(events: list[dict], step_users: list[int], step_s: float) -> list[dict]:
+    """Figures per step of the ramp (requests made while exactly that many users ran), all endpoints together.
+
+    A step is the ``step_s`` seconds from its first request: when the run stops, locust stops its users one
+    by one, and the user count passes every value again; those last requests are not the step's."""
     rows = []
     for users in step_users:
         group = [e for e in events if e.get("users") == users]
         if len(group) < 2:
             continue
+        first = min(e["t"] for e in group)
+        group = [e for e in group if e["t"] < first + step_s]
         times = sorted(e["t"] for e in group)
         trimmed = [e for e in group if e["t"] >= times[0] + 2.0] or group  # the first 2 s: users still starting
         span = max(max(e["t"] for e in trimmed) - min(e["t"] for e in trimmed), 1.0)

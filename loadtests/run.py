@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
         gateway.stop()
     (args.out / "locust.log").write_text(locust.stdout + locust.stderr)
     recorded = read_events(events)
-    step_rows = steps(recorded, args.steps)
+    step_rows = steps(recorded, args.steps, args.step_s)
     summary = {
         "scenario": args.scenario,
         "command": "python -m loadtests " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loadtests.charts import line_chart
 from loadtests.metrics import parse
 from loadtests.report import capacity, steps
@@ -31,9 +33,19 @@ def test_capacity_is_the_last_step_before_p99_passes_the_budget() -> None:
     events += [{"t": 110 + i / 20, "name": "a", "ms": 50.0, "users": 20, "error": None} for i in range(100)]
     events += [{"t": 120 + i / 30, "name": "a", "ms": 150.0, "users": 30, "error": None} for i in range(150)]
     events += [{"t": 130 + i / 40, "name": "a", "ms": 20.0, "users": 40, "error": None} for i in range(200)]
-    rows = steps(events, [10, 20, 30, 40])
+    rows = steps(events, [10, 20, 30, 40], step_s=10)
     assert [r["users"] for r in rows] == [10, 20, 30, 40]
     assert capacity(rows)["users"] == 20  # 40 users came back under budget, but after a step that failed it
+
+
+def test_a_step_is_not_stretched_by_the_requests_of_the_users_stopping_at_the_end() -> None:
+    events = [{"t": 100 + i / 100, "name": "a", "ms": 10.0, "users": 130, "error": None} for i in range(1500)]
+    events += [{"t": 115 + i / 200, "name": "a", "ms": 300.0, "users": 250, "error": None} for i in range(3000)]
+    # the run stops: locust stops its 250 users one by one, and the count passes 130 again
+    events += [{"t": 130.2, "name": "a", "ms": 10.0, "users": 130, "error": None} for _ in range(3)]
+    first, second = steps(events, [130, 250], step_s=15)
+    assert first["rps"] == pytest.approx(100, rel=0.02)  # not 1,500 requests over 30 s
+    assert second["rps"] == pytest.approx(200, rel=0.02)
 
 
 def test_metrics_are_parsed_per_model_and_charts_are_svg() -> None:
