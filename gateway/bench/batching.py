@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from gateway.backends.onnxruntime import OnnxRuntimeBackend
 from gateway.bench.backend_alone import run_alone
 from gateway.bench.http_load import Connection
+from gateway.bench.load_loops import Window, closed_loop, open_loop
 from gateway.bench.photos import digit_photo
 from gateway.bench.profile import stage_shares, start_py_spy
 from gateway.bench.server_process import start_gateway
@@ -56,68 +57,6 @@ def make_photos(digits_path: Path, count: int, side: int) -> list[bytes]:
     return [digit_photo(d, rng, min_side=side, fmt="PNG") for d in digits]
 
 
-@dataclass
-class _Window:
-    """Answers whose request was sent inside [start, end) count; warm-up answers only add to ``answered``."""
-
-    start: float
-    end: float
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    answered: int = 0
-
-    def record(self, sent_at: float, answered_at: float, status: int) -> None:
-        self.answered += 1
-        if not self.start <= sent_at < self.end:
-            return
-        if status == 200:
-            self.latencies.append(answered_at - sent_at)
-        else:
-            self.errors += 1
-
-
-async def drive_closed(connections: list[Connection], path: str, photos: list[bytes], window: _Window) -> None:
-    """Each connection sends photos back to back until the window closes (a closed loop: N in flight)."""
-    loop = asyncio.get_running_loop()
-
-    async def one_client(connection: Connection, offset: int) -> None:
-        sent = offset
-        while loop.time() < window.end:
-            began = loop.time()
-            status, _ = await connection.post(path, photos[sent % len(photos)], "image/png")
-            window.record(began, loop.time(), status)
-            sent += len(connections)
-
-    await asyncio.gather(*(one_client(c, i) for i, c in enumerate(connections)))
-
-
-async def drive_paced(
-    connections: list[Connection], path: str, photos: list[bytes], window: _Window, rate: float
-) -> None:
-    """Poisson arrivals at ``rate`` per second (an open loop); latency counts from the scheduled arrival."""
-    loop = asyncio.get_running_loop()
-    idle: asyncio.Queue[Connection] = asyncio.Queue()
-    for connection in connections:
-        idle.put_nowait(connection)
-    rng = np.random.default_rng(0)
-
-    async def one_request(arrival: float, index: int) -> None:
-        connection = await idle.get()
-        try:
-            status, _ = await connection.post(path, photos[index % len(photos)], "image/png")
-        finally:
-            idle.put_nowait(connection)
-        window.record(arrival, loop.time(), status)
-
-    requests, arrival, index = [], loop.time(), 0
-    while arrival < window.end:
-        arrival += rng.exponential(1.0 / rate)
-        await asyncio.sleep(max(0.0, arrival - loop.time()))  # the load's schedule, not synchronisation
-        requests.append(asyncio.create_task(one_request(arrival, index)))
-        index += 1
-    await asyncio.gather(*requests)
-
-
 def _metric_sum_count(text: str, name: str) -> tuple[float, float]:
     total = sum(float(v) for v in re.findall(rf"^{name}_sum\{{[^}}]*\}} (\S+)$", text, re.M))
     count = sum(float(v) for v in re.findall(rf"^{name}_count\{{[^}}]*\}} (\S+)$", text, re.M))
@@ -138,12 +77,17 @@ async def measure(
     context = client_context(pki.ca_cert, pki.client_cert("app"), pki.client_key("app"))
     path = f"/api/v1/models/{model}/classify"
     connections = [await Connection.open(base_url, context) for _ in range(clients)]
+
+    async def send(index: int, sequence: int) -> bool:
+        status, _ = await connections[index].post(path, photos[sequence % len(photos)], "image/png")
+        return status == 200
+
     now = asyncio.get_running_loop().time()
-    window = _Window(now + warmup_s, now + warmup_s + duration_s)
+    window = Window(now + warmup_s, now + warmup_s + duration_s)
     if rate is None:
-        await drive_closed(connections, path, photos, window)
+        await closed_loop(send, clients, window)
     else:
-        await drive_paced(connections, path, photos, window, rate)
+        await open_loop(send, clients, rate, window)
     _, metrics_body = await connections[0].get("/metrics")
     for connection in connections:
         await connection.close()

@@ -25,10 +25,8 @@ import grpc
 import numpy as np
 
 from gateway.bench.http_load import Connection
+from gateway.bench.load_loops import Send, Window, closed_loop, open_loop
 from gateway.security.tls import client_context
-
-Call = Callable[[int], Awaitable[bool]]
-"""One request on connection ``i``; True when it was answered successfully."""
 
 
 @dataclass
@@ -63,7 +61,7 @@ class Job:
         return json.dumps(fields)
 
 
-async def _http_calls(job: Job) -> tuple[Call, Callable[[], Awaitable[None]]]:
+async def _http_calls(job: Job) -> tuple[Send, Callable[[], Awaitable[None]]]:
     context = client_context(job.ca, job.cert, job.key)
     connections = [await Connection.open(job.base_url, context) for _ in range(job.clients)]
     if job.surface == "rest":
@@ -85,11 +83,9 @@ async def _http_calls(job: Job) -> tuple[Call, Callable[[], Awaitable[None]]]:
             }
         ).encode()
         bodies, headers = [header + job.payloads[0]], {"Inference-Header-Content-Length": str(len(header))}
-    sent = [0] * job.clients
 
-    async def call(index: int) -> bool:
-        body = bodies[(index + sent[index] * job.clients) % len(bodies)]
-        sent[index] += 1
+    async def call(index: int, sequence: int) -> bool:
+        body = bodies[sequence % len(bodies)]
         status, _ = await connections[index].post(path, body, content_type, headers)
         return status == 200
 
@@ -100,7 +96,7 @@ async def _http_calls(job: Job) -> tuple[Call, Callable[[], Awaitable[None]]]:
     return call, close
 
 
-def _grpc_calls(job: Job) -> tuple[Call, Callable[[], Awaitable[None]]]:
+def _grpc_calls(job: Job) -> tuple[Send, Callable[[], Awaitable[None]]]:
     with open(job.ca, "rb") as ca, open(job.key, "rb") as key, open(job.cert, "rb") as cert:
         credentials = grpc.ssl_channel_credentials(ca.read(), key.read(), cert.read())
     options = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
@@ -127,11 +123,9 @@ def _grpc_calls(job: Job) -> tuple[Call, Callable[[], Awaitable[None]]]:
         requests = [
             serving_pb2.PredictRequest(model_spec=serving_pb2.ModelSpec(name=job.model), inputs={"image": tensor})
         ]
-    sent = [0] * job.clients
 
-    async def call(index: int) -> bool:
-        request = requests[(index + sent[index] * job.clients) % len(requests)]
-        sent[index] += 1
+    async def call(index: int, sequence: int) -> bool:
+        request = requests[sequence % len(requests)]
         try:
             await stubs[index](request, timeout=30)
         except grpc.aio.AioRpcError:
@@ -145,71 +139,17 @@ def _grpc_calls(job: Job) -> tuple[Call, Callable[[], Awaitable[None]]]:
     return call, close
 
 
-@dataclass
-class _Window:
-    """The measured window's answers: latencies of the successful ones, errors, and every answer counted."""
-
-    start: float
-    stop: float
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    answered: int = 0
-
-    def record(self, began: float, ended: float, ok: bool) -> None:
-        self.answered += 1
-        if self.start <= began < self.stop:
-            if ok:
-                self.latencies.append(ended - began)
-            else:
-                self.errors += 1
-
-
-async def _closed_loop(call: Call, clients: int, window: _Window) -> None:
-    loop = asyncio.get_running_loop()
-
-    async def client(index: int) -> None:
-        while (began := loop.time()) < window.stop:
-            ok = await call(index)
-            window.record(began, loop.time(), ok)
-
-    await asyncio.gather(*(client(i) for i in range(clients)))
-
-
-async def _open_loop(call: Call, clients: int, rate: float, window: _Window) -> None:
-    loop = asyncio.get_running_loop()
-    idle: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(clients):
-        idle.put_nowait(index)
-    rng = np.random.default_rng(0)
-
-    async def one_request(arrival: float) -> None:
-        index = await idle.get()
-        try:
-            ok = await call(index)
-        finally:
-            idle.put_nowait(index)
-        window.record(arrival, loop.time(), ok)
-
-    pending, arrival = set(), loop.time()
-    while (arrival := arrival + rng.exponential(1.0 / rate)) < window.stop:
-        await asyncio.sleep(max(0.0, arrival - loop.time()))  # the load's schedule, not synchronisation
-        task = asyncio.create_task(one_request(arrival))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    await asyncio.gather(*pending)
-
-
 async def run(job: Job) -> dict:
     if job.surface in ("rest", "kserve-http"):
         call, close = await _http_calls(job)
     else:
         call, close = _grpc_calls(job)
     start = asyncio.get_running_loop().time() + job.warmup_s
-    window = _Window(start, start + job.duration_s)
+    window = Window(start, start + job.duration_s)
     if job.rate > 0:
-        await _open_loop(call, job.clients, job.rate, window)
+        await open_loop(call, job.clients, job.rate, window)
     else:
-        await _closed_loop(call, job.clients, window)
+        await closed_loop(call, job.clients, window)
     await close()
     ordered = np.array(window.latencies or [float("nan")]) * 1000
     usage = resource.getrusage(resource.RUSAGE_SELF)
