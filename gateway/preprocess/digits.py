@@ -128,9 +128,7 @@ def _ink_is_dark_locally(pixels: np.ndarray) -> bool:
     furthest above. A shadow's or a table's edge strays both ways about alike; the ink adds one side. (Only
     where the border's levels disagree: a thick digit filling the frame puts ink under whole tiles' medians.)"""
     height, width = pixels.shape
-    tiles = _tiles(pixels, POLARITY_GRID)
-    middle = _rank(tiles.shape[-1], 0.5)
-    medians = np.partition(tiles, middle, axis=-1)[..., middle].astype(np.float32)
+    medians = _tile_medians(_tiles(pixels, POLARITY_GRID)).astype(np.float32)
     paper = cv2.resize(medians, (width, height), interpolation=cv2.INTER_LINEAR)
     deviation = np.subtract(pixels, paper, dtype=np.float32).ravel()
     furthest = (_rank(deviation.size, POLARITY_SHARE), deviation.size - 1 - _rank(deviation.size, POLARITY_SHARE))
@@ -145,6 +143,12 @@ def _tiles(values: np.ndarray, grid: int) -> np.ndarray:
     tile_h, tile_w = height // grid, width // grid
     tiles = values[: tile_h * grid, : tile_w * grid].reshape(grid, tile_h, grid, tile_w).swapaxes(1, 2)
     return tiles.reshape(grid, grid, -1)
+
+
+def _tile_medians(tiles: np.ndarray) -> np.ndarray:
+    """[grid, grid]: the lower median of each tile of ``_tiles``, by one partition."""
+    middle = _rank(tiles.shape[-1], 0.5)
+    return np.partition(tiles, middle, axis=-1)[..., middle]
 
 
 _LIGHT_INK = np.arange(256, dtype=np.uint8).astype(np.float32) * np.float32(1 / 255)
@@ -171,8 +175,7 @@ def _paper_grid(ink: np.ndarray) -> np.ndarray:
     level of the tiles around it.
     """
     tiles = _tiles(ink, GRID)
-    median = _rank(tiles.shape[-1], 0.5)
-    medians = np.partition(tiles, median, axis=-1)[..., median]  # (numpy partitions float32 faster than uint8)
+    medians = _tile_medians(tiles)  # (numpy partitions float32 faster than uint8)
     peaks = tiles.max(axis=-1)
     opened = cv2.dilate(cv2.erode(medians, _GRID_KERNEL), _GRID_KERNEL)
     contrast = float((peaks - opened).max())
