@@ -26,7 +26,6 @@ machine), next to a 12-megapixel phone JPEG. The last line printed is one JSON o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import os
@@ -139,7 +138,9 @@ def scrape(base_url: str, pki: PkiPaths) -> str:
     return asyncio.run(_scrape(base_url, pki))
 
 
-def _job(surface: Surface, base_url: str, grpc_target: str, pki: PkiPaths, args: argparse.Namespace) -> Job:
+def _job(
+    surface: Surface, base_url: str, grpc_target: str, pki: PkiPaths, args: argparse.Namespace, rate: float = 0.0
+) -> Job:
     return Job(
         surface=surface.kind,
         base_url=base_url,
@@ -154,6 +155,7 @@ def _job(surface: Surface, base_url: str, grpc_target: str, pki: PkiPaths, args:
         clients=args.clients,
         warmup_s=args.warmup,
         duration_s=args.duration,
+        rate=rate,
     )
 
 
@@ -259,7 +261,7 @@ def drive(
 ) -> dict:
     """One surface against a running gateway: load from a separate process (closed loop, or open loop at
     ``rate`` requests/s), CPU and batch sizes around it."""
-    job = dataclasses.replace(_job(surface, server.base_url, server.grpc_target, pki, args), rate=rate)
+    job = _job(surface, server.base_url, server.grpc_target, pki, args, rate)
     totals_before = _model_totals(scrape(server.base_url, pki), surface.model)
     cpu_before = cpu_seconds(server.process.pid)
     result = run_load(job, surface.name, args)
